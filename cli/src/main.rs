@@ -1,0 +1,74 @@
+//! `berth`: the operator CLI. It owns nothing; every verb is a request on the bus.
+
+mod discovery;
+mod exit;
+mod system;
+
+use berth_bus::NatsSettings;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// berth: run containers on one host or a fleet, over NATS.
+#[derive(Parser)]
+#[command(name = "berth", version, propagate_version = true)]
+struct Cli {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, global = true, env = "BERTH_NATS_URL", default_value = berth_bus::connect::DEFAULT_NATS_URL)]
+    nats_url: String,
+    /// NATS credentials file.
+    #[arg(long, global = true, env = "BERTH_NATS_CREDS")]
+    nats_creds: Option<PathBuf>,
+    /// NATS user (with --nats-password).
+    #[arg(long, global = true, env = "BERTH_NATS_USER")]
+    nats_user: Option<String>,
+    /// NATS password (with --nats-user).
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_NATS_PASSWORD",
+        hide_env_values = true
+    )]
+    nats_password: Option<String>,
+    /// Seconds to wait for a reply before giving up.
+    #[arg(long, global = true, env = "BERTH_TIMEOUT", default_value_t = 10.0)]
+    timeout: f64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Information about the berth installation.
+    System {
+        #[command(subcommand)]
+        command: system::SystemCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let nats = NatsSettings {
+        url: cli.nats_url.clone(),
+        creds: cli.nats_creds.clone(),
+        user: cli.nats_user.clone(),
+        password: cli.nats_password.clone(),
+    };
+    let timeout = std::time::Duration::from_secs_f64(cli.timeout.clamp(0.1, 3600.0));
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return exit::fail(exit::BERTH_ERROR, &format!("cannot start: {err}")),
+    };
+    let outcome = runtime.block_on(async move {
+        match cli.command {
+            Command::System { command } => system::run(command, &nats, timeout).await,
+        }
+    });
+    match outcome {
+        Ok(code) => code,
+        Err(failure) => exit::fail(failure.code, &failure.message),
+    }
+}

@@ -1,0 +1,23 @@
+//! The executor's own section of `config/executor.toml`.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Settings of the executor beyond the common ones.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Config {
+    /// Node labels used by placement constraints (`zone = "a"`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Milliseconds between node record updates (default 1000).
+    #[serde(default)]
+    pub heartbeat_ms: Option<u64>,
+}
+
+impl Config {
+    /// Heartbeat period, never below 100 ms so a typo cannot flood the bus.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.unwrap_or(1_000).max(100))
+    }
+}

@@ -1,0 +1,129 @@
+//! The node record: what this node offers (capacity) and how busy it is, refreshed every
+//! heartbeat in the `berth-nodes` KV bucket under the node id.
+
+use async_nats::jetstream::kv;
+use berth_proto::messages::node::{NodeRecord, NodeState, Resources};
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The fixed part of the record.
+#[derive(Debug, Clone)]
+pub struct NodeIdentity {
+    pub node_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub version: String,
+}
+
+/// `MemTotal` of `/proc/meminfo`, in bytes.
+pub fn parse_mem_total(meminfo: &str) -> Option<u64> {
+    meminfo.lines().find_map(|line| {
+        let rest = line.strip_prefix("MemTotal:")?;
+        let mut fields = rest.split_whitespace();
+        let value: u64 = fields.next()?.parse().ok()?;
+        match fields.next() {
+            Some("kB") | None => value.checked_mul(1024),
+            Some(_) => None,
+        }
+    })
+}
+
+/// What the host offers: all CPUs, all memory, the kernel's pid limit.
+pub fn host_capacity() -> Resources {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| parse_mem_total(&text))
+        .unwrap_or(0);
+    let pids = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(32_768);
+    Resources {
+        cpu_millis: cpus * 1000,
+        memory_bytes: memory,
+        pids,
+    }
+}
+
+fn unix_millis(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The record for one heartbeat.
+pub fn record(identity: &NodeIdentity, capacity: Resources, now: SystemTime) -> NodeRecord {
+    NodeRecord {
+        node_id: identity.node_id.clone(),
+        state: NodeState::Ready,
+        capacity,
+        allocated: Resources::default(),
+        labels: identity.labels.clone(),
+        chain_ids: Vec::new(),
+        containers: 0,
+        last_heartbeat_ms: unix_millis(now),
+        executor_version: identity.version.clone(),
+    }
+}
+
+/// Writes the node record every `interval` until aborted. Failures (NATS down) are logged
+/// once per outage and retried on the next beat.
+pub async fn heartbeat_loop(nodes: kv::Store, identity: NodeIdentity, interval: Duration) {
+    let capacity = host_capacity();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        ticker.tick().await;
+        let record = record(&identity, capacity, SystemTime::now());
+        let body = match serde_json::to_vec(&record) {
+            Ok(body) => body,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot encode node record");
+                continue;
+            }
+        };
+        match nodes.put(identity.node_id.as_str(), body.into()).await {
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!(node_id = %identity.node_id, "node heartbeat resumed");
+            }
+            Ok(_) => {}
+            Err(err) if !failing => {
+                failing = true;
+                tracing::warn!(node_id = %identity.node_id, error = %err, "node heartbeat failed");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_total_is_read_in_bytes() {
+        let text = "MemTotal:       24606620 kB\nMemFree:        23000000 kB\n";
+        assert_eq!(parse_mem_total(text), Some(24_606_620 * 1024));
+        assert_eq!(parse_mem_total("MemFree: 1 kB\n"), None);
+        assert_eq!(parse_mem_total("MemTotal: lots kB\n"), None);
+    }
+
+    #[test]
+    fn record_carries_identity_and_time() {
+        let identity = NodeIdentity {
+            node_id: "n1".into(),
+            labels: BTreeMap::from([("zone".into(), "a".into())]),
+            version: "0.1.0".into(),
+        };
+        let now = UNIX_EPOCH + Duration::from_millis(1_234);
+        let record = record(&identity, host_capacity(), now);
+        assert_eq!(record.last_heartbeat_ms, 1_234);
+        assert_eq!(record.state, NodeState::Ready);
+        assert_eq!(record.labels.get("zone").map(String::as_str), Some("a"));
+        assert!(record.capacity.cpu_millis >= 1000);
+    }
+}

@@ -1,0 +1,16 @@
+//! NATS plumbing shared by every berth binary: connecting, typed requests with deadlines,
+//! serving typed endpoints as a NATS micro service, JetStream resources, and the common
+//! service bootstrap (flags, config file, tracing, shutdown).
+
+pub mod bootstrap;
+pub mod connect;
+pub mod jetstream;
+pub mod request;
+pub mod serve;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use connect::{connect_once, connect_service, ConnectFailure, NatsSettings};
+pub use request::{request, BusError};
+pub use serve::{Handled, RequestContext, ServiceHandle, ServiceIdentity};

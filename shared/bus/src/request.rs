@@ -1,0 +1,128 @@
+//! Typed requests with a deadline and a typed error.
+
+use async_nats::{Client, HeaderMap, Message, RequestErrorKind};
+use berth_proto::codec::{
+    CodecError, CONTENT_TYPE_HEADER, SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER,
+};
+use berth_proto::{Encoding, ErrorEnvelope, ErrorKind};
+use serde::{de::DeserializeOwned, Serialize};
+use std::time::Duration;
+
+/// Why a request did not produce a reply value.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("{subject}: no reply within {deadline:?}")]
+    TimedOut { subject: String, deadline: Duration },
+    #[error("{subject}: no service is listening (is it running?)")]
+    NoResponders { subject: String },
+    /// The service answered with an error envelope.
+    #[error("{0}")]
+    Service(ErrorEnvelope),
+    #[error("{subject}: {source}")]
+    Codec { subject: String, source: CodecError },
+    #[error("{subject}: {reason}")]
+    Transport { subject: String, reason: String },
+}
+
+impl BusError {
+    /// The error kind a service sent, if this is a service error.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            BusError::Service(envelope) => Some(envelope.code),
+            _ => None,
+        }
+    }
+}
+
+/// Sends `body` to `subject` and waits at most `deadline` for the typed reply.
+pub async fn request<Req, Resp>(
+    client: &Client,
+    subject: &str,
+    body: &Req,
+    encoding: Encoding,
+    deadline: Duration,
+) -> Result<Resp, BusError>
+where
+    Req: Serialize,
+    Resp: DeserializeOwned,
+{
+    let payload = encoding.encode(body).map_err(|source| BusError::Codec {
+        subject: subject.to_string(),
+        source,
+    })?;
+    let message = raw_request(client, subject, payload.into(), encoding, deadline).await?;
+    decode_reply(subject, encoding, &message)
+}
+
+/// Sends an already-encoded body; the reply message is returned undecoded. Used by
+/// tests that send malformed bodies on purpose and by the benchmark.
+pub async fn raw_request(
+    client: &Client,
+    subject: &str,
+    payload: bytes::Bytes,
+    encoding: Encoding,
+    deadline: Duration,
+) -> Result<Message, BusError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE_HEADER, encoding.content_type());
+    let request = async_nats::Request::new()
+        .payload(payload)
+        .headers(headers)
+        .timeout(Some(deadline));
+    client
+        .send_request(subject.to_string(), request)
+        .await
+        .map_err(|err| match err.kind() {
+            RequestErrorKind::TimedOut => BusError::TimedOut {
+                subject: subject.to_string(),
+                deadline,
+            },
+            RequestErrorKind::NoResponders => BusError::NoResponders {
+                subject: subject.to_string(),
+            },
+            _ => BusError::Transport {
+                subject: subject.to_string(),
+                reason: err.to_string(),
+            },
+        })
+}
+
+/// Turns a reply message into the typed value or the service's error envelope.
+pub fn decode_reply<Resp: DeserializeOwned>(
+    subject: &str,
+    encoding: Encoding,
+    message: &Message,
+) -> Result<Resp, BusError> {
+    if let Some(envelope) = error_of_reply(encoding, message) {
+        return Err(BusError::Service(envelope));
+    }
+    encoding
+        .decode(&message.payload)
+        .map_err(|source| BusError::Codec {
+            subject: subject.to_string(),
+            source,
+        })
+}
+
+/// The error envelope of an error reply, `None` for a success reply. A reply that sets the
+/// micro error headers but whose body is not an envelope (a non-berth micro service) is
+/// mapped from the numeric status.
+pub fn error_of_reply(encoding: Encoding, message: &Message) -> Option<ErrorEnvelope> {
+    let headers = message.headers.as_ref()?;
+    let status = headers.get(SERVICE_ERROR_CODE_HEADER)?;
+    if let Ok(envelope) = encoding.decode::<ErrorEnvelope>(&message.payload) {
+        return Some(envelope);
+    }
+    let text = headers
+        .get(SERVICE_ERROR_HEADER)
+        .map(|value| value.as_str().to_string())
+        .unwrap_or_else(|| "service error without a message".to_string());
+    let kind = match status.as_str().trim() {
+        "400" => ErrorKind::Invalid,
+        "404" => ErrorKind::NotFound,
+        "409" => ErrorKind::Conflict,
+        "503" => ErrorKind::Unavailable,
+        _ => ErrorKind::Internal,
+    };
+    Some(ErrorEnvelope::new(kind, text))
+}

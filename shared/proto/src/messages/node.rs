@@ -1,0 +1,54 @@
+//! Node records (`berth-nodes` KV, key = node id) and `berth.v1.sched.nodes`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Whether a node takes new placements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    Ready,
+    Draining,
+    Lost,
+}
+
+/// Quantities the scheduler places against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// CPU in millicores (1000 = one core).
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub pids: u64,
+}
+
+/// What an executor publishes about its node, once a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node_id: String,
+    pub state: NodeState,
+    pub capacity: Resources,
+    pub allocated: Resources,
+    pub labels: BTreeMap<String, String>,
+    /// chainIDs unpacked on the node (image locality for placement).
+    pub chain_ids: Vec<String>,
+    /// Containers the executor runs now.
+    pub containers: u32,
+    /// Unix milliseconds of the last heartbeat.
+    pub last_heartbeat_ms: u64,
+    /// Version of the executor that wrote the record.
+    pub executor_version: String,
+}
+
+/// `nodes`: every node record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeListRequest {
+    /// Only nodes in this state.
+    #[serde(default)]
+    pub state: Option<NodeState>,
+}
+
+/// Reply to `nodes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeList {
+    pub nodes: Vec<NodeRecord>,
+}

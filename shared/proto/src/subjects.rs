@@ -1,0 +1,288 @@
+//! Every NATS subject, queue group, service name and JetStream resource name berth uses.
+//!
+//! Nothing outside this module spells a subject: servers, CLI, tests and benchmarks call
+//! these builders so client and server cannot drift apart.
+
+use std::fmt;
+
+/// Root of every berth subject.
+pub const ROOT: &str = "berth.v1";
+
+macro_rules! verbs {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($variant),+
+        }
+
+        impl $name {
+            /// Every verb, in contract order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The verb's subject token.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+verbs!(
+    /// Verbs of the image-store (`berth.v1.image.<verb>`).
+    ImageVerb {
+        Pull => "pull",
+        Import => "import",
+        Load => "load",
+        Save => "save",
+        Push => "push",
+        List => "list",
+        Inspect => "inspect",
+        History => "history",
+        Tag => "tag",
+        Remove => "remove",
+        Prune => "prune",
+    }
+);
+
+verbs!(
+    /// Verbs of a node's layer-unpacker (`berth.v1.unpack.<node>.<verb>`).
+    UnpackVerb {
+        Prepare => "prepare",
+        List => "list",
+        Remove => "remove",
+        Prune => "prune",
+    }
+);
+
+verbs!(
+    /// Verbs of the scheduler (`berth.v1.sched.<verb>`).
+    SchedVerb {
+        Run => "run",
+        List => "list",
+        Inspect => "inspect",
+        Stop => "stop",
+        Kill => "kill",
+        Remove => "remove",
+        Nodes => "nodes",
+    }
+);
+
+verbs!(
+    /// Verbs of a node's executor (`berth.v1.exec.<node>.<verb>`).
+    ExecVerb {
+        Create => "create",
+        Start => "start",
+        Kill => "kill",
+        Remove => "remove",
+        Exec => "exec",
+        Inspect => "inspect",
+        List => "list",
+        Stats => "stats",
+        Logs => "logs",
+    }
+);
+
+verbs!(
+    /// What an event is about (`berth.v1.events.<kind>.…`).
+    EventKind {
+        Container => "container",
+        Image => "image",
+        Node => "node",
+    }
+);
+
+/// `berth.v1.image.<verb>`
+pub fn image(verb: ImageVerb) -> String {
+    format!("{ROOT}.image.{verb}")
+}
+
+/// `berth.v1.unpack.<node>.<verb>`
+pub fn unpack(node: &str, verb: UnpackVerb) -> String {
+    format!("{ROOT}.unpack.{node}.{verb}")
+}
+
+/// `berth.v1.sched.<verb>`
+pub fn sched(verb: SchedVerb) -> String {
+    format!("{ROOT}.sched.{verb}")
+}
+
+/// `berth.v1.exec.<node>.<verb>`
+pub fn exec(node: &str, verb: ExecVerb) -> String {
+    format!("{ROOT}.exec.{node}.{verb}")
+}
+
+/// `berth.v1.events.<kind>.<id>.<action>`
+pub fn event(kind: EventKind, id: &str, action: &str) -> String {
+    format!("{ROOT}.events.{kind}.{id}.{action}")
+}
+
+/// `berth.v1.events.>`: everything the `BERTH_EVENTS` stream captures.
+pub fn all_events() -> String {
+    format!("{ROOT}.events.>")
+}
+
+/// `berth.v1.events.<kind>.>`: every event about one kind of object.
+pub fn events_of_kind(kind: EventKind) -> String {
+    format!("{ROOT}.events.{kind}.>")
+}
+
+/// `berth.v1.logs.<id>`: live log chunks of one container.
+pub fn logs(container_id: &str) -> String {
+    format!("{ROOT}.logs.{container_id}")
+}
+
+/// Subject served only by the benchmark's own echo endpoint (never by a berth service).
+pub fn bench_echo() -> String {
+    format!("{ROOT}.bench.echo")
+}
+
+/// A fresh progress subject for one long-running request, under the caller's inbox
+/// prefix so that only the caller's subscription sees it.
+pub fn progress(inbox_prefix: &str, request_id: &str) -> String {
+    format!("{inbox_prefix}.progress.{request_id}")
+}
+
+/// Checks that a node or container id can be used as a single subject token: non-empty,
+/// no whitespace, no `.`, `*` or `>`. Returns a reason when it cannot.
+pub fn check_token(kind: &str, token: &str) -> Result<(), String> {
+    if token.is_empty() {
+        return Err(format!("{kind} must not be empty"));
+    }
+    if token.len() > 128 {
+        return Err(format!("{kind} {token:?} is longer than 128 bytes"));
+    }
+    if let Some(bad) = token
+        .chars()
+        .find(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "{kind} {token:?} contains {bad:?}, which cannot appear in a NATS subject token"
+        ));
+    }
+    Ok(())
+}
+
+/// NATS micro service discovery subjects (the `$SRV` protocol, not berth's own).
+pub mod micro {
+    /// `$SRV.PING` to every service on the bus.
+    pub const PING_ALL: &str = "$SRV.PING";
+    /// `$SRV.INFO` to every service on the bus.
+    pub const INFO_ALL: &str = "$SRV.INFO";
+    /// `$SRV.STATS` to every service on the bus.
+    pub const STATS_ALL: &str = "$SRV.STATS";
+
+    /// `$SRV.PING.<name>`: every instance of one service.
+    pub fn ping(service: &str) -> String {
+        format!("{PING_ALL}.{service}")
+    }
+
+    /// `$SRV.INFO.<name>`: every instance of one service.
+    pub fn info(service: &str) -> String {
+        format!("{INFO_ALL}.{service}")
+    }
+
+    /// `$SRV.STATS.<name>`: every instance of one service.
+    pub fn stats(service: &str) -> String {
+        format!("{STATS_ALL}.{service}")
+    }
+}
+
+/// Names under which the services register on the bus (NATS micro `name`).
+pub mod service_names {
+    pub const IMAGE_STORE: &str = "berth-image-store";
+    pub const LAYER_UNPACKER: &str = "berth-layer-unpacker";
+    pub const SCHEDULER: &str = "berth-scheduler";
+    pub const EXECUTOR: &str = "berth-executor";
+    /// All four, in the order `berth system info` prints them.
+    pub const ALL: [&str; 4] = [IMAGE_STORE, LAYER_UNPACKER, SCHEDULER, EXECUTOR];
+    /// Prefix shared by every berth service name.
+    pub const PREFIX: &str = "berth-";
+}
+
+/// Queue groups of the services that scale by running more instances.
+pub mod queue_groups {
+    pub const IMAGE_STORE: &str = "image-store";
+    pub const SCHEDULER: &str = "scheduler";
+    /// Node-local services: one per node, but a queue group keeps a restarted
+    /// instance overlapping its predecessor from answering twice.
+    pub const LAYER_UNPACKER: &str = "layer-unpacker";
+    pub const EXECUTOR: &str = "executor";
+}
+
+/// Metadata keys every service puts in its `$SRV.INFO`.
+pub mod metadata_keys {
+    pub const NODE_ID: &str = "node_id";
+    pub const VERSION: &str = "version";
+    pub const STARTED: &str = "started";
+}
+
+/// JetStream resources of DESIGN.md.
+pub mod jetstream {
+    /// Object Store: layer and config blobs, object name = digest.
+    pub const BLOBS_BUCKET: &str = "berth-blobs";
+    /// KV: manifests by digest, references (`name:tag` → digest).
+    pub const IMAGES_BUCKET: &str = "berth-images";
+    /// KV: node records.
+    pub const NODES_BUCKET: &str = "berth-nodes";
+    /// KV: desired + observed state of each container.
+    pub const CONTAINERS_BUCKET: &str = "berth-containers";
+    /// Stream capturing `berth.v1.events.>`.
+    pub const EVENTS_STREAM: &str = "BERTH_EVENTS";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_follow_the_design_table() {
+        assert_eq!(image(ImageVerb::Pull), "berth.v1.image.pull");
+        assert_eq!(
+            unpack("n1", UnpackVerb::Prepare),
+            "berth.v1.unpack.n1.prepare"
+        );
+        assert_eq!(sched(SchedVerb::Run), "berth.v1.sched.run");
+        assert_eq!(exec("n1", ExecVerb::Logs), "berth.v1.exec.n1.logs");
+        assert_eq!(
+            event(EventKind::Container, "abc", "start"),
+            "berth.v1.events.container.abc.start"
+        );
+        assert_eq!(all_events(), "berth.v1.events.>");
+        assert_eq!(logs("abc"), "berth.v1.logs.abc");
+        assert_eq!(
+            micro::info(service_names::EXECUTOR),
+            "$SRV.INFO.berth-executor"
+        );
+    }
+
+    #[test]
+    fn every_verb_is_a_single_lowercase_token() {
+        let tokens = ImageVerb::ALL
+            .iter()
+            .map(|v| v.as_str())
+            .chain(UnpackVerb::ALL.iter().map(|v| v.as_str()))
+            .chain(SchedVerb::ALL.iter().map(|v| v.as_str()))
+            .chain(ExecVerb::ALL.iter().map(|v| v.as_str()));
+        for token in tokens {
+            assert!(check_token("verb", token).is_ok(), "{token}");
+            assert_eq!(token, token.to_lowercase());
+        }
+    }
+
+    #[test]
+    fn tokens_with_wildcards_or_dots_are_refused() {
+        assert!(check_token("node id", "node-1").is_ok());
+        for bad in ["", "a.b", "a*", ">", "a b", "tab\t"] {
+            assert!(check_token("node id", bad).is_err(), "{bad:?}");
+        }
+    }
+}
