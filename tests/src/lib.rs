@@ -1,0 +1,420 @@
+//! Test harness: starts a real `nats-server` (free loopback port, own JetStream dir) and
+//! the real berth service binaries as child processes, waits until they answer, and
+//! cleans everything up on drop. Every step returns an error instead of panicking, so a
+//! test failure says what did not come up and where its log is.
+
+use async_nats::Client;
+use berth_proto::subjects::{micro, service_names};
+use futures::StreamExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+/// What went wrong while bringing up or tearing down test infrastructure.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("{0}")]
+    Missing(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{what} did not become ready within {within:?}; log: {log}")]
+    NotReady {
+        what: String,
+        within: Duration,
+        log: String,
+    },
+    #[error("NATS: {0}")]
+    Nats(String),
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
+    let what = what.into();
+    move |source| HarnessError::Io { what, source }
+}
+
+/// Root of the cargo workspace (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Directory of the berth binaries: `BERTH_BIN_DIR`, else `target/debug` (or the
+/// `CARGO_TARGET_DIR` equivalent) of this workspace.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BERTH_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    target.join("debug")
+}
+
+/// Path of a berth binary; an error that says how to build it when it is missing.
+pub fn bin_path(name: &str) -> Result<PathBuf, HarnessError> {
+    let path = bin_dir().join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(HarnessError::Missing(format!(
+            "binary {name} not found at {}: run `cargo build --workspace --bins` first (or set BERTH_BIN_DIR)",
+            path.display()
+        )))
+    }
+}
+
+/// The `nats-server` to use: `BERTH_NATS_SERVER`, else the first on `PATH`. It must be
+/// 2.10 or newer (older servers break async-nats' KV creation).
+pub fn nats_server_binary() -> Result<PathBuf, HarnessError> {
+    let candidate = match std::env::var_os("BERTH_NATS_SERVER") {
+        Some(path) => PathBuf::from(path),
+        None => std::env::var_os("PATH")
+            .and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join("nats-server"))
+                    .find(|path| path.is_file())
+            })
+            .ok_or_else(|| {
+                HarnessError::Missing(
+                    "nats-server not found on PATH: run docker-compose-free-scripts/setup.sh (or set BERTH_NATS_SERVER)"
+                        .into(),
+                )
+            })?,
+    };
+    let output = std::process::Command::new(&candidate)
+        .arg("--version")
+        .output()
+        .map_err(io_error(format!("cannot run {}", candidate.display())))?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    match parse_nats_version(&text) {
+        Some((major, minor)) if (major, minor) >= (2, 10) => Ok(candidate),
+        _ => Err(HarnessError::Missing(format!(
+            "{} reports {:?}; berth needs nats-server 2.10 or newer (setup.sh installs one)",
+            candidate.display(),
+            text.trim()
+        ))),
+    }
+}
+
+/// `nats-server: v2.15.1` → (2, 15).
+pub fn parse_nats_version(text: &str) -> Option<(u32, u32)> {
+    let version = text
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix('v'))?;
+    let mut parts = version.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the small race is acceptable in tests).
+pub fn free_port() -> Result<u16, HarnessError> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(io_error("bind a free port"))?;
+    let port = listener
+        .local_addr()
+        .map_err(io_error("read the free port"))?
+        .port();
+    Ok(port)
+}
+
+async fn wait_for_port(port: u16, within: Duration, log: &Path) -> Result<(), HarnessError> {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(HarnessError::NotReady {
+        what: format!("nats-server on port {port}"),
+        within,
+        log: log.display().to_string(),
+    })
+}
+
+/// A nats-server with JetStream on a free loopback port and its own store dir.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+    binary: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts a server and waits until it accepts connections.
+    pub async fn start() -> Result<Self, HarnessError> {
+        let binary = nats_server_binary()?;
+        let dir = tempfile::Builder::new()
+            .prefix("berth-nats-")
+            .tempdir()
+            .map_err(io_error("create the NATS temp dir"))?;
+        let mut server = NatsServer {
+            child: None,
+            port: free_port()?,
+            dir,
+            binary,
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    async fn spawn(&mut self) -> Result<(), HarnessError> {
+        let log = self.log_path();
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(io_error(format!("open {}", log.display())))?;
+        let stderr = log_file
+            .try_clone()
+            .map_err(io_error("clone the NATS log handle"))?;
+        let child = Command::new(&self.binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.path().join("jetstream"))
+            .stdout(Stdio::from(log_file))
+            .stderr(Stdio::from(stderr))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io_error(format!("start {}", self.binary.display())))?;
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(10), &log).await
+    }
+
+    /// `nats://127.0.0.1:<port>`
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("nats-server.log")
+    }
+
+    /// A client connected to this server.
+    pub async fn client(&self) -> Result<Client, HarnessError> {
+        async_nats::connect(self.url())
+            .await
+            .map_err(|err| HarnessError::Nats(format!("connect to {}: {err}", self.url())))
+    }
+
+    /// Kills the server with SIGKILL and waits for it to be gone.
+    pub async fn kill(&mut self) -> Result<(), HarnessError> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.map_err(io_error("kill nats-server"))?;
+        }
+        Ok(())
+    }
+
+    /// Kills the server and starts it again on the same port with the same store.
+    pub async fn restart(&mut self) -> Result<(), HarnessError> {
+        self.kill().await?;
+        self.spawn().await
+    }
+}
+
+/// One berth service binary running as a child process.
+pub struct ServiceProcess {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl ServiceProcess {
+    /// The OS pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits up to `within` for a clean exit; returns its exit status.
+    pub async fn terminate(
+        &mut self,
+        within: Duration,
+    ) -> Result<std::process::ExitStatus, HarnessError> {
+        if let Some(pid) = self.child.id() {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).map_err(|errno| {
+                HarnessError::Io {
+                    what: format!("SIGTERM {}", self.name),
+                    source: errno.into(),
+                }
+            })?;
+        }
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => status.map_err(io_error(format!("wait for {}", self.name))),
+            Err(_) => Err(HarnessError::NotReady {
+                what: format!("{} exiting after SIGTERM", self.name),
+                within,
+                log: self.log.display().to_string(),
+            }),
+        }
+    }
+}
+
+/// The four services' binaries, in start order.
+pub const ALL_SERVICES: [&str; 4] = service_names::ALL;
+
+/// A nats-server plus berth services for one node, each with its own temp dirs.
+pub struct Stack {
+    pub nats: NatsServer,
+    pub services: Vec<ServiceProcess>,
+    pub node_id: String,
+    dir: TempDir,
+}
+
+impl Stack {
+    /// Starts nats-server and the named services (binary names such as `berth-executor`)
+    /// for node `node_id`, and waits until each answers `$SRV.PING`.
+    pub async fn start(services: &[&str], node_id: &str) -> Result<Self, HarnessError> {
+        let nats = NatsServer::start().await?;
+        let dir = tempfile::Builder::new()
+            .prefix("berth-stack-")
+            .tempdir()
+            .map_err(io_error("create the stack temp dir"))?;
+        let mut stack = Stack {
+            nats,
+            services: Vec::new(),
+            node_id: node_id.to_string(),
+            dir,
+        };
+        for service in services {
+            stack.spawn_service(service)?;
+        }
+        stack.wait_ready(services, Duration::from_secs(20)).await?;
+        Ok(stack)
+    }
+
+    /// The node's data dir (`BERTH_DATA_DIR` of its services).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn spawn_service(&mut self, name: &str) -> Result<(), HarnessError> {
+        let binary = bin_path(name)?;
+        let log = self.dir.path().join(format!("{name}.log"));
+        let log_file =
+            std::fs::File::create(&log).map_err(io_error(format!("create {}", log.display())))?;
+        let stderr = log_file
+            .try_clone()
+            .map_err(io_error("clone a log handle"))?;
+        let child = Command::new(&binary)
+            .env("BERTH_NATS_URL", self.nats.url())
+            .env("BERTH_DATA_DIR", self.data_dir())
+            .env("BERTH_NODE_ID", &self.node_id)
+            .env("RUST_LOG", "info")
+            .env_remove("BERTH_CONFIG")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log_file))
+            .stderr(Stdio::from(stderr))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io_error(format!("start {}", binary.display())))?;
+        self.services.push(ServiceProcess {
+            name: name.to_string(),
+            child,
+            log,
+        });
+        Ok(())
+    }
+
+    /// Waits until every named service answers `$SRV.PING.<name>`.
+    pub async fn wait_ready(
+        &self,
+        services: &[&str],
+        within: Duration,
+    ) -> Result<(), HarnessError> {
+        let client = self.nats.client().await?;
+        for name in services {
+            let deadline = tokio::time::Instant::now() + within;
+            loop {
+                if ping_count(&client, name, Duration::from_millis(250)).await? > 0 {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(HarnessError::NotReady {
+                        what: (*name).to_string(),
+                        within,
+                        log: self.log_of(name),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Log file of a service, for error messages.
+    pub fn log_of(&self, name: &str) -> String {
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.log.display().to_string())
+            .unwrap_or_else(|| format!("({name} was not started)"))
+    }
+
+    /// A command for the `berth` CLI pointed at this stack's NATS.
+    pub fn berth(&self) -> Result<std::process::Command, HarnessError> {
+        let mut command = std::process::Command::new(bin_path("berth")?);
+        command.env("BERTH_NATS_URL", self.nats.url());
+        Ok(command)
+    }
+}
+
+/// How many instances of `service` answer `$SRV.PING.<service>` within `wait`.
+pub async fn ping_count(
+    client: &Client,
+    service: &str,
+    wait: Duration,
+) -> Result<usize, HarnessError> {
+    let inbox = client.new_inbox();
+    let mut replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|err| HarnessError::Nats(format!("subscribe: {err}")))?;
+    client
+        .publish_with_reply(micro::ping(service), inbox, bytes::Bytes::new())
+        .await
+        .map_err(|err| HarnessError::Nats(format!("publish ping: {err}")))?;
+    let mut count = 0;
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(_)) = tokio::time::timeout_at(deadline, replies.next()).await {
+        count += 1;
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_versions_parse() {
+        assert_eq!(parse_nats_version("nats-server: v2.15.1\n"), Some((2, 15)));
+        assert_eq!(parse_nats_version("nats-server: v2.9.10"), Some((2, 9)));
+        assert_eq!(parse_nats_version("garbage"), None);
+        assert!(parse_nats_version("nats-server: v2.9.10").is_some_and(|v| v < (2, 10)));
+    }
+}
