@@ -37,3 +37,4 @@ pub async fn run(
     tracing::info!(node_id = %settings.node_id, snapshots = %snapshots_dir.display(), "layer-unpacker serving");
     service.serve_until(shutdown).await
 }
+pub mod snapshot;
