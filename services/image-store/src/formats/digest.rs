@@ -35,7 +35,7 @@ impl Algorithm {
 }
 
 /// Errors about digests, sizes and their verification.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DigestError {
     /// The text is not `algorithm:hex` with a supported algorithm and the right length.
     #[error("invalid digest {input:?}: {reason}")]
@@ -424,7 +424,8 @@ impl<R: Read> Read for VerifyingReader<R> {
 
 /// Extracts the [`DigestError`] from an `io::Error` produced by a verifying reader, if it is one.
 pub fn digest_error_of(e: &io::Error) -> Option<&DigestError> {
-    e.get_ref().and_then(|inner| inner.downcast_ref::<DigestError>())
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<DigestError>())
 }
 
 /// Hashes a whole stream with sha256, returning digest and size.
@@ -521,7 +522,8 @@ mod tests {
     #[test]
     fn verifying_reader_names_expected_and_actual_on_mismatch() {
         let d = Digest::sha256_of(b"hello world");
-        let mut r = VerifyingReader::new(&b"hello worle"[..], d.clone(), Some(11), "layer L of img");
+        let mut r =
+            VerifyingReader::new(&b"hello worle"[..], d.clone(), Some(11), "layer L of img");
         let err = io::copy(&mut r, &mut io::sink()).expect_err("mismatch");
         let de = digest_error_of(&err).expect("digest error inside");
         match de {
@@ -537,7 +539,10 @@ mod tests {
             other => panic!("unexpected {other}"),
         }
         let msg = err.to_string();
-        assert!(msg.contains(&d.to_string()) && msg.contains("layer L of img"), "{msg}");
+        assert!(
+            msg.contains(&d.to_string()) && msg.contains("layer L of img"),
+            "{msg}"
+        );
     }
 
     #[test]

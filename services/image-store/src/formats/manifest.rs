@@ -53,7 +53,8 @@ pub mod media {
     /// OCI zstd layer.
     pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
     /// Prefix of OCI non-distributable layer types: refused.
-    pub const OCI_NONDISTRIBUTABLE_PREFIX: &str = "application/vnd.oci.image.layer.nondistributable.";
+    pub const OCI_NONDISTRIBUTABLE_PREFIX: &str =
+        "application/vnd.oci.image.layer.nondistributable.";
 }
 
 /// Errors about manifests and configs; each names the image it concerns.
@@ -163,10 +164,18 @@ pub struct Platform {
     /// GOOS value (`linux`).
     pub os: String,
     /// OS version (Windows).
-    #[serde(rename = "os.version", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_version: Option<String>,
     /// OS features (Windows).
-    #[serde(rename = "os.features", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "os.features",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_features: Option<Vec<String>>,
     /// CPU variant (`v7`, `v8`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -365,8 +374,12 @@ pub fn parse_manifest(
         what: "manifest".to_string(),
         media_type: m.to_string(),
     };
-    let body_kind = body_type.map(|m| kind_of(m).ok_or_else(|| unknown(m))).transpose()?;
-    let served_kind = served.map(|m| kind_of(m).ok_or_else(|| unknown(m))).transpose()?;
+    let body_kind = body_type
+        .map(|m| kind_of(m).ok_or_else(|| unknown(m)))
+        .transpose()?;
+    let served_kind = served
+        .map(|m| kind_of(m).ok_or_else(|| unknown(m)))
+        .transpose()?;
     let version = obj.get("schemaVersion").and_then(|v| v.as_u64());
     let kind = match (body_kind, served_kind) {
         (Some(b), Some(s)) if b != s => {
@@ -567,7 +580,9 @@ impl PlatformSpec {
                     .bytes()
                     .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-' || c == b'.')
         }) {
-            return Err(bad("expected os/arch[/variant] with letters, digits, '_', '-', '.'"));
+            return Err(bad(
+                "expected os/arch[/variant] with letters, digits, '_', '-', '.'",
+            ));
         }
         match parts.as_slice() {
             [arch] => Ok(Self::new(std::env::consts::OS, arch, None)),
@@ -624,7 +639,9 @@ fn normalize_os(os: &str) -> String {
 /// containerd's `platforms.Normalize` for architecture and variant.
 fn normalize_arch(arch: &str, variant: Option<&str>) -> (String, Option<String>) {
     let arch = arch.to_ascii_lowercase();
-    let variant = variant.map(str::to_ascii_lowercase).filter(|v| !v.is_empty());
+    let variant = variant
+        .map(str::to_ascii_lowercase)
+        .filter(|v| !v.is_empty());
     match arch.as_str() {
         "i386" | "386" => ("386".to_string(), None),
         "x86_64" | "x86-64" | "amd64" => {
@@ -665,7 +682,12 @@ pub fn select_platform<'a>(
     let best = index
         .manifests
         .iter()
-        .filter_map(|d| d.platform.as_ref().and_then(|p| want.rank(p)).map(|r| (r, d)))
+        .filter_map(|d| {
+            d.platform
+                .as_ref()
+                .and_then(|p| want.rank(p))
+                .map(|r| (r, d))
+        })
         .min_by_key(|(r, _)| *r);
     if let Some((_, d)) = best {
         return Ok(d);
@@ -677,9 +699,7 @@ pub fn select_platform<'a>(
         .manifests
         .iter()
         .map(|d| match &d.platform {
-            Some(p) => {
-                PlatformSpec::new(&p.os, &p.architecture, p.variant.as_deref()).to_string()
-            }
+            Some(p) => PlatformSpec::new(&p.os, &p.architecture, p.variant.as_deref()).to_string(),
             None => "(none)".to_string(),
         })
         .collect();
@@ -716,7 +736,9 @@ mod tests {
     }
 
     fn config(diff_ids: usize, history: &[bool]) -> Vec<u8> {
-        let ids: Vec<String> = (0..diff_ids).map(|i| d(&format!("u{i}")).to_string()).collect();
+        let ids: Vec<String> = (0..diff_ids)
+            .map(|i| d(&format!("u{i}")).to_string())
+            .collect();
         let hist: Vec<serde_json::Value> = history
             .iter()
             .map(|empty| json!({"created_by": "x", "empty_layer": empty}))
@@ -739,10 +761,18 @@ mod tests {
         assert_eq!(m.layers.len(), 1);
         assert_eq!(m.config.digest, d("c"));
         // Served type agreeing is fine; generic json is ignored.
-        parse_manifest(&docker_manifest(media::DOCKER_LAYER_GZIP), Some(media::OCI_MANIFEST), "img")
-            .expect("same kind");
-        parse_manifest(&docker_manifest(media::DOCKER_LAYER_GZIP), Some("application/json"), "img")
-            .expect("generic");
+        parse_manifest(
+            &docker_manifest(media::DOCKER_LAYER_GZIP),
+            Some(media::OCI_MANIFEST),
+            "img",
+        )
+        .expect("same kind");
+        parse_manifest(
+            &docker_manifest(media::DOCKER_LAYER_GZIP),
+            Some("application/json"),
+            "img",
+        )
+        .expect("generic");
     }
 
     #[test]
@@ -769,13 +799,23 @@ mod tests {
             .collect();
         assert_eq!(
             comps,
-            [Compression::None, Compression::Gzip, Compression::Zstd, Compression::None]
+            [
+                Compression::None,
+                Compression::Gzip,
+                Compression::Zstd,
+                Compression::None
+            ]
         );
     }
 
     #[test]
     fn rejects_malformed_json() {
-        for bad in [&b"{"[..], b"[]", b"null", b"{\"schemaVersion\":2,\"config\":1,\"layers\":[]}"] {
+        for bad in [
+            &b"{"[..],
+            b"[]",
+            b"null",
+            b"{\"schemaVersion\":2,\"config\":1,\"layers\":[]}",
+        ] {
             let err = parse_manifest(bad, None, "busybox:latest").expect_err("bad");
             assert!(err.to_string().contains("busybox:latest"), "{err}");
         }
@@ -800,7 +840,16 @@ mod tests {
         let mut big = docker_manifest(media::DOCKER_LAYER_GZIP);
         big.resize(MAX_MANIFEST_SIZE + 1, b' ');
         let err = parse_manifest(&big, None, "img").expect_err("too big");
-        assert!(matches!(err, ManifestError::TooLarge { what: "manifest", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ManifestError::TooLarge {
+                    what: "manifest",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(err.to_string().contains("img"));
     }
 
@@ -809,9 +858,15 @@ mod tests {
         let s1 = br#"{"schemaVersion":1,"name":"x","tag":"y","fsLayers":[]}"#;
         assert!(matches!(
             parse_manifest(s1, None, "img"),
-            Err(ManifestError::SchemaVersion { version: Some(1), .. })
+            Err(ManifestError::SchemaVersion {
+                version: Some(1),
+                ..
+            })
         ));
-        let s1typed = format!(r#"{{"schemaVersion":1,"mediaType":"{}"}}"#, media::DOCKER_SCHEMA1_SIGNED);
+        let s1typed = format!(
+            r#"{{"schemaVersion":1,"mediaType":"{}"}}"#,
+            media::DOCKER_SCHEMA1_SIGNED
+        );
         assert!(matches!(
             parse_manifest(s1typed.as_bytes(), None, "img"),
             Err(ManifestError::SchemaVersion { .. })
@@ -819,7 +874,10 @@ mod tests {
         let s3 = br#"{"schemaVersion":3,"config":{},"layers":[]}"#;
         assert!(matches!(
             parse_manifest(s3, None, "img"),
-            Err(ManifestError::SchemaVersion { version: Some(3), .. })
+            Err(ManifestError::SchemaVersion {
+                version: Some(3),
+                ..
+            })
         ));
     }
 
@@ -833,7 +891,9 @@ mod tests {
         let err = parse_manifest(&docker_manifest("application/x-weird"), None, "img")
             .expect_err("unknown layer");
         match &err {
-            ManifestError::UnknownMediaType { what, media_type, .. } => {
+            ManifestError::UnknownMediaType {
+                what, media_type, ..
+            } => {
                 assert!(what.contains(&d("l1").to_string()));
                 assert_eq!(media_type, "application/x-weird");
             }
@@ -851,7 +911,11 @@ mod tests {
             Err(ManifestError::UnknownMediaType { .. })
         ));
         assert!(matches!(
-            parse_manifest(&docker_manifest(media::DOCKER_LAYER_GZIP), Some("text/html"), "img"),
+            parse_manifest(
+                &docker_manifest(media::DOCKER_LAYER_GZIP),
+                Some("text/html"),
+                "img"
+            ),
             Err(ManifestError::UnknownMediaType { .. })
         ));
     }
@@ -867,7 +931,10 @@ mod tests {
             let err = parse_manifest(&docker_manifest(t), None, "win:ltsc").expect_err(t);
             assert!(matches!(err, ManifestError::ForeignLayer { .. }), "{err}");
             let msg = err.to_string();
-            assert!(msg.contains("win:ltsc") && msg.contains(&d("l1").to_string()), "{msg}");
+            assert!(
+                msg.contains("win:ltsc") && msg.contains(&d("l1").to_string()),
+                "{msg}"
+            );
         }
     }
 
@@ -879,7 +946,10 @@ mod tests {
             "img",
         )
         .expect_err("mismatch");
-        assert!(matches!(err, ManifestError::MediaTypeMismatch { .. }), "{err}");
+        assert!(
+            matches!(err, ManifestError::MediaTypeMismatch { .. }),
+            "{err}"
+        );
     }
 
     fn entry(os: &str, arch: &str, variant: Option<&str>, tag: &str) -> serde_json::Value {
@@ -917,15 +987,24 @@ mod tests {
         };
         assert_eq!(pick("linux/amd64").expect("amd64"), d("amd64"));
         assert_eq!(pick("linux/x86_64").expect("alias"), d("amd64"));
-        assert_eq!(pick("linux/arm64").expect("arm64 normalizes v8"), d("arm64"));
+        assert_eq!(
+            pick("linux/arm64").expect("arm64 normalizes v8"),
+            d("arm64")
+        );
         assert_eq!(pick("linux/aarch64/v8").expect("alias"), d("arm64"));
         assert_eq!(pick("linux/arm").expect("arm defaults v7"), d("armv7"));
         assert_eq!(pick("linux/arm/v6").expect("v6"), d("armv6"));
-        assert_eq!(pick("linux/arm/v8").expect("v8 falls back to v7"), d("armv7"));
+        assert_eq!(
+            pick("linux/arm/v8").expect("v8 falls back to v7"),
+            d("armv7")
+        );
         assert_eq!(pick("windows/amd64").expect("win"), d("win"));
         let err = pick("linux/s390x").expect_err("none");
         let msg = err.to_string();
-        assert!(msg.contains("linux/s390x") && msg.contains("linux/arm64"), "{msg}");
+        assert!(
+            msg.contains("linux/s390x") && msg.contains("linux/arm64"),
+            "{msg}"
+        );
         let err = pick("linux/arm/v5").expect_err("v5 can't run v6");
         assert!(matches!(err, ManifestError::NoMatchingPlatform { .. }));
     }
@@ -942,7 +1021,10 @@ mod tests {
         ]);
         let got = select_platform(&idx, &host, "multi").expect("host platform present");
         let p = got.platform.as_ref().expect("platform");
-        assert_eq!(PlatformSpec::new(&p.os, &p.architecture, None).architecture, host.architecture);
+        assert_eq!(
+            PlatformSpec::new(&p.os, &p.architecture, None).architecture,
+            host.architecture
+        );
     }
 
     #[test]
@@ -962,8 +1044,16 @@ mod tests {
         for bad in ["", "/", "linux/", "linux/amd64/v1/x", "linux amd64"] {
             assert!(PlatformSpec::parse(bad).is_err(), "{bad}");
         }
-        assert_eq!(PlatformSpec::parse("linux/arm64/v8").expect("ok").to_string(), "linux/arm64");
-        assert_eq!(PlatformSpec::parse("linux/armhf").expect("ok").to_string(), "linux/arm/v7");
+        assert_eq!(
+            PlatformSpec::parse("linux/arm64/v8")
+                .expect("ok")
+                .to_string(),
+            "linux/arm64"
+        );
+        assert_eq!(
+            PlatformSpec::parse("linux/armhf").expect("ok").to_string(),
+            "linux/arm/v7"
+        );
     }
 
     #[test]
@@ -991,11 +1081,17 @@ mod tests {
 
     #[test]
     fn config_errors() {
-        assert!(matches!(parse_config(b"{", "img"), Err(ManifestError::Json { what: "config", .. })));
+        assert!(matches!(
+            parse_config(b"{", "img"),
+            Err(ManifestError::Json { what: "config", .. })
+        ));
         // Missing required rootfs.
         assert!(parse_config(br#"{"architecture":"amd64","os":"linux"}"#, "img").is_err());
         let big = vec![b' '; MAX_CONFIG_SIZE + 1];
-        assert!(matches!(parse_config(&big, "img"), Err(ManifestError::TooLarge { .. })));
+        assert!(matches!(
+            parse_config(&big, "img"),
+            Err(ManifestError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -302,7 +302,9 @@ fn validate_tag(tag: &str) -> Result<(), String> {
         return Err(format!("tag longer than {TAG_MAX} characters"));
     }
     if !word(b[0]) {
-        return Err(format!("tag {tag:?} must start with a letter, digit or '_'"));
+        return Err(format!(
+            "tag {tag:?} must start with a letter, digit or '_'"
+        ));
     }
     if !b.iter().all(|&c| word(c) || c == b'.' || c == b'-') {
         return Err(format!(
@@ -416,10 +418,16 @@ mod tests {
         assert_eq!(r.familiar(), "alpine:latest");
         assert_eq!(r.registry_host(), "registry-1.docker.io");
         assert_eq!(r.path(), "library/alpine");
-        assert_eq!(p("library/alpine:3.20").to_string(), "docker.io/library/alpine:3.20");
+        assert_eq!(
+            p("library/alpine:3.20").to_string(),
+            "docker.io/library/alpine:3.20"
+        );
         assert_eq!(p("library/alpine:3.20").familiar(), "alpine:3.20");
         assert_eq!(p("docker.io/busybox").familiar(), "busybox:latest");
-        assert_eq!(p("index.docker.io/library/busybox:1").to_string(), "docker.io/library/busybox:1");
+        assert_eq!(
+            p("index.docker.io/library/busybox:1").to_string(),
+            "docker.io/library/busybox:1"
+        );
     }
 
     #[test]
@@ -485,7 +493,9 @@ mod tests {
 
     #[test]
     fn path_separators() {
-        for ok in ["a", "a.b", "a_b", "a__b", "a-b", "a---b", "a/b/c", "0/1", "a.b-c_d"] {
+        for ok in [
+            "a", "a.b", "a_b", "a__b", "a-b", "a---b", "a/b/c", "0/1", "a.b-c_d",
+        ] {
             assert!(Reference::parse(ok).is_ok(), "{ok}");
         }
     }
