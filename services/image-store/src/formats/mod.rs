@@ -6,4 +6,5 @@ pub mod digest;
 pub mod docker_archive;
 pub mod image;
 pub mod manifest;
+pub mod oci_layout;
 pub mod reference;
