@@ -45,8 +45,9 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Directory of the berth binaries: `BERTH_BIN_DIR`, else `target/debug` (or the
-/// `CARGO_TARGET_DIR` equivalent) of this workspace.
+/// Directory of the berth binaries: `BERTH_BIN_DIR`, else the workspace's `target/debug`
+/// or `target/release` — the profile these tests were built with, so `cargo test
+/// --release` finds the release binaries `setup.sh` built.
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("BERTH_BIN_DIR") {
         return PathBuf::from(dir);
@@ -54,7 +55,7 @@ pub fn bin_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
-    target.join("debug")
+    target.join(if cfg!(debug_assertions) { "debug" } else { "release" })
 }
 
 /// Path of a berth binary; an error that says how to build it when it is missing.

@@ -21,3 +21,17 @@ impl Config {
         Duration::from_millis(self.heartbeat_ms.unwrap_or(1_000).max(100))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_file_parses() {
+        let text = include_str!("../../../config/executor.toml");
+        let path = std::path::Path::new("config/executor.toml");
+        let config: Config =
+            berth_bus::settings::parse_config(text, path).expect("shipped config parses");
+        assert_eq!(config.heartbeat_interval(), Duration::from_secs(1));
+    }
+}

@@ -9,3 +9,17 @@ pub struct Config {
     #[serde(default)]
     pub insecure_registries: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_file_parses() {
+        let text = include_str!("../../../config/image-store.toml");
+        let path = std::path::Path::new("config/image-store.toml");
+        let config: Config =
+            berth_bus::settings::parse_config(text, path).expect("shipped config parses");
+        assert!(config.insecure_registries.is_empty());
+    }
+}

@@ -12,3 +12,17 @@ pub struct Config {
     #[serde(default)]
     pub snapshotter: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_file_parses() {
+        let text = include_str!("../../../config/layer-unpacker.toml");
+        let path = std::path::Path::new("config/layer-unpacker.toml");
+        let config: Config =
+            berth_bus::settings::parse_config(text, path).expect("shipped config parses");
+        assert_eq!(config.parallelism, None);
+    }
+}

@@ -17,3 +17,17 @@ impl Config {
         Duration::from_millis(self.node_lost_after_ms.unwrap_or(10_000))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_file_parses() {
+        let text = include_str!("../../../config/scheduler.toml");
+        let path = std::path::Path::new("config/scheduler.toml");
+        let config: Config =
+            berth_bus::settings::parse_config(text, path).expect("shipped config parses");
+        assert_eq!(config.node_lost_after(), Duration::from_secs(10));
+    }
+}

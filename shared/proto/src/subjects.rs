@@ -145,6 +145,11 @@ pub fn bench_echo() -> String {
     format!("{ROOT}.bench.echo")
 }
 
+/// Subject of the benchmark's raw async-nats responder, the baseline the bus is measured against.
+pub fn bench_echo_raw() -> String {
+    format!("{ROOT}.bench.echo_raw")
+}
+
 /// A fresh progress subject for one long-running request, under the caller's inbox
 /// prefix so that only the caller's subscription sees it.
 pub fn progress(inbox_prefix: &str, request_id: &str) -> String {
