@@ -18,8 +18,8 @@ pub mod seccomp;
 pub mod spec;
 pub mod sys;
 
+pub use cgroups::CgroupStats;
 pub use container::{Container, ContainerStatus, CreateOptions, ExitInfo, Stdio};
 pub use error::{Error, Result};
 pub use init::init_if_requested;
 pub use spec::{default_spec, DefaultSpecOptions};
-pub use cgroups::CgroupStats;

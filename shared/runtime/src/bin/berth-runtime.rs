@@ -1,0 +1,499 @@
+//! `berth-runtime`: the berth isolation library behind runc's command line.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use anyhow::{anyhow, bail, Context, Result};
+use berth_runtime::container::wait_pid;
+use berth_runtime::{Container, CreateOptions, Stdio};
+use clap::{Parser, Subcommand};
+use nix::sys::signal::Signal;
+use oci_spec::runtime::Process;
+
+#[derive(Parser)]
+#[command(
+    name = "berth-runtime",
+    version,
+    about = "OCI runtime (runc-compatible command line)"
+)]
+struct Cli {
+    /// Root directory for storage of container state.
+    #[arg(long, global = true, default_value = "/run/berth-runtime")]
+    root: PathBuf,
+    /// Log file (default stderr).
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long = "log-format", global = true, default_value = "text")]
+    log_format: String,
+    /// Debug logging.
+    #[arg(long, global = true)]
+    debug: bool,
+    /// Accepted for runc compatibility; berth-runtime manages cgroupfs directly.
+    #[arg(long = "systemd-cgroup", global = true)]
+    systemd_cgroup: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args)]
+struct CreateArgs {
+    id: String,
+    /// Bundle directory.
+    #[arg(short, long, default_value = ".")]
+    bundle: PathBuf,
+    /// File to write the container process' pid to.
+    #[arg(long = "pid-file")]
+    pid_file: Option<PathBuf>,
+    /// Unix socket for the pty master (only for terminal: true, unsupported yet).
+    #[arg(long = "console-socket")]
+    console_socket: Option<PathBuf>,
+    /// Accepted for runc compatibility.
+    #[arg(long = "no-pivot")]
+    no_pivot: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long = "no-new-keyring")]
+    no_new_keyring: bool,
+    /// Accepted for runc compatibility (only 0 is supported).
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    preserve_fds: u32,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a container.
+    Create(CreateArgs),
+    /// Start a created container.
+    Start { id: String },
+    /// Output the state of a container.
+    State { id: String },
+    /// Send a signal (default SIGTERM) to the container's init process.
+    Kill {
+        id: String,
+        signal: Option<String>,
+        /// Signal every process in the container.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Delete a container.
+    Delete {
+        id: String,
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Create and run a container.
+    Run {
+        #[command(flatten)]
+        create: CreateArgs,
+        /// Detach from the container's process.
+        #[arg(short, long)]
+        detach: bool,
+        /// Do not delete the container after it exits.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Execute a new process inside the container.
+    Exec {
+        id: String,
+        /// process.json with the process to run.
+        #[arg(short, long)]
+        process: Option<PathBuf>,
+        /// Extra environment (KEY=value).
+        #[arg(short, long)]
+        env: Vec<String>,
+        /// Working directory.
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+        /// uid[:gid].
+        #[arg(short, long)]
+        user: Option<String>,
+        #[arg(short, long)]
+        detach: bool,
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        #[arg(short, long)]
+        tty: bool,
+        /// Command and arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Display the processes running inside a container.
+    Ps {
+        id: String,
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// List containers.
+    List {
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show the enabled features.
+    Features,
+    /// Write a default (Docker-equivalent) config.json into the bundle.
+    Spec {
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+    },
+}
+
+fn main() {
+    // Must come first: in init mode this process is a container's init.
+    berth_runtime::init_if_requested();
+    let cli = Cli::parse();
+    let code = match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            log_error(&cli, &format!("{e:#}"));
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn log_error(cli: &Cli, msg: &str) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let line = if cli.log_format == "json" {
+        format!(
+            "{}\n",
+            serde_json::json!({"level": "error", "msg": msg, "time": secs})
+        )
+    } else {
+        format!("time=\"{secs}\" level=error msg={msg:?}\n")
+    };
+    if let Some(p) = &cli.log {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+    // runc also reports fatal errors on stderr so callers see why it failed.
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+fn parse_signal(s: &str) -> Result<Signal> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| anyhow!("invalid signal: {s}"));
+    }
+    let up = s.to_uppercase();
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    Signal::from_str(&name).map_err(|_| anyhow!("invalid signal: {s}"))
+}
+
+fn create(cli: &Cli, a: &CreateArgs) -> Result<Container> {
+    if a.preserve_fds != 0 {
+        bail!("--preserve-fds is not supported");
+    }
+    let _ = (a.no_pivot, a.no_new_keyring, &a.console_socket);
+    let c = Container::create(CreateOptions::new(
+        a.id.clone(),
+        a.bundle.clone(),
+        cli.root.clone(),
+    ))?;
+    if let Some(p) = &a.pid_file {
+        write_pid_file(p, c.pid())?;
+    }
+    Ok(c)
+}
+
+fn write_pid_file(p: &Path, pid: i32) -> Result<()> {
+    let tmp = p.with_extension("tmp");
+    std::fs::write(&tmp, pid.to_string()).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, p).with_context(|| format!("rename {}", p.display()))
+}
+
+static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = FORWARD_TO.load(Ordering::Relaxed);
+    if pid > 0 {
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Forward the usual termination signals to the container process, like runc run does.
+fn forward_signals(pid: i32) {
+    FORWARD_TO.store(pid, Ordering::Relaxed);
+    for s in [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGWINCH,
+    ] {
+        unsafe { libc::signal(s, forward as *const () as libc::sighandler_t) };
+    }
+}
+
+fn run(cli: &Cli) -> Result<i32> {
+    match &cli.cmd {
+        Cmd::Create(a) => {
+            create(cli, a)?;
+            Ok(0)
+        }
+        Cmd::Start { id } => {
+            Container::load(&cli.root, id)?.start()?;
+            Ok(0)
+        }
+        Cmd::State { id } => {
+            let c = Container::load(&cli.root, id)?;
+            println!("{}", serde_json::to_string_pretty(&c.state())?);
+            Ok(0)
+        }
+        Cmd::Kill { id, signal, all } => {
+            let sig = parse_signal(signal.as_deref().unwrap_or("TERM"))?;
+            Container::load(&cli.root, id)?.kill(sig, *all)?;
+            Ok(0)
+        }
+        Cmd::Delete { id, force } => {
+            match Container::load(&cli.root, id) {
+                Ok(c) => c.delete(*force)?,
+                Err(berth_runtime::Error::NotFound { .. }) if *force => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok(0)
+        }
+        Cmd::Run {
+            create: a,
+            detach,
+            keep,
+        } => {
+            let mut c = create(cli, a)?;
+            forward_signals(c.pid());
+            if let Err(e) = c.start() {
+                let _ = c.delete(true);
+                return Err(e.into());
+            }
+            if *detach {
+                return Ok(0);
+            }
+            let exit = c.wait()?;
+            if !keep {
+                c.delete(true)?;
+            }
+            Ok(exit.code.unwrap_or(0))
+        }
+        Cmd::Exec {
+            id,
+            process,
+            env,
+            cwd,
+            user,
+            detach,
+            pid_file,
+            tty,
+            args,
+        } => {
+            if *tty {
+                bail!("exec -t (terminal) is not supported yet");
+            }
+            let c = Container::load(&cli.root, id)?;
+            let mut p: Process = match process {
+                Some(path) => serde_json::from_slice(
+                    &std::fs::read(path).with_context(|| format!("read {}", path.display()))?,
+                )
+                .with_context(|| format!("parse {}", path.display()))?,
+                None => {
+                    if args.is_empty() {
+                        bail!("exec: no command given (use --process or arguments)");
+                    }
+                    let mut p = c
+                        .spec()
+                        .process()
+                        .clone()
+                        .ok_or_else(|| anyhow!("container has no process"))?;
+                    p.set_args(Some(args.clone()));
+                    p
+                }
+            };
+            if !env.is_empty() {
+                let mut e = p.env().clone().unwrap_or_default();
+                e.extend(env.iter().cloned());
+                p.set_env(Some(e));
+            }
+            if let Some(cwd) = cwd {
+                p.set_cwd(cwd.clone());
+            }
+            if let Some(u) = user {
+                let (uid, gid) = u.split_once(':').unwrap_or((u, "0"));
+                let mut usr = p.user().clone();
+                usr.set_uid(uid.parse().context("exec --user uid")?);
+                usr.set_gid(gid.parse().context("exec --user gid")?);
+                p.set_user(usr);
+            }
+            let pid = c.exec(&p, Stdio::default(), None)?;
+            if let Some(f) = pid_file {
+                write_pid_file(f, pid)?;
+            }
+            if *detach {
+                return Ok(0);
+            }
+            forward_signals(pid);
+            Ok(wait_pid(pid)?)
+        }
+        Cmd::Ps {
+            id,
+            format,
+            ps_args,
+        } => {
+            let c = Container::load(&cli.root, id)?;
+            let pids = c.pids();
+            if format == "json" {
+                println!("{}", serde_json::to_string(&pids)?);
+                return Ok(0);
+            }
+            let args = if ps_args.is_empty() {
+                vec!["-ef".to_string()]
+            } else {
+                ps_args.clone()
+            };
+            let out = std::process::Command::new("ps")
+                .args(&args)
+                .output()
+                .context("run ps")?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mut lines = text.lines();
+            let header = lines.next().unwrap_or("");
+            let col = header
+                .split_whitespace()
+                .position(|h| h == "PID")
+                .ok_or_else(|| anyhow!("ps output has no PID column"))?;
+            println!("{header}");
+            for l in lines {
+                if l.split_whitespace()
+                    .nth(col)
+                    .and_then(|p| p.parse::<i32>().ok())
+                    .is_some_and(|p| pids.contains(&p))
+                {
+                    println!("{l}");
+                }
+            }
+            Ok(0)
+        }
+        Cmd::List { format, quiet } => {
+            let ids = Container::list(&cli.root)?;
+            let mut rows = Vec::new();
+            for id in &ids {
+                if let Ok(c) = Container::load(&cli.root, id) {
+                    rows.push(c.state());
+                }
+            }
+            if *quiet {
+                for id in ids {
+                    println!("{id}");
+                }
+            } else if format == "json" {
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                println!(
+                    "{:<12} {:<8} {:<10} {:<40} {:<32} OWNER",
+                    "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+                );
+                for r in rows {
+                    println!(
+                        "{:<12} {:<8} {:<10} {:<40} {:<32} {}",
+                        r["id"].as_str().unwrap_or(""),
+                        r["pid"],
+                        r["status"].as_str().unwrap_or(""),
+                        r["bundle"].as_str().unwrap_or(""),
+                        r["created"].as_str().unwrap_or(""),
+                        r["owner"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Features => {
+            println!("{}", serde_json::to_string_pretty(&features())?);
+            Ok(0)
+        }
+        Cmd::Spec { bundle } => {
+            let p = bundle.join("config.json");
+            if p.exists() {
+                bail!("File {} exists. Remove it first", p.display());
+            }
+            let s = berth_runtime::default_spec(&berth_runtime::DefaultSpecOptions::new(vec![
+                "sh".into(),
+            ]))?;
+            s.save(&p)
+                .map_err(|e| anyhow!("write {}: {e}", p.display()))?;
+            Ok(0)
+        }
+    }
+}
+
+fn features() -> serde_json::Value {
+    let mount_opts = [
+        "async",
+        "atime",
+        "bind",
+        "defaults",
+        "dev",
+        "diratime",
+        "dirsync",
+        "exec",
+        "mand",
+        "noatime",
+        "nodev",
+        "nodiratime",
+        "noexec",
+        "nomand",
+        "norelatime",
+        "nostrictatime",
+        "nosuid",
+        "private",
+        "rbind",
+        "relatime",
+        "remount",
+        "ro",
+        "rprivate",
+        "rshared",
+        "rslave",
+        "runbindable",
+        "rw",
+        "shared",
+        "slave",
+        "strictatime",
+        "suid",
+        "sync",
+        "unbindable",
+    ];
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.2.0",
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
+        "mountOptions": mount_opts.to_vec(),
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
+            "capabilities": berth_runtime::caps::NAMES.to_vec(),
+            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
+            "seccomp": {
+                "enabled": true,
+                "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"],
+                "operators": ["SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT", "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"],
+                "archs": [std::env::consts::ARCH]
+            },
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false}
+        },
+        "annotations": {"org.berth.runtime.seccomp.compiler": "seccompiler"}
+    })
+}

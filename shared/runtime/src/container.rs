@@ -1,0 +1,903 @@
+//! The library API: create, start, state, kill, wait, exec, stats, delete.
+//!
+//! State lives under `<state_root>/<id>/`: `state.json` (ours), `config.json` (the spec,
+//! for hooks and delete), `exec.fifo` (exists while created-but-not-started, as in runc).
+
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use oci_spec::runtime::{Process, Spec};
+use serde::{Deserialize, Serialize};
+
+use crate::cgroups::{cgroup_path, CgroupManager, CgroupStats};
+use crate::error::{Context, Error, Result};
+use crate::init::{recv_msg, send_msg, InitConfig, Msg, INIT_ENV, INIT_FD};
+
+/// Standard streams for the container process; `None` inherits the caller's.
+#[derive(Debug, Default)]
+pub struct Stdio {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// Everything `Container::create` needs.
+#[derive(Debug)]
+pub struct CreateOptions {
+    /// Container id (unique under `state_root`).
+    pub id: String,
+    /// Bundle directory: relative rootfs and mount sources are resolved against it.
+    pub bundle: PathBuf,
+    /// The spec; `None` reads `<bundle>/config.json`.
+    pub spec: Option<Spec>,
+    /// Where container state directories live (runc's `--root`).
+    pub state_root: PathBuf,
+    /// Streams of the container process.
+    pub stdio: Stdio,
+    /// Binary to re-execute as the container init (must call [`crate::init_if_requested`]
+    /// first thing in `main`); default: the current executable.
+    pub init_binary: Option<PathBuf>,
+}
+
+impl CreateOptions {
+    /// Options for a bundle with its own config.json.
+    pub fn new(
+        id: impl Into<String>,
+        bundle: impl Into<PathBuf>,
+        state_root: impl Into<PathBuf>,
+    ) -> Self {
+        CreateOptions {
+            id: id.into(),
+            bundle: bundle.into(),
+            spec: None,
+            state_root: state_root.into(),
+            stdio: Stdio::default(),
+            init_binary: None,
+        }
+    }
+}
+
+/// Container status as in the runtime spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerStatus {
+    Creating,
+    Created,
+    Running,
+    Stopped,
+}
+
+impl std::fmt::Display for ContainerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ContainerStatus::Creating => "creating",
+            ContainerStatus::Created => "created",
+            ContainerStatus::Running => "running",
+            ContainerStatus::Stopped => "stopped",
+        })
+    }
+}
+
+/// How a container process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// Exit code (128+signal when killed by a signal, as shells report it); None if unknown
+    /// because this process is not the container's parent.
+    pub code: Option<i32>,
+    /// The signal that killed it, if any.
+    pub signal: Option<i32>,
+    /// The cgroup saw an OOM kill.
+    pub oom_killed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Persisted {
+    id: String,
+    pid: i32,
+    /// Start time (clock ticks since boot) of `pid`, to detect pid reuse.
+    start_time: u64,
+    bundle: PathBuf,
+    rootfs: PathBuf,
+    created: String,
+    cgroup_path: String,
+    owner: String,
+}
+
+/// A container on this host.
+pub struct Container {
+    state: Persisted,
+    dir: PathBuf,
+    spec: Spec,
+    /// Init socket, held by the process that created the container: `start` waits on it
+    /// for the exec to happen (EOF) or fail (an error message).
+    sock: Option<OwnedFd>,
+    /// This process is the parent of `pid` and may wait(2) for it.
+    is_parent: bool,
+    exit: Option<ExitInfo>,
+}
+
+fn validate_id(id: &str) -> Result<()> {
+    if id.is_empty()
+        || id.len() > 1024
+        || id == "."
+        || id == ".."
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_+-.".contains(c))
+    {
+        return Err(Error::InvalidSpec(format!(
+            "invalid container id format: {id:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Start time (field 22 of /proc/<pid>/stat) and state letter of a process.
+fn proc_stat(pid: i32) -> Option<(u64, char)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    Some((
+        fields.get(19)?.parse().ok()?,
+        fields.first()?.chars().next()?,
+    ))
+}
+
+fn now_rfc3339() -> String {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // civil_from_days (Howard Hinnant's algorithm)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+/// A sealed memfd holding a copy of the init binary, made once per process.
+fn sealed_init(binary: &Path) -> Result<&'static OwnedFd> {
+    static CACHE: OnceLock<(PathBuf, OwnedFd)> = OnceLock::new();
+    if let Some((p, fd)) = CACHE.get() {
+        if p == binary {
+            return Ok(fd);
+        }
+    }
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    // MFD_EXEC (Linux 6.3+) keeps the memfd executable where vm.memfd_noexec defaults to
+    // non-executable memfds; older kernels reject the flag and are executable anyway.
+    const MFD_EXEC: MFdFlags = MFdFlags::from_bits_retain(0x0010);
+    let base = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+    let fd = match memfd_create(c"berth-runtime", base | MFD_EXEC) {
+        Err(nix::errno::Errno::EINVAL) => memfd_create(c"berth-runtime", base),
+        r => r,
+    }
+    .ctx(|| "memfd_create for init".into())?;
+    let mut src =
+        std::fs::File::open(binary).ctx(|| format!("open init binary {}", binary.display()))?;
+    let mut dst = std::fs::File::from(fd);
+    std::io::copy(&mut src, &mut dst).ctx(|| "copy init binary into memfd".into())?;
+    // Keep the memfd off fd 3: the child dup2()s its init socket there before exec.
+    let fd = nix::fcntl::fcntl(&dst, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+        .ctx(|| "dup init memfd".into())?;
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    drop(dst);
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+    nix::errno::Errno::result(r).ctx(|| "seal init memfd".into())?;
+    let _ = CACHE.set((binary.to_path_buf(), fd));
+    match CACHE.get() {
+        Some((p, fd)) if p == binary => Ok(fd),
+        // Another binary was cached first (only in tests mixing binaries): leak one fd.
+        _ => Err(Error::InvalidSpec(
+            "init binary changed within one process".into(),
+        )),
+    }
+}
+
+struct Spawned {
+    stage1: std::process::Child,
+    sock: OwnedFd,
+}
+
+fn spawn_init(init_binary: Option<&Path>, cwd: &Path, stdio: Stdio) -> Result<Spawned> {
+    let binary = match init_binary {
+        Some(b) => b.to_path_buf(),
+        None => std::env::current_exe().ctx(|| "find current executable".into())?,
+    };
+    let memfd = sealed_init(&binary)?;
+    let (parent, child) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::SeqPacket,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .ctx(|| "socketpair for init".into())?;
+    let mut cmd = Command::new(format!("/proc/self/fd/{}", memfd.as_raw_fd()));
+    cmd.arg0("berth-runtime:init")
+        .env_clear()
+        .env(INIT_ENV, INIT_FD.to_string())
+        .current_dir(cwd);
+    if let Some(f) = stdio.stdin {
+        cmd.stdin(f);
+    }
+    if let Some(f) = stdio.stdout {
+        cmd.stdout(f);
+    }
+    if let Some(f) = stdio.stderr {
+        cmd.stderr(f);
+    }
+    let child_raw = child.as_raw_fd();
+    unsafe {
+        // Only dup2/fcntl here: async-signal-safe, fine after fork in a threaded process.
+        cmd.pre_exec(move || {
+            if child_raw == INIT_FD {
+                if libc::fcntl(INIT_FD, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(child_raw, INIT_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let stage1 = cmd
+        .spawn()
+        .ctx(|| format!("spawn init from {}", binary.display()))?;
+    drop(child);
+    Ok(Spawned {
+        stage1,
+        sock: parent,
+    })
+}
+
+fn write_id_maps(pid: u32, spec: &Spec) -> Result<()> {
+    let linux = spec.linux().as_ref();
+    let fmt = |m: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        m.map(|v| {
+            v.iter()
+                .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+                .collect::<String>()
+        })
+        .unwrap_or_default()
+    };
+    let uid = fmt(linux.and_then(|l| l.uid_mappings().as_ref()));
+    let gid = fmt(linux.and_then(|l| l.gid_mappings().as_ref()));
+    if uid.is_empty() || gid.is_empty() {
+        return Err(Error::InvalidSpec(
+            "a user namespace needs uidMappings and gidMappings".into(),
+        ));
+    }
+    std::fs::write(format!("/proc/{pid}/uid_map"), uid)
+        .ctx(|| format!("write uid_map of {pid}"))?;
+    std::fs::write(format!("/proc/{pid}/gid_map"), gid)
+        .ctx(|| format!("write gid_map of {pid}"))?;
+    Ok(())
+}
+
+/// Drive the init protocol until the container process is set up (or failed).
+/// Returns the container process' pid.
+fn handshake(
+    id: &str,
+    sp: &mut Spawned,
+    spec: &Spec,
+    cfg: InitConfig,
+    until_created: bool,
+    state_for_hooks: impl Fn(i32) -> String,
+) -> Result<i32> {
+    let stage1_pid = sp.stage1.id();
+    send_msg(&sp.sock, &Msg::Config(Box::new(cfg)))?;
+    let mut pid = None;
+    loop {
+        let msg = recv_msg(&sp.sock)?;
+        match msg {
+            Some(Msg::UsernsReady) => {
+                write_id_maps(stage1_pid, spec)?;
+                send_msg(&sp.sock, &Msg::UsernsMapped)?;
+            }
+            Some(Msg::Pid(p)) => {
+                pid = Some(p);
+                let _ = sp.stage1.wait();
+                if !until_created {
+                    return Ok(p);
+                }
+            }
+            Some(Msg::RunHooks) => {
+                let p = pid.unwrap_or(0);
+                if let Some(h) = spec.hooks() {
+                    #[allow(deprecated)]
+                    let pre = h.prestart().clone().unwrap_or_default();
+                    crate::hooks::run(&pre, &state_for_hooks(p), "prestart")?;
+                    crate::hooks::run(
+                        &h.create_runtime().clone().unwrap_or_default(),
+                        &state_for_hooks(p),
+                        "createRuntime",
+                    )?;
+                }
+                send_msg(&sp.sock, &Msg::HooksDone)?;
+            }
+            Some(Msg::Created) => {
+                // Pid may arrive after Created: stage 1 and 2 race on the socket.
+                if let Some(p) = pid {
+                    return Ok(p);
+                }
+                match recv_msg(&sp.sock)? {
+                    Some(Msg::Pid(p)) => {
+                        let _ = sp.stage1.wait();
+                        return Ok(p);
+                    }
+                    other => {
+                        return Err(Error::Init {
+                            id: id.into(),
+                            message: format!("expected pid, got {other:?}"),
+                        })
+                    }
+                }
+            }
+            Some(Msg::Error(message)) => {
+                let _ = sp.stage1.wait();
+                if let Some(p) = pid {
+                    let _ = waitpid(Pid::from_raw(p), None);
+                }
+                return Err(Error::Init {
+                    id: id.into(),
+                    message,
+                });
+            }
+            Some(other) => {
+                return Err(Error::Init {
+                    id: id.into(),
+                    message: format!("unexpected message {other:?}"),
+                })
+            }
+            None => {
+                let st = sp.stage1.wait().ok();
+                return Err(Error::Init {
+                    id: id.into(),
+                    message: format!("init exited during setup ({st:?})"),
+                });
+            }
+        }
+    }
+}
+
+impl Container {
+    /// Create the container: namespaces, cgroup, rootfs; the process waits for [`start`](Self::start).
+    pub fn create(opts: CreateOptions) -> Result<Container> {
+        validate_id(&opts.id)?;
+        let bundle = std::fs::canonicalize(&opts.bundle)
+            .ctx(|| format!("bundle {}", opts.bundle.display()))?;
+        let spec = match opts.spec {
+            Some(s) => s,
+            None => {
+                let p = bundle.join("config.json");
+                let f = std::fs::File::open(&p).ctx(|| format!("open {}", p.display()))?;
+                serde_json::from_reader(std::io::BufReader::new(f))
+                    .ctx(|| format!("parse {}", p.display()))?
+            }
+        };
+        let process = spec
+            .process()
+            .clone()
+            .ok_or_else(|| Error::InvalidSpec("process is missing".into()))?;
+        if process.terminal().unwrap_or(false) {
+            return Err(Error::InvalidSpec(
+                "process.terminal=true is not supported by berth-runtime yet".into(),
+            ));
+        }
+        let root = spec
+            .root()
+            .as_ref()
+            .ok_or_else(|| Error::InvalidSpec("root is missing".into()))?;
+        let rootfs = bundle.join(root.path());
+        let rootfs =
+            std::fs::canonicalize(&rootfs).ctx(|| format!("rootfs {}", rootfs.display()))?;
+        std::fs::create_dir_all(&opts.state_root)
+            .ctx(|| format!("create state root {}", opts.state_root.display()))?;
+        let dir = opts.state_root.join(&opts.id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::Exists { id: opts.id })
+            }
+            Err(e) => return Err(e).ctx(|| format!("create {}", dir.display())),
+        }
+        let result = (|| {
+            let fifo = dir.join("exec.fifo");
+            nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .ctx(|| format!("mkfifo {}", fifo.display()))?;
+            let cg_path = cgroup_path(
+                spec.linux()
+                    .as_ref()
+                    .and_then(|l| l.cgroups_path().as_deref()),
+                &opts.id,
+            );
+            let cg = CgroupManager::create(
+                &cg_path,
+                spec.linux().as_ref().and_then(|l| l.resources().as_ref()),
+            )?;
+            let mut c = Container {
+                state: Persisted {
+                    id: opts.id.clone(),
+                    pid: 0,
+                    start_time: 0,
+                    bundle: bundle.clone(),
+                    rootfs: rootfs.clone(),
+                    created: now_rfc3339(),
+                    cgroup_path: cg_path,
+                    owner: String::new(),
+                },
+                dir: dir.clone(),
+                spec: spec.clone(),
+                sock: None,
+                is_parent: true,
+                exit: None,
+            };
+            let setup = (|| {
+                let mut sp = spawn_init(opts.init_binary.as_deref(), &bundle, opts.stdio)?;
+                if let Err(e) = cg.add_pid(sp.stage1.id() as i32) {
+                    let _ = sp.stage1.kill();
+                    let _ = sp.stage1.wait();
+                    return Err(e);
+                }
+                let cfg = InitConfig {
+                    id: opts.id.clone(),
+                    spec: spec.clone(),
+                    process: process.clone(),
+                    rootfs: rootfs.clone(),
+                    fifo: Some(fifo.clone()),
+                    join_pid: None,
+                    state_json: c.state_json_with(ContainerStatus::Creating, 0),
+                };
+                let pid = handshake(&opts.id, &mut sp, &spec, cfg, true, |p| {
+                    c.state_json_with(ContainerStatus::Creating, p)
+                })?;
+                Ok((pid, sp.sock))
+            })();
+            let (pid, sock) = match setup {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = cg.destroy();
+                    return Err(e);
+                }
+            };
+            c.state.pid = pid;
+            c.state.start_time = proc_stat(pid).map(|s| s.0).unwrap_or(0);
+            c.sock = Some(sock);
+            spec.save(dir.join("config.json"))
+                .map_err(|e| Error::InvalidSpec(format!("save config: {e}")))?;
+            c.persist()?;
+            Ok(c)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    /// Load a container created by this or another process.
+    pub fn load(state_root: &Path, id: &str) -> Result<Container> {
+        validate_id(id)?;
+        let dir = state_root.join(id);
+        let p = dir.join("state.json");
+        let text = match std::fs::read(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound { id: id.into() })
+            }
+            Err(e) => return Err(e).ctx(|| format!("read {}", p.display())),
+        };
+        let state: Persisted =
+            serde_json::from_slice(&text).ctx(|| format!("parse {}", p.display()))?;
+        let spec = Spec::load(dir.join("config.json"))
+            .map_err(|e| Error::InvalidSpec(format!("load config of {id}: {e}")))?;
+        Ok(Container {
+            state,
+            dir,
+            spec,
+            sock: None,
+            is_parent: false,
+            exit: None,
+        })
+    }
+
+    /// Ids of all containers under `state_root`.
+    pub fn list(state_root: &Path) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let rd = match std::fs::read_dir(state_root) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e).ctx(|| format!("read {}", state_root.display())),
+        };
+        for e in rd.flatten() {
+            if e.path().join("state.json").exists() {
+                out.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn persist(&self) -> Result<()> {
+        let tmp = self.dir.join("state.json.tmp");
+        let data = serde_json::to_vec(&self.state).ctx(|| "encode state".into())?;
+        std::fs::write(&tmp, data).ctx(|| format!("write {}", tmp.display()))?;
+        std::fs::rename(&tmp, self.dir.join("state.json"))
+            .ctx(|| format!("rename state of {}", self.state.id))
+    }
+
+    /// Container id.
+    pub fn id(&self) -> &str {
+        &self.state.id
+    }
+
+    /// Host pid of the container process (0 if never started).
+    pub fn pid(&self) -> i32 {
+        self.state.pid
+    }
+
+    /// The spec the container was created with.
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    /// Bundle directory.
+    pub fn bundle(&self) -> &Path {
+        &self.state.bundle
+    }
+
+    /// Creation time (RFC 3339).
+    pub fn created(&self) -> &str {
+        &self.state.created
+    }
+
+    /// The container's cgroup.
+    pub fn cgroup(&self) -> CgroupManager {
+        CgroupManager::load(&self.state.cgroup_path)
+    }
+
+    fn alive(&self) -> bool {
+        if self.state.pid <= 0 || self.exit.is_some() {
+            return false;
+        }
+        match proc_stat(self.state.pid) {
+            Some((start, st)) => start == self.state.start_time && st != 'Z' && st != 'X',
+            None => false,
+        }
+    }
+
+    /// Current status.
+    pub fn status(&self) -> ContainerStatus {
+        if !self.alive() {
+            ContainerStatus::Stopped
+        } else if self.dir.join("exec.fifo").exists() {
+            ContainerStatus::Created
+        } else {
+            ContainerStatus::Running
+        }
+    }
+
+    fn state_json_with(&self, status: ContainerStatus, pid: i32) -> String {
+        let mut v = serde_json::json!({
+            "ociVersion": "1.2.0",
+            "id": self.state.id,
+            "status": status.to_string(),
+            "bundle": self.state.bundle,
+            "annotations": self.spec.annotations().clone().unwrap_or_default(),
+        });
+        if pid > 0 {
+            v["pid"] = serde_json::json!(pid);
+        }
+        v.to_string()
+    }
+
+    /// The runtime-spec state document.
+    pub fn state(&self) -> serde_json::Value {
+        let st = self.status();
+        let pid = if st == ContainerStatus::Stopped {
+            0
+        } else {
+            self.state.pid
+        };
+        let mut v: serde_json::Value =
+            serde_json::from_str(&self.state_json_with(st, pid)).unwrap_or_default();
+        v["created"] = serde_json::json!(self.state.created);
+        v["rootfs"] = serde_json::json!(self.state.rootfs);
+        v["owner"] = serde_json::json!(self.state.owner);
+        if pid == 0 {
+            v["pid"] = serde_json::json!(0);
+        }
+        v
+    }
+
+    /// Let the created process exec the user's program.
+    pub fn start(&mut self) -> Result<()> {
+        let st = self.status();
+        if st != ContainerStatus::Created {
+            return Err(Error::InvalidState {
+                id: self.state.id.clone(),
+                status: st.to_string(),
+                op: "start".into(),
+            });
+        }
+        let fifo = self.dir.join("exec.fifo");
+        let mut f = std::fs::File::open(&fifo).ctx(|| format!("open {}", fifo.display()))?;
+        let mut b = [0u8; 1];
+        let n = f.read(&mut b).ctx(|| "read exec fifo".into())?;
+        let _ = std::fs::remove_file(&fifo);
+        if n != 1 {
+            return Err(Error::Init {
+                id: self.state.id.clone(),
+                message: "init exited before start".into(),
+            });
+        }
+        if let Some(sock) = self.sock.take() {
+            // EOF means the exec happened (the socket is close-on-exec); a message is a failure.
+            if let Some(Msg::Error(message)) = recv_msg(&sock)? {
+                return Err(Error::Init {
+                    id: self.state.id.clone(),
+                    message,
+                });
+            }
+        }
+        if let Some(h) = self
+            .spec
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.poststart().clone())
+        {
+            crate::hooks::run(
+                &h,
+                &self.state_json_with(ContainerStatus::Running, self.state.pid),
+                "poststart",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Send a signal to the container process (or, with `all`, every process in its cgroup).
+    pub fn kill(&self, sig: Signal, all: bool) -> Result<()> {
+        let st = self.status();
+        if st == ContainerStatus::Stopped {
+            return Err(Error::InvalidState {
+                id: self.state.id.clone(),
+                status: st.to_string(),
+                op: "kill".into(),
+            });
+        }
+        if all {
+            for p in self.cgroup().pids() {
+                let _ = nix::sys::signal::kill(Pid::from_raw(p), sig);
+            }
+            return Ok(());
+        }
+        nix::sys::signal::kill(Pid::from_raw(self.state.pid), sig)
+            .ctx(|| format!("kill {} with {sig}", self.state.id))
+    }
+
+    /// Wait for the container process to exit. Exact codes need this process to be its
+    /// parent (it is for the process that called `create`); otherwise polls until it is gone.
+    pub fn wait(&mut self) -> Result<ExitInfo> {
+        if let Some(e) = self.exit {
+            return Ok(e);
+        }
+        let pid = Pid::from_raw(self.state.pid);
+        let (code, signal) = if self.is_parent {
+            loop {
+                match waitpid(pid, None) {
+                    Ok(WaitStatus::Exited(_, c)) => break (Some(c), None),
+                    Ok(WaitStatus::Signaled(_, s, _)) => {
+                        break (Some(128 + s as i32), Some(s as i32))
+                    }
+                    Ok(_) => continue,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(e).ctx(|| format!("wait for {}", self.state.id)),
+                }
+            }
+        } else {
+            while self.alive() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (None, None)
+        };
+        let e = ExitInfo {
+            code,
+            signal,
+            oom_killed: self.cgroup().oom_kills() > 0,
+        };
+        self.exit = Some(e);
+        Ok(e)
+    }
+
+    /// Non-blocking [`wait`](Self::wait): `None` while still running.
+    pub fn try_wait(&mut self) -> Result<Option<ExitInfo>> {
+        if self.exit.is_some() || !self.is_parent {
+            return if self.alive() {
+                Ok(None)
+            } else {
+                self.wait().map(Some)
+            };
+        }
+        match waitpid(Pid::from_raw(self.state.pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => Ok(None),
+            Ok(WaitStatus::Exited(_, c)) => {
+                let e = ExitInfo {
+                    code: Some(c),
+                    signal: None,
+                    oom_killed: self.cgroup().oom_kills() > 0,
+                };
+                self.exit = Some(e);
+                Ok(Some(e))
+            }
+            Ok(WaitStatus::Signaled(_, s, _)) => {
+                let e = ExitInfo {
+                    code: Some(128 + s as i32),
+                    signal: Some(s as i32),
+                    oom_killed: self.cgroup().oom_kills() > 0,
+                };
+                self.exit = Some(e);
+                Ok(Some(e))
+            }
+            Ok(_) => Ok(None),
+            Err(e) => Err(e).ctx(|| format!("wait for {}", self.state.id)),
+        }
+    }
+
+    /// Usage counters of the container's cgroup (cpu, memory, pids, OOM kills).
+    pub fn stats(&self) -> CgroupStats {
+        self.cgroup().stats()
+    }
+
+    /// Host pids of all processes in the container.
+    pub fn pids(&self) -> Vec<i32> {
+        self.cgroup().pids()
+    }
+
+    /// Run another process in the running container's namespaces and cgroup. Returns its
+    /// host pid; this process is its parent, so [`wait_pid`] gives its exit status.
+    pub fn exec(&self, process: &Process, stdio: Stdio, init_binary: Option<&Path>) -> Result<i32> {
+        let st = self.status();
+        if st != ContainerStatus::Running && st != ContainerStatus::Created {
+            return Err(Error::InvalidState {
+                id: self.state.id.clone(),
+                status: st.to_string(),
+                op: "exec".into(),
+            });
+        }
+        if process.terminal().unwrap_or(false) {
+            return Err(Error::InvalidSpec(
+                "process.terminal=true is not supported by berth-runtime yet".into(),
+            ));
+        }
+        let mut sp = spawn_init(init_binary, Path::new("/"), stdio)?;
+        if let Err(e) = self.cgroup().add_pid(sp.stage1.id() as i32) {
+            let _ = sp.stage1.kill();
+            let _ = sp.stage1.wait();
+            return Err(e);
+        }
+        let cfg = InitConfig {
+            id: self.state.id.clone(),
+            spec: self.spec.clone(),
+            process: process.clone(),
+            rootfs: PathBuf::from("/"),
+            fifo: None,
+            join_pid: Some(self.state.pid),
+            state_json: String::new(),
+        };
+        let pid = handshake(&self.state.id, &mut sp, &self.spec, cfg, false, |_| {
+            String::new()
+        })?;
+        // EOF: exec'd. A message: setup failed after the clone.
+        if let Some(Msg::Error(message)) = recv_msg(&sp.sock)? {
+            let _ = waitpid(Pid::from_raw(pid), None);
+            return Err(Error::Init {
+                id: self.state.id.clone(),
+                message,
+            });
+        }
+        Ok(pid)
+    }
+
+    /// Remove the container: kill what is left (only if stopped or created, unless `force`),
+    /// remove the cgroup and state, run poststop hooks.
+    pub fn delete(mut self, force: bool) -> Result<()> {
+        let st = self.status();
+        if st == ContainerStatus::Running && !force {
+            return Err(Error::InvalidState {
+                id: self.state.id.clone(),
+                status: st.to_string(),
+                op: "delete (use force)".into(),
+            });
+        }
+        if st != ContainerStatus::Stopped {
+            let _ = nix::sys::signal::kill(Pid::from_raw(self.state.pid), Signal::SIGKILL);
+            if self.is_parent {
+                let _ = self.wait();
+            }
+        }
+        self.cgroup().destroy()?;
+        std::fs::remove_dir_all(&self.dir).ctx(|| format!("remove {}", self.dir.display()))?;
+        if let Some(h) = self
+            .spec
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.poststop().clone())
+        {
+            // The spec says poststop failures are warnings, not errors.
+            if let Err(e) = crate::hooks::run(
+                &h,
+                &self.state_json_with(ContainerStatus::Stopped, 0),
+                "poststop",
+            ) {
+                tracing::warn!(id = %self.state.id, error = %e, "poststop hook failed");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Wait for a process started by [`Container::exec`]; returns its exit code (128+signal).
+pub fn wait_pid(pid: i32) -> Result<i32> {
+    loop {
+        match waitpid(Pid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, c)) => return Ok(c),
+            Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).ctx(|| format!("wait for pid {pid}")),
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_fd(_: &dyn AsFd) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_validated() {
+        assert!(validate_id("abc-1_2.x").is_ok());
+        assert!(validate_id("../x").is_err());
+        assert!(validate_id("").is_err());
+        assert!(validate_id("a/b").is_err());
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let t = now_rfc3339();
+        assert_eq!(t.len(), 30, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z'));
+    }
+
+    #[test]
+    fn missing_container_is_not_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(matches!(
+            Container::load(dir.path(), "nope"),
+            Err(Error::NotFound { .. })
+        ));
+        assert!(Container::list(dir.path()).expect("list").is_empty());
+    }
+}

@@ -1,0 +1,534 @@
+//! The container's init, run as a re-executed sealed copy of the runtime binary.
+//!
+//! Why re-exec: the executor is multi-threaded, and after fork(2) in a threaded process
+//! only async-signal-safe code may run; namespace and mount setup is far from that. So the
+//! runtime spawns (fork+exec, which is safe) a *sealed memfd copy* of its own executable
+//! with `_BERTH_INIT` set. A process inside the container can therefore never reach the
+//! runtime binary on disk through `/proc/<pid>/exe` (runc CVE-2019-5736 class): it would
+//! find an anonymous, write-sealed memfd.
+//!
+//! Two stages, talking to the runtime over a SOCK_SEQPACKET socket on fd 3:
+//! * stage 1 joins/creates namespaces (a new user namespace waits for the runtime to write
+//!   its id maps), then clone(CLONE_PARENT) so that the container process is a direct child
+//!   of the runtime (which can then wait(2) for its exit status) and PID 1 of the new pid
+//!   namespace; stage 1 reports that pid and exits.
+//! * stage 2 builds the root filesystem, reports "created", blocks on the exec fifo until
+//!   `start`, drops privileges and execs the user's process.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use nix::sched::CloneFlags;
+use nix::sys::socket::{recv, send, MsgFlags};
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Context, Error, Result};
+use crate::sys::{LinuxSyscall, Syscall};
+
+/// Environment variable naming the init socket fd; its presence selects init mode.
+pub const INIT_ENV: &str = "_BERTH_INIT";
+/// The fd the init socket is placed on.
+pub const INIT_FD: RawFd = 3;
+
+/// What the runtime asks the init to do.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct InitConfig {
+    pub id: String,
+    pub spec: Spec,
+    /// The process to run (the spec's for create, process.json for exec).
+    pub process: Process,
+    /// Absolute rootfs path (create only).
+    pub rootfs: PathBuf,
+    /// Exec fifo (create only): the init blocks on it until `start`.
+    pub fifo: Option<PathBuf>,
+    /// Exec into the namespaces of this running container process.
+    pub join_pid: Option<i32>,
+    /// The state JSON handed to createContainer/startContainer hooks.
+    pub state_json: String,
+}
+
+/// Messages on the init socket.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Msg {
+    Config(Box<InitConfig>),
+    /// Stage 1 created a user namespace: write its maps.
+    UsernsReady,
+    UsernsMapped,
+    /// The container process' host pid.
+    Pid(i32),
+    /// Mounts are done, before pivot_root: run prestart/createRuntime hooks.
+    RunHooks,
+    HooksDone,
+    /// Ready and waiting on the exec fifo.
+    Created,
+    Error(String),
+}
+
+pub(crate) fn send_msg(fd: impl AsFd, m: &Msg) -> Result<()> {
+    let buf = serde_json::to_vec(m).ctx(|| "encode init message".into())?;
+    send(fd.as_fd().as_raw_fd(), &buf, MsgFlags::empty()).ctx(|| "send on init socket".into())?;
+    Ok(())
+}
+
+/// Receive one message; `None` on EOF (the peer exec'd or exited).
+pub(crate) fn recv_msg(fd: impl AsFd) -> Result<Option<Msg>> {
+    let mut buf = vec![0u8; 4 << 20];
+    let n = loop {
+        match recv(fd.as_fd().as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => break r.ctx(|| "receive on init socket".into())?,
+        }
+    };
+    if n == 0 {
+        return Ok(None);
+    }
+    serde_json::from_slice(&buf[..n])
+        .map(Some)
+        .ctx(|| "decode init message".into())
+}
+
+/// Call first thing in `main` of every binary that creates containers: in init mode it
+/// sets up the container and never returns; otherwise it returns immediately.
+pub fn init_if_requested() {
+    if std::env::var_os(INIT_ENV).is_none() {
+        return;
+    }
+    let sock = unsafe { OwnedFd::from_raw_fd(INIT_FD) };
+    let _ = nix::fcntl::fcntl(
+        &sock,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    let code = match stage1(&sock) {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = send_msg(&sock, &Msg::Error(e.to_string()));
+            1
+        }
+    };
+    unsafe { libc::_exit(code) }
+}
+
+fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
+    match t {
+        LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+        LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+        LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+        LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
+        LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+        LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+        LinuxNamespaceType::Time => CloneFlags::from_bits_retain(libc::CLONE_NEWTIME),
+    }
+}
+
+/// The namespaces to join by path and the flags to unshare, from the spec.
+pub fn plan_namespaces(spec: &Spec) -> (Vec<(CloneFlags, PathBuf)>, CloneFlags) {
+    let mut join = Vec::new();
+    let mut new = CloneFlags::empty();
+    for ns in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default()
+    {
+        let f = ns_flag(ns.typ());
+        match ns.path() {
+            Some(p) if !p.as_os_str().is_empty() => join.push((f, p.clone())),
+            _ => new |= f,
+        }
+    }
+    // Join the user namespace first: it owns the others and grants the rights to join them.
+    join.sort_by_key(|(f, _)| {
+        if *f == CloneFlags::CLONE_NEWUSER {
+            0
+        } else {
+            1
+        }
+    });
+    (join, new)
+}
+
+fn setns_path(path: &Path, flag: CloneFlags) -> Result<()> {
+    let fd = nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ctx(|| format!("open namespace {}", path.display()))?;
+    nix::sched::setns(fd, flag).ctx(|| format!("setns {}", path.display()))
+}
+
+fn stage1(sock: &OwnedFd) -> Result<()> {
+    let cfg = match recv_msg(sock)? {
+        Some(Msg::Config(c)) => *c,
+        other => {
+            return Err(Error::InvalidSpec(format!(
+                "init: expected config, got {other:?}"
+            )))
+        }
+    };
+    if let Some(pid) = cfg.join_pid {
+        join_container(pid)?;
+    } else {
+        let (join, new) = plan_namespaces(&cfg.spec);
+        for (flag, path) in &join {
+            setns_path(path, *flag)?;
+        }
+        if new.contains(CloneFlags::CLONE_NEWUSER) {
+            nix::sched::unshare(CloneFlags::CLONE_NEWUSER)
+                .ctx(|| "unshare user namespace".into())?;
+            send_msg(sock, &Msg::UsernsReady)?;
+            match recv_msg(sock)? {
+                Some(Msg::UsernsMapped) => {}
+                other => {
+                    return Err(Error::InvalidSpec(format!(
+                        "init: expected id maps, got {other:?}"
+                    )))
+                }
+            }
+            nix::unistd::setresgid(0.into(), 0.into(), 0.into())
+                .ctx(|| "setresgid 0 in user namespace".into())?;
+            nix::unistd::setresuid(0.into(), 0.into(), 0.into())
+                .ctx(|| "setresuid 0 in user namespace".into())?;
+        }
+        let rest = new - CloneFlags::CLONE_NEWUSER;
+        nix::sched::unshare(rest).ctx(|| format!("unshare namespaces {rest:?}"))?;
+    }
+    // Like fork(2), but the child's parent is the runtime (our parent).
+    let child = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    let child = nix::errno::Errno::result(child).ctx(|| "clone container process".into())?;
+    if child == 0 {
+        let code = match stage2(sock, &cfg) {
+            Ok(never) => match never {},
+            Err(e) => {
+                let _ = send_msg(sock, &Msg::Error(e.to_string()));
+                1
+            }
+        };
+        unsafe { libc::_exit(code) }
+    }
+    send_msg(sock, &Msg::Pid(child as i32))
+}
+
+/// Join every namespace of a running container process that differs from ours.
+fn join_container(pid: i32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let order = [
+        ("user", CloneFlags::CLONE_NEWUSER),
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ];
+    let mut fds = Vec::new();
+    // Open them all first: after joining the mount namespace /proc/<pid> may not resolve.
+    for (name, flag) in order {
+        let theirs = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
+        let ours = PathBuf::from(format!("/proc/self/ns/{name}"));
+        let (Ok(t), Ok(o)) = (std::fs::metadata(&theirs), std::fs::metadata(&ours)) else {
+            continue;
+        };
+        if t.ino() == o.ino() && t.dev() == o.dev() {
+            continue;
+        }
+        let fd = nix::fcntl::open(
+            &theirs,
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ctx(|| format!("open {}", theirs.display()))?;
+        fds.push((name, flag, fd));
+    }
+    for (name, flag, fd) in fds {
+        nix::sched::setns(fd, flag).ctx(|| format!("join {name} namespace of pid {pid}"))?;
+    }
+    Ok(())
+}
+
+enum Never {}
+
+fn stage2(sock: &OwnedFd, cfg: &InitConfig) -> Result<Never> {
+    let sys = LinuxSyscall;
+    if cfg.join_pid.is_some() {
+        return finalize_and_exec(cfg, &cfg.process);
+    }
+    let spec = &cfg.spec;
+    let (_, new) = plan_namespaces(spec);
+    if !new.contains(CloneFlags::CLONE_NEWNS) {
+        return Err(Error::InvalidSpec("a mount namespace is required".into()));
+    }
+    crate::mounts::prepare_rootfs(&sys, spec, &cfg.rootfs)?;
+    let fifo = match &cfg.fifo {
+        Some(p) => Some(
+            nix::fcntl::open(
+                p,
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .ctx(|| format!("open exec fifo {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let hooks = spec.hooks().as_ref();
+    #[allow(deprecated)]
+    let runtime_hooks = hooks.is_some_and(|h| {
+        h.prestart().as_ref().is_some_and(|v| !v.is_empty())
+            || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
+    });
+    if runtime_hooks {
+        send_msg(sock, &Msg::RunHooks)?;
+        match recv_msg(sock)? {
+            Some(Msg::HooksDone) => {}
+            other => {
+                return Err(Error::InvalidSpec(format!(
+                    "init: expected hooks done, got {other:?}"
+                )))
+            }
+        }
+    }
+    if let Some(h) = hooks.and_then(|h| h.create_container().clone()) {
+        crate::hooks::run(&h, &cfg.state_json, "createContainer")?;
+    }
+    crate::mounts::pivot_into(&sys, &cfg.rootfs)?;
+    if let Some(h) = spec.hostname() {
+        if !new.contains(CloneFlags::CLONE_NEWUTS) {
+            return Err(Error::InvalidSpec(
+                "hostname requires a new UTS namespace".into(),
+            ));
+        }
+        sys.sethostname(h).ctx(|| format!("sethostname {h}"))?;
+    }
+    if let Some(d) = spec.domainname() {
+        sys.setdomainname(d).ctx(|| format!("setdomainname {d}"))?;
+    }
+    for (k, v) in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.sysctl().clone())
+        .unwrap_or_default()
+    {
+        if !sysctl_allowed(&k, new) {
+            return Err(Error::InvalidSpec(format!(
+                "sysctl {k} is not namespaced (or its namespace is shared with the host)"
+            )));
+        }
+        let path = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
+        std::fs::write(&path, v.as_bytes()).ctx(|| format!("write sysctl {k}"))?;
+    }
+    crate::mounts::finish_rootfs(&sys, spec, Path::new("/"))?;
+    send_msg(sock, &Msg::Created)?;
+    if let Some(fifo) = fifo {
+        // Blocks until `start` opens the fifo for reading.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(crate::path::fd_path(&fifo))
+            .ctx(|| "open exec fifo for writing".into())?;
+        f.write_all(b"0").ctx(|| "write exec fifo".into())?;
+    }
+    if let Some(h) = hooks.and_then(|h| h.start_container().clone()) {
+        crate::hooks::run(&h, &cfg.state_json, "startContainer")?;
+    }
+    finalize_and_exec(cfg, &cfg.process)
+}
+
+/// Namespaced sysctls only (what runc accepts), and only when that namespace is private.
+pub fn sysctl_allowed(key: &str, new: CloneFlags) -> bool {
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    if IPC.contains(&key) || key.starts_with("fs.mqueue.") {
+        return new.contains(CloneFlags::CLONE_NEWIPC);
+    }
+    if key.starts_with("net.") {
+        return new.contains(CloneFlags::CLONE_NEWNET);
+    }
+    if key == "kernel.hostname" || key == "kernel.domainname" {
+        return new.contains(CloneFlags::CLONE_NEWUTS);
+    }
+    false
+}
+
+/// Find `cmd` in PATH (from the process env) inside the container root.
+pub fn lookup_path(cmd: &str, env: &[String]) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let ok = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if cmd.contains('/') {
+        let p = PathBuf::from(cmd);
+        return if ok(&p) {
+            Ok(p)
+        } else {
+            Err(Error::InvalidSpec(format!(
+                "exec: {cmd:?}: no such file or executable"
+            )))
+        };
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':')
+        .map(|d| Path::new(d).join(cmd))
+        .find(|p| ok(p))
+        .ok_or_else(|| {
+            Error::InvalidSpec(format!("exec: {cmd:?}: executable file not found in $PATH"))
+        })
+}
+
+fn finalize_and_exec(cfg: &InitConfig, p: &Process) -> Result<Never> {
+    let args = p.args().clone().unwrap_or_default();
+    let Some(cmd) = args.first() else {
+        return Err(Error::InvalidSpec("process.args is empty".into()));
+    };
+    let env = p.env().clone().unwrap_or_default();
+    let exe = lookup_path(cmd, &env)?;
+    let cwd = if p.cwd().as_os_str().is_empty() {
+        Path::new("/")
+    } else {
+        p.cwd().as_path()
+    };
+    // chdir after pivot_root / setns(mnt), so the cwd is inside the container root and no
+    // host directory fd can be the cwd (runc CVE-2024-21626).
+    nix::unistd::chdir(cwd).ctx(|| format!("chdir to cwd {}", cwd.display()))?;
+    if cfg.join_pid.is_none() {
+        if let Some(adj) = p.oom_score_adj() {
+            std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+                .ctx(|| format!("set oom_score_adj {adj}"))?;
+        }
+    }
+    crate::rlimits::apply(p.rlimits().as_deref().unwrap_or(&[]))?;
+    let masks = crate::caps::Masks::from_spec(p.capabilities().as_ref());
+    let nnp = p.no_new_privileges().unwrap_or(false);
+    let seccomp = match cfg.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(s) => crate::seccomp::compile(s)?,
+        None => Vec::new(),
+    };
+    // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it while we have it.
+    if !nnp {
+        crate::seccomp::install(&seccomp)?;
+    }
+    crate::caps::apply_bounding(&masks)?;
+    let user = p.user();
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+    let groups: Vec<nix::unistd::Gid> = user
+        .additional_gids()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    nix::unistd::setgroups(&groups).ctx(|| "setgroups".into())?;
+    nix::unistd::setresgid(user.gid().into(), user.gid().into(), user.gid().into())
+        .ctx(|| format!("setgid {}", user.gid()))?;
+    nix::unistd::setresuid(user.uid().into(), user.uid().into(), user.uid().into())
+        .ctx(|| format!("setuid {}", user.uid()))?;
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
+    crate::caps::apply_sets(&masks)?;
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+        user.umask().unwrap_or(0o022),
+    ));
+    if nnp {
+        let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+        nix::errno::Errno::result(r).ctx(|| "set no_new_privs".into())?;
+        crate::seccomp::install(&seccomp)?;
+    }
+    let c_exe = CString::new(exe.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::InvalidSpec("NUL in path".into()))?;
+    let c_args: Vec<CString> = args
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| Error::InvalidSpec("NUL in args".into()))?;
+    let c_env: Vec<CString> = env
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| Error::InvalidSpec("NUL in env".into()))?;
+    // Nothing but stdio crosses into the container: mark every other fd close-on-exec.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r != 0 {
+        // Old kernel: walk /proc/self/fd instead.
+        for fd in 3..1024 {
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+    let e = nix::unistd::execve(&c_exe, &c_args, &c_env).unwrap_err();
+    Err(Error::Sys {
+        context: format!("exec {}", exe.display()),
+        source: e,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_plan_joins_user_first() {
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.0",
+            "linux": {"namespaces": [{"type": "network", "path": "/proc/1/ns/net"}, {"type": "pid"}, {"type": "user", "path": "/proc/1/ns/user"}, {"type": "mount"}]}
+        }))
+        .expect("spec");
+        let (join, new) = plan_namespaces(&spec);
+        assert_eq!(join[0].0, CloneFlags::CLONE_NEWUSER);
+        assert_eq!(join[1].0, CloneFlags::CLONE_NEWNET);
+        assert_eq!(new, CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS);
+    }
+
+    #[test]
+    fn only_namespaced_sysctls() {
+        let all = CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS;
+        assert!(sysctl_allowed("net.ipv4.ip_forward", all));
+        assert!(!sysctl_allowed(
+            "net.ipv4.ip_forward",
+            CloneFlags::CLONE_NEWIPC
+        ));
+        assert!(sysctl_allowed("kernel.shmmax", all));
+        assert!(sysctl_allowed("fs.mqueue.msg_max", all));
+        assert!(!sysctl_allowed("kernel.panic", all));
+        assert!(!sysctl_allowed("vm.overcommit_memory", all));
+    }
+
+    #[test]
+    fn path_lookup() {
+        let env = vec!["PATH=/nonexistent:/bin".to_string()];
+        assert_eq!(
+            lookup_path("sh", &env).expect("sh"),
+            PathBuf::from("/bin/sh")
+        );
+        let e = lookup_path("no-such-cmd-xyz", &env).expect_err("missing");
+        assert!(e.to_string().contains("executable file not found in $PATH"));
+    }
+}
