@@ -102,7 +102,7 @@ pub enum ArchiveError {
         /// The archive.
         archive: String,
         /// The manifest error (names the image).
-        source: ManifestError,
+        source: Box<ManifestError>,
     },
     /// A blob whose digest or size is wrong.
     #[error("{archive}: {path}: {source}")]
@@ -112,7 +112,7 @@ pub enum ArchiveError {
         /// The file.
         path: String,
         /// Details (expected and actual).
-        source: DigestError,
+        source: Box<DigestError>,
     },
     /// A bad RepoTag / ref name.
     #[error("{archive}: {source}")]
@@ -149,7 +149,7 @@ impl ArchiveError {
             return ArchiveError::Digest {
                 archive: archive.to_string(),
                 path: path.into(),
-                source: de.clone(),
+                source: Box::new(de.clone()),
             };
         }
         ArchiveError::Io {

@@ -602,7 +602,7 @@ mod tests {
         assert_eq!(ids[2], Digest::sha256_of(format!("{ab} {c}").as_bytes()));
         assert_eq!(chain_id(&[a.clone(), b, c]), Some(ids[2].clone()));
         assert_eq!(chain_id(&[]), None);
-        assert_eq!(chain_id(&[a.clone()]), Some(a));
+        assert_eq!(chain_id(std::slice::from_ref(&a)), Some(a));
     }
 
     #[test]

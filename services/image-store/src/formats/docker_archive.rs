@@ -156,16 +156,16 @@ fn check_name(archive: &str, path: &str, digest: &Digest, what: &str) -> Result<
                 Digest::new(digest.algorithm(), hex).map_err(|source| ArchiveError::Digest {
                     archive: archive.to_string(),
                     path: path.to_string(),
-                    source,
+                    source: Box::new(source),
                 })?;
             return Err(ArchiveError::Digest {
                 archive: archive.to_string(),
                 path: path.to_string(),
-                source: super::digest::DigestError::Mismatch {
+                source: Box::new(super::digest::DigestError::Mismatch {
                     subject: what.to_string(),
                     expected,
                     actual: digest.clone(),
-                },
+                }),
             });
         }
     }
@@ -234,7 +234,7 @@ fn load_entry(
         spool.read_small(&config_path, &referrer, manifest::MAX_CONFIG_SIZE as u64)?;
     let manifest_err = |source: ManifestError| ArchiveError::Manifest {
         archive: archive.to_string(),
-        source,
+        source: Box::new(source),
     };
     let config = manifest::parse_config(&config_bytes, &image).map_err(manifest_err)?;
     let diff_ids = manifest::diff_ids(&config, &image).map_err(manifest_err)?;
@@ -290,11 +290,11 @@ fn load_entry(
             return Err(ArchiveError::Digest {
                 archive: archive.to_string(),
                 path: resolved,
-                source: super::digest::DigestError::Mismatch {
+                source: Box::new(super::digest::DigestError::Mismatch {
                     subject: format!("{what} (diff_id from the config)"),
                     expected: want_diff_id.clone(),
                     actual: diff_id,
-                },
+                }),
             });
         }
         blobs.insert(digest.clone(), (file.clone(), *size));
@@ -479,7 +479,7 @@ pub fn write_docker_archive<W: Write>(
                 .map_err(|source| ArchiveError::Digest {
                     archive: archive.to_string(),
                     path: config_path.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             append(
                 &mut tar,
@@ -500,7 +500,7 @@ pub fn write_docker_archive<W: Write>(
             let compression = manifest::layer_compression(&layer.media_type, &name, &layer.digest)
                 .map_err(|source| ArchiveError::Manifest {
                     archive: archive.to_string(),
-                    source,
+                    source: Box::new(source),
                 })?;
             let src = open_blob(&layer.digest).map_err(|e| io_err(&subject, e))?;
             let verified =

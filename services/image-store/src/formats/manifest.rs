@@ -267,8 +267,8 @@ pub struct Index {
 /// What a manifest document turned out to be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ParsedManifest {
-    /// A single-platform image.
-    Image(Manifest),
+    /// A single-platform image (boxed: descriptors are large, indexes small).
+    Image(Box<Manifest>),
     /// A list of platform-specific manifests.
     Index(Index),
 }
@@ -418,7 +418,7 @@ pub fn parse_manifest(
         _ => {
             let manifest: Manifest = serde_json::from_value(value).map_err(json_err)?;
             validate_image_manifest(&manifest, image)?;
-            Ok(ParsedManifest::Image(manifest))
+            Ok(ParsedManifest::Image(Box::new(manifest)))
         }
     }
 }
@@ -430,7 +430,7 @@ pub fn parse_image_manifest(
     image: &str,
 ) -> Result<Manifest, ManifestError> {
     match parse_manifest(bytes, served_as, image)? {
-        ParsedManifest::Image(m) => Ok(m),
+        ParsedManifest::Image(m) => Ok(*m),
         ParsedManifest::Index(_) => Err(ManifestError::Inconsistent {
             image: image.to_string(),
             reason: "expected an image manifest, found an index".to_string(),
