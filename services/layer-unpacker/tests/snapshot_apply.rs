@@ -333,7 +333,7 @@ fn applier_overlay_mount_and_umoci_agree_file_by_file() {
         ("char", "fifo")
     );
     assert_eq!(node("srv").mode, 0o2775);
-    assert!(applied_tree.get(Path::new("usr/lib/libfoo.so")).is_none());
+    assert!(!applied_tree.contains_key(Path::new("usr/lib/libfoo.so")));
 
     // 2. umoci, the reference implementation.
     let layout = t.path().join("layout");

@@ -56,7 +56,7 @@ mod tests {
     #[test]
     fn chain_of_one_is_the_diff_id() {
         let d = sha("a");
-        assert_eq!(chain_ids(&[d.clone()]).expect("valid"), vec![d]);
+        assert_eq!(chain_ids(std::slice::from_ref(&d)).expect("valid"), vec![d]);
     }
 
     #[test]
