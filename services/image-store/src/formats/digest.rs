@@ -313,6 +313,78 @@ fn check(
     Ok(())
 }
 
+/// The verification state shared by the sync and async verifying readers.
+struct Verifier {
+    hasher: Option<Hasher>,
+    expected: Digest,
+    expected_size: Option<u64>,
+    read: u64,
+    subject: String,
+    verified: bool,
+}
+
+impl Verifier {
+    fn new(expected: Digest, expected_size: Option<u64>, subject: String) -> Self {
+        Verifier {
+            hasher: Some(Hasher::new(expected.algorithm())),
+            expected,
+            expected_size,
+            read: 0,
+            subject,
+            verified: false,
+        }
+    }
+
+    fn fail(e: DigestError) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+
+    /// Accounts for `data` just read; fails as soon as the size limit is passed.
+    fn update(&mut self, data: &[u8]) -> io::Result<()> {
+        self.read += data.len() as u64;
+        if let Some(limit) = self.expected_size {
+            if self.read > limit {
+                self.hasher = None;
+                return Err(Self::fail(DigestError::SizeMismatch {
+                    subject: self.subject.clone(),
+                    expected: limit,
+                    actual: self.read,
+                }));
+            }
+        }
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(data);
+        }
+        Ok(())
+    }
+
+    /// Called at end of stream: checks size and digest.
+    fn finish(&mut self) -> io::Result<()> {
+        if self.verified {
+            return Ok(());
+        }
+        let Some(hasher) = self.hasher.take() else {
+            // Already failed once; keep failing rather than pretend EOF is fine.
+            return Err(Self::fail(DigestError::SizeMismatch {
+                subject: self.subject.clone(),
+                expected: self.expected_size.unwrap_or(0),
+                actual: self.read,
+            }));
+        };
+        let actual = hasher.finish();
+        check(
+            &self.subject,
+            &self.expected,
+            self.expected_size,
+            &actual,
+            self.read,
+        )
+        .map_err(Self::fail)?;
+        self.verified = true;
+        Ok(())
+    }
+}
+
 /// A reader that verifies digest and size of the stream it passes through.
 ///
 /// Reading past the expected size fails at once (so an endless or oversized
@@ -322,12 +394,7 @@ fn check(
 /// `io::copy`) therefore never succeeds on wrong content.
 pub struct VerifyingReader<R> {
     inner: R,
-    hasher: Option<Hasher>,
-    expected: Digest,
-    expected_size: Option<u64>,
-    read: u64,
-    subject: String,
-    verified: bool,
+    v: Verifier,
 }
 
 impl<R: Read> VerifyingReader<R> {
@@ -340,37 +407,28 @@ impl<R: Read> VerifyingReader<R> {
     ) -> Self {
         VerifyingReader {
             inner,
-            hasher: Some(Hasher::new(expected.algorithm())),
-            expected,
-            expected_size,
-            read: 0,
-            subject: subject.into(),
-            verified: false,
+            v: Verifier::new(expected, expected_size, subject.into()),
         }
     }
 
     /// Whether the stream was read to its end and verified.
     pub fn is_verified(&self) -> bool {
-        self.verified
+        self.v.verified
     }
 
     /// Bytes read so far.
     pub fn bytes_read(&self) -> u64 {
-        self.read
+        self.v.read
     }
 
     /// The digest being verified against.
     pub fn expected(&self) -> &Digest {
-        &self.expected
+        &self.v.expected
     }
 
     /// Returns the inner reader.
     pub fn into_inner(self) -> R {
         self.inner
-    }
-
-    fn fail(e: DigestError) -> io::Error {
-        io::Error::new(io::ErrorKind::InvalidData, e)
     }
 }
 
@@ -381,44 +439,69 @@ impl<R: Read> Read for VerifyingReader<R> {
         }
         let n = self.inner.read(buf)?;
         if n == 0 {
-            if self.verified {
-                return Ok(0);
-            }
-            let Some(hasher) = self.hasher.take() else {
-                // Already failed once; keep failing rather than pretend EOF is fine.
-                return Err(Self::fail(DigestError::SizeMismatch {
-                    subject: self.subject.clone(),
-                    expected: self.expected_size.unwrap_or(0),
-                    actual: self.read,
-                }));
-            };
-            let actual = hasher.finish();
-            check(
-                &self.subject,
-                &self.expected,
-                self.expected_size,
-                &actual,
-                self.read,
-            )
-            .map_err(Self::fail)?;
-            self.verified = true;
+            self.v.finish()?;
             return Ok(0);
         }
-        self.read += n as u64;
-        if let Some(limit) = self.expected_size {
-            if self.read > limit {
-                self.hasher = None;
-                return Err(Self::fail(DigestError::SizeMismatch {
-                    subject: self.subject.clone(),
-                    expected: limit,
-                    actual: self.read,
-                }));
+        self.v.update(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// The async twin of [`VerifyingReader`] (tokio `AsyncRead`), for streaming a blob from
+/// a registry or archive into the object store while verifying it.
+pub struct AsyncVerifyingReader<R> {
+    inner: R,
+    v: Verifier,
+}
+
+impl<R> AsyncVerifyingReader<R> {
+    /// Wraps `inner`; `subject` names the blob in errors.
+    pub fn new(
+        inner: R,
+        expected: Digest,
+        expected_size: Option<u64>,
+        subject: impl Into<String>,
+    ) -> Self {
+        AsyncVerifyingReader {
+            inner,
+            v: Verifier::new(expected, expected_size, subject.into()),
+        }
+    }
+
+    /// Whether the stream was read to its end and verified.
+    pub fn is_verified(&self) -> bool {
+        self.v.verified
+    }
+
+    /// Bytes read so far (for progress reports).
+    pub fn bytes_read(&self) -> u64 {
+        self.v.read
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for AsyncVerifyingReader<R> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => {
+                let new = &buf.filled()[before..];
+                if new.is_empty() {
+                    return Poll::Ready(this.v.finish());
+                }
+                Poll::Ready(this.v.update(new))
             }
         }
-        if let Some(h) = self.hasher.as_mut() {
-            h.update(&buf[..n]);
-        }
-        Ok(n)
     }
 }
 
@@ -566,6 +649,30 @@ mod tests {
             digest_error_of(&err),
             Some(DigestError::SizeMismatch { expected: 10, .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn async_verifying_reader() {
+        use tokio::io::AsyncReadExt;
+        let data = vec![7u8; 100_000];
+        let d = Digest::sha256_of(&data);
+        let mut r = AsyncVerifyingReader::new(&data[..], d.clone(), Some(100_000), "async blob");
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).await.expect("verified");
+        assert!(r.is_verified());
+        assert_eq!(r.bytes_read(), 100_000);
+        let mut r =
+            AsyncVerifyingReader::new(&data[..99_999], d.clone(), Some(100_000), "async blob");
+        let err = r.read_to_end(&mut Vec::new()).await.expect_err("truncated");
+        assert!(matches!(
+            digest_error_of(&err),
+            Some(DigestError::SizeMismatch { .. })
+        ));
+        let mut other = data.clone();
+        other[5] = 8;
+        let mut r = AsyncVerifyingReader::new(&other[..], d, None, "async blob");
+        let err = r.read_to_end(&mut Vec::new()).await.expect_err("mismatch");
+        assert!(err.to_string().contains("async blob"), "{err}");
     }
 
     #[test]

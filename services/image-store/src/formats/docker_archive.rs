@@ -84,7 +84,7 @@ impl DockerArchive {
             });
         }
         let mut used: BTreeSet<String> = BTreeSet::from(["manifest.json".to_string()]);
-        let mut diff_id_cache: BTreeMap<String, Digest> = BTreeMap::new();
+        let mut diff_id_cache: BTreeMap<String, (Digest, u64)> = BTreeMap::new();
         let mut images = Vec::new();
         let mut blobs = BTreeMap::new();
         let mut top_layers = Vec::new();
@@ -186,7 +186,7 @@ fn load_entry(
     i: usize,
     e: &ArchiveManifestEntry,
     used: &mut BTreeSet<String>,
-    diff_id_cache: &mut BTreeMap<String, Digest>,
+    diff_id_cache: &mut BTreeMap<String, (Digest, u64)>,
     blobs: &mut BTreeMap<Digest, (PathBuf, u64)>,
 ) -> Result<(ImageToStore, Option<String>), ArchiveError> {
     let archive = spool.archive.as_str();
@@ -267,12 +267,12 @@ fn load_entry(
         used.insert(resolved.clone());
         let what = format!("layer {} of {image}", j + 1);
         check_name(archive, &path, digest, &what)?;
-        let diff_id = match compression {
-            Compression::None => digest.clone(),
+        let (diff_id, uncompressed_size) = match compression {
+            Compression::None => (digest.clone(), *size),
             Compression::Gzip => match diff_id_cache.get(&resolved) {
                 Some(d) => d.clone(),
                 None => {
-                    let (d, _) =
+                    let d =
                         gunzip_digest(file).map_err(|e| ArchiveError::io(archive, &resolved, e))?;
                     diff_id_cache.insert(resolved.clone(), d.clone());
                     d
@@ -303,6 +303,7 @@ fn load_entry(
             size: *size,
             media_type: oci_layer_media_type(*compression).to_string(),
             diff_id,
+            uncompressed_size: Some(uncompressed_size),
         });
         top = Some(resolved);
     }
@@ -984,6 +985,7 @@ mod tests {
                 size: gl1.len() as u64,
                 media_type: media::OCI_LAYER_GZIP.to_string(),
                 diff_id: diff.clone(),
+                uncompressed_size: None,
             }],
             vec![Reference::parse("127.0.0.1:5000/x/y:t").expect("ref")],
             "x",

@@ -22,6 +22,27 @@ pub struct LayerToStore {
     pub media_type: String,
     /// Digest of the uncompressed tar, from the config's `rootfs.diff_ids`.
     pub diff_id: Digest,
+    /// Size of the uncompressed tar, when known (import and docker-archive know it;
+    /// a pulled gzip layer does not until it is unpacked).
+    #[serde(default)]
+    pub uncompressed_size: Option<u64>,
+}
+
+/// One row of `berth history`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRow {
+    /// RFC 3339 creation time, if recorded.
+    pub created: Option<String>,
+    /// The command that made the step.
+    pub created_by: String,
+    /// Comment.
+    pub comment: String,
+    /// Layer size in bytes (0 for an empty layer).
+    pub size: u64,
+    /// Whether the step made no layer.
+    pub empty_layer: bool,
+    /// The layer's diff_id, for a non-empty step.
+    pub diff_id: Option<Digest>,
 }
 
 /// A complete, validated image ready to persist.
@@ -82,6 +103,12 @@ impl ImageToStore {
                 size: l.size,
                 media_type: l.media_type.clone(),
                 diff_id,
+                // An uncompressed layer's size is its own.
+                uncompressed_size: matches!(
+                    l.media_type.as_str(),
+                    media::OCI_LAYER_TAR | media::DOCKER_LAYER_TAR
+                )
+                .then_some(l.size),
             })
             .collect();
         let media_type = manifest
@@ -132,7 +159,7 @@ impl ImageToStore {
                 what: "manifest",
                 source,
             })?;
-        let built = Self::from_manifest_and_config(
+        let mut built = Self::from_manifest_and_config(
             manifest_bytes,
             Some(media::OCI_MANIFEST),
             config_bytes,
@@ -140,7 +167,7 @@ impl ImageToStore {
             image,
         )?;
         // The config's diff_ids must be the ones the producer computed from the layers.
-        for (i, (given, parsed)) in layers.iter().zip(&built.layers).enumerate() {
+        for (i, (given, parsed)) in layers.iter().zip(&mut built.layers).enumerate() {
             if given.diff_id != parsed.diff_id {
                 return Err(ManifestError::Inconsistent {
                     image: image.to_string(),
@@ -150,6 +177,7 @@ impl ImageToStore {
                     ),
                 });
             }
+            parsed.uncompressed_size = given.uncompressed_size.or(parsed.uncompressed_size);
         }
         Ok(built)
     }
@@ -184,6 +212,47 @@ impl ImageToStore {
     /// The chainID of every layer prefix (what the layer-unpacker keys snapshots by).
     pub fn chain_ids(&self) -> Vec<Digest> {
         chain_ids(&self.diff_ids())
+    }
+
+    /// `docker history` rows, oldest first (the CLI shows them newest first).
+    ///
+    /// Each non-empty history entry is matched with the next layer; its size is the
+    /// layer's uncompressed size when known, else the blob size. Without history in the
+    /// config, one row per layer with empty text.
+    pub fn history(&self) -> Result<Vec<HistoryRow>, ManifestError> {
+        let config = self.config()?;
+        let size_of = |l: &LayerToStore| l.uncompressed_size.unwrap_or(l.size);
+        let entries = config.history().clone().unwrap_or_default();
+        if entries.is_empty() {
+            return Ok(self
+                .layers
+                .iter()
+                .map(|l| HistoryRow {
+                    created: None,
+                    created_by: String::new(),
+                    comment: String::new(),
+                    size: size_of(l),
+                    empty_layer: false,
+                    diff_id: Some(l.diff_id.clone()),
+                })
+                .collect());
+        }
+        let mut layers = self.layers.iter();
+        Ok(entries
+            .iter()
+            .map(|h| {
+                let empty = h.empty_layer() == Some(true);
+                let layer = if empty { None } else { layers.next() };
+                HistoryRow {
+                    created: h.created().clone(),
+                    created_by: h.created_by().clone().unwrap_or_default(),
+                    comment: h.comment().clone().unwrap_or_default(),
+                    size: layer.map_or(0, size_of),
+                    empty_layer: empty,
+                    diff_id: layer.map(|l| l.diff_id.clone()),
+                }
+            })
+            .collect())
     }
 
     /// Sum of the layer blob sizes.
@@ -223,6 +292,7 @@ mod tests {
             size: 3,
             media_type: media::OCI_LAYER_GZIP.to_string(),
             diff_id: Digest::sha256_of(n.as_bytes()),
+            uncompressed_size: Some(1),
         }
     }
 
@@ -250,6 +320,42 @@ mod tests {
         let m = img.manifest().expect("manifest");
         assert_eq!(m.layers.len(), 2);
         img.config().expect("config");
+    }
+
+    #[test]
+    fn history_rows_match_layers() {
+        let layers = vec![layer("a"), layer("b")];
+        let ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
+        let with_history = serde_json::to_vec(&json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": ids},
+            "history": [
+                {"created": "2024-01-01T00:00:00Z", "created_by": "ADD rootfs", "comment": "base"},
+                {"created_by": "ENV X=1", "empty_layer": true},
+                {"created_by": "RUN make"},
+            ],
+        }))
+        .expect("json");
+        let img = ImageToStore::build(with_history, media::OCI_CONFIG, layers, vec![], "x")
+            .expect("build");
+        let rows = img.history().expect("history");
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0].created_by, "ADD rootfs");
+        assert_eq!(rows[0].diff_id.as_ref(), Some(&ids[0]));
+        assert_eq!(rows[0].size, 1, "uncompressed size preferred");
+        assert!(rows[1].empty_layer);
+        assert_eq!(rows[1].size, 0);
+        assert_eq!(rows[2].diff_id.as_ref(), Some(&ids[1]));
+
+        let bare = ImageToStore::build(
+            config(&ids),
+            media::OCI_CONFIG,
+            vec![layer("a"), layer("b")],
+            vec![],
+            "x",
+        )
+        .expect("build");
+        assert_eq!(bare.history().expect("rows").len(), 2);
     }
 
     #[test]

@@ -152,7 +152,7 @@ pub fn import_rootfs<R: Read>(
             what: "bzip2",
         });
     }
-    let (digest, size, diff_id) = match compression {
+    let (digest, size, (diff_id, uncompressed_size)) = match compression {
         Compression::Zstd => {
             return Err(ImportError::Compression {
                 source_name: src.to_string(),
@@ -222,6 +222,7 @@ pub fn import_rootfs<R: Read>(
         size,
         media_type: media::OCI_LAYER_GZIP.to_string(),
         diff_id,
+        uncompressed_size: Some(uncompressed_size),
     };
     let label = reference
         .as_ref()
@@ -272,7 +273,7 @@ impl<R: Read> Read for HashingReader<R> {
 
 /// Walks the tar (checking every header) and hashes the whole stream, including the
 /// padding after the end-of-archive marker, which is part of the diff_id.
-fn hash_and_check_tar(r: &mut impl Read, src: &str) -> Result<Digest, ImportError> {
+fn hash_and_check_tar(r: &mut impl Read, src: &str) -> Result<(Digest, u64), ImportError> {
     let not_tar = |reason: String| ImportError::NotATar {
         source_name: src.to_string(),
         reason,
@@ -297,8 +298,8 @@ fn hash_and_check_tar(r: &mut impl Read, src: &str) -> Result<Digest, ImportErro
     if count == 0 {
         return Err(not_tar("no entries".to_string()));
     }
-    let (_, digest, _) = hr.w.finish();
-    Ok(digest)
+    let (_, digest, size) = hr.w.finish();
+    Ok((digest, size))
 }
 
 #[cfg(test)]
@@ -353,6 +354,7 @@ mod tests {
         .expect("import");
         let l = &img.image.layers[0];
         assert_eq!(l.diff_id, Digest::sha256_of(&tar));
+        assert_eq!(l.uncompressed_size, Some(tar.len() as u64));
         assert_eq!(l.media_type, media::OCI_LAYER_GZIP);
         let mut gz = Vec::new();
         img.open_layer()

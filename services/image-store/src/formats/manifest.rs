@@ -57,6 +57,9 @@ pub mod media {
         "application/vnd.oci.image.layer.nondistributable.";
 }
 
+/// The `Accept` header for manifest requests: every manifest type berth can use.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+
 /// Errors about manifests and configs; each names the image it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
