@@ -122,16 +122,6 @@ pub enum ArchiveError {
         /// Details.
         source: ReferenceError,
     },
-    /// A layer compression berth cannot decode here.
-    #[error("{archive}: {path}: {compression:?} layers are not supported here")]
-    UnsupportedCompression {
-        /// The archive.
-        archive: String,
-        /// The layer.
-        path: String,
-        /// Its compression.
-        compression: Compression,
-    },
     /// A blob asked for that the archive does not hold.
     #[error("{archive}: no blob {digest}")]
     NoSuchBlob {
@@ -457,10 +447,19 @@ pub fn open_verified(
     ))
 }
 
-/// sha256 of the decompressed content of a gzip file (a layer's diff_id).
-pub fn gunzip_digest(file: &Path) -> io::Result<(Digest, u64)> {
+/// A reader that decompresses `r` (gzip or zstd; a plain stream passes through).
+pub fn decompress<'a, R: Read + 'a>(c: Compression, r: R) -> io::Result<Box<dyn Read + 'a>> {
+    Ok(match c {
+        Compression::None => Box::new(r),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(r))),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(r)?),
+    })
+}
+
+/// sha256 and size of the decompressed content of a layer file (its diff_id).
+pub fn uncompressed_digest(file: &Path, c: Compression) -> io::Result<(Digest, u64)> {
     let f = BufReader::with_capacity(256 * 1024, File::open(file)?);
-    super::digest::sha256_reader(flate2::read::MultiGzDecoder::new(f))
+    super::digest::sha256_reader(decompress(c, f)?)
 }
 
 #[cfg(test)]

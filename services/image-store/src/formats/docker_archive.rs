@@ -10,7 +10,7 @@
 //! its digest must have that digest.
 
 use super::archive::{
-    gunzip_digest, normalize_path, open_verified, ArchiveError, Spool, SpoolEntry,
+    decompress, normalize_path, open_verified, uncompressed_digest, ArchiveError, Spool, SpoolEntry,
 };
 use super::digest::{Digest, DigestingWriter, VerifyingReader};
 use super::image::{ImageToStore, LayerToStore};
@@ -269,22 +269,15 @@ fn load_entry(
         check_name(archive, &path, digest, &what)?;
         let (diff_id, uncompressed_size) = match compression {
             Compression::None => (digest.clone(), *size),
-            Compression::Gzip => match diff_id_cache.get(&resolved) {
+            Compression::Gzip | Compression::Zstd => match diff_id_cache.get(&resolved) {
                 Some(d) => d.clone(),
                 None => {
-                    let d =
-                        gunzip_digest(file).map_err(|e| ArchiveError::io(archive, &resolved, e))?;
+                    let d = uncompressed_digest(file, *compression)
+                        .map_err(|e| ArchiveError::io(archive, &resolved, e))?;
                     diff_id_cache.insert(resolved.clone(), d.clone());
                     d
                 }
             },
-            Compression::Zstd => {
-                return Err(ArchiveError::UnsupportedCompression {
-                    archive: archive.to_string(),
-                    path: resolved,
-                    compression: *compression,
-                })
-            }
         };
         if &diff_id != want_diff_id {
             return Err(ArchiveError::Digest {
@@ -452,7 +445,7 @@ pub type BlobOpener<'a> = dyn FnMut(&Digest) -> io::Result<Box<dyn Read>> + 'a;
 
 /// Writes a docker-archive of `images` to `out`, in the layout skopeo writes
 /// (`<config hex>.json`, `<diff_id hex>.tar`, `manifest.json`). Layers are stored
-/// uncompressed, as `docker save` does: gzip layers are decompressed through a temp file
+/// uncompressed, as `docker save` does: gzip/zstd layers are decompressed through a temp file
 /// under `spool_in` (the tar header needs the size first). Every blob is verified
 /// against its digest and size (and diff_id) while copied; on error the output is
 /// incomplete and the caller should discard it. Shared layers are written once.
@@ -520,20 +513,14 @@ pub fn write_docker_archive<W: Write>(
                     append(&mut tar, &path, layer.size, verified)
                         .map_err(|e| io_err(&subject, e))?;
                 }
-                Compression::Gzip => {
+                Compression::Gzip | Compression::Zstd => {
                     let tmp_path = tmp.path().join("layer");
-                    let size = gunzip_to(verified, &tmp_path, &layer.diff_id, &subject)
-                        .map_err(|e| io_err(&subject, e))?;
+                    let size =
+                        decompress_to(compression, verified, &tmp_path, &layer.diff_id, &subject)
+                            .map_err(|e| io_err(&subject, e))?;
                     let f = File::open(&tmp_path).map_err(|e| io_err(&subject, e))?;
                     append(&mut tar, &path, size, BufReader::new(f))
                         .map_err(|e| io_err(&subject, e))?;
-                }
-                Compression::Zstd => {
-                    return Err(ArchiveError::UnsupportedCompression {
-                        archive: archive.to_string(),
-                        path: subject,
-                        compression,
-                    })
                 }
             }
         }
@@ -580,8 +567,14 @@ fn append<W: Write>(
 }
 
 /// Decompresses `src` to `dest`, checking the result's sha256 against `diff_id`.
-fn gunzip_to(src: impl Read, dest: &Path, diff_id: &Digest, subject: &str) -> io::Result<u64> {
-    let mut gz = flate2::read::MultiGzDecoder::new(BufReader::new(src));
+fn decompress_to(
+    c: Compression,
+    src: impl Read,
+    dest: &Path,
+    diff_id: &Digest,
+    subject: &str,
+) -> io::Result<u64> {
+    let mut gz = decompress(c, src)?;
     let f = File::create(dest)?;
     let mut w = DigestingWriter::new(io::BufWriter::new(f));
     io::copy(&mut gz, &mut w)?;
@@ -754,6 +747,37 @@ mod tests {
     }
 
     #[test]
+    fn zstd_layers_read_and_saved_uncompressed() {
+        let l1 = layer_tar("z", b"zzz");
+        let z = zstd::encode_all(&l1[..], 3).expect("zstd");
+        let diff = Digest::sha256_of(&l1);
+        let c = config(&[&diff]);
+        let m = json!([{"Config": "c.json", "RepoTags": ["z:1"], "Layers": ["l.tar.zst"]}]);
+        let tar = Tb::default()
+            .file("l.tar.zst", &z)
+            .file("c.json", &c)
+            .file("manifest.json", &serde_json::to_vec(&m).expect("json"))
+            .build();
+        let a = read(&tar).expect("zstd layer");
+        let l = &a.images()[0].layers[0];
+        assert_eq!(l.media_type, media::OCI_LAYER_ZSTD);
+        assert_eq!(l.diff_id, diff);
+        assert_eq!(l.uncompressed_size, Some(l1.len() as u64));
+        let imgs: Vec<&ImageToStore> = a.images().iter().collect();
+        let mut opener = |d: &Digest| -> io::Result<Box<dyn Read>> {
+            Ok(Box::new(a.open_blob(d).map_err(io::Error::other)?))
+        };
+        let out = write_docker_archive(Vec::new(), &imgs, &mut opener, &std::env::temp_dir())
+            .expect("save zstd image");
+        let back = read(&out).expect("read back");
+        assert_eq!(
+            back.images()[0].layers[0].digest,
+            diff,
+            "saved uncompressed"
+        );
+    }
+
+    #[test]
     fn reads_skopeo_style_symlinked_legacy_dirs() {
         let l1 = layer_tar("x", b"x");
         let d1 = Digest::sha256_of(&l1);
@@ -772,6 +796,76 @@ mod tests {
             .build();
         let a = read(&tar).expect("skopeo layout");
         assert_eq!(a.images()[0].references.len(), 1);
+    }
+
+    /// A docker ≥ 25 `docker save`: an OCI layout plus manifest.json and repositories.
+    fn docker25(extra_blob: bool) -> (Vec<u8>, Digest) {
+        let l1 = layer_tar("bin/a", b"aaaa");
+        let d1 = Digest::sha256_of(&l1);
+        let c = config(&[&d1]);
+        let cd = Digest::sha256_of(&c);
+        let m = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
+            "config": {"mediaType": media::OCI_CONFIG, "digest": cd, "size": c.len()},
+            "layers": [{"mediaType": media::OCI_LAYER_TAR, "digest": d1, "size": l1.len()}],
+        }))
+        .expect("json");
+        let md = Digest::sha256_of(&m);
+        let index = json!({
+            "schemaVersion": 2, "mediaType": media::OCI_INDEX,
+            "manifests": [{"mediaType": media::OCI_MANIFEST, "digest": md, "size": m.len(),
+                "annotations": {"io.containerd.image.name": "docker.io/library/busybox:latest",
+                                "org.opencontainers.image.ref.name": "latest"}}],
+        });
+        let blob = |d: &Digest| format!("blobs/sha256/{}", d.hex());
+        let manifest =
+            json!([{"Config": blob(&cd), "RepoTags": ["busybox:latest"], "Layers": [blob(&d1)]}]);
+        let mut tb = Tb::default()
+            .file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)
+            .file("index.json", &serde_json::to_vec(&index).expect("json"))
+            .file(&blob(&d1), &l1)
+            .file(&blob(&cd), &c)
+            .file(&blob(&md), &m)
+            .file(
+                "manifest.json",
+                &serde_json::to_vec(&manifest).expect("json"),
+            )
+            .file(
+                "repositories",
+                br#"{"busybox":{"latest":"nothing-legacy"}}"#,
+            );
+        if extra_blob {
+            let junk = b"unreferenced";
+            tb = tb.file(&blob(&Digest::sha256_of(junk)), junk);
+        }
+        (tb.build(), md)
+    }
+
+    #[test]
+    fn reads_docker25_archive_both_ways() {
+        let (tar, md) = docker25(false);
+        let a = read(&tar).expect("docker-archive view");
+        assert_eq!(a.images()[0].references[0].familiar(), "busybox:latest");
+        let opts = crate::formats::oci_layout::OciLoadOptions::default();
+        let l = crate::formats::oci_layout::OciLayout::read_tar(
+            &tar[..],
+            &std::env::temp_dir(),
+            "d25.tar",
+            &opts,
+        )
+        .expect("OCI layout view");
+        let img = &l.images()[0].image;
+        assert_eq!(
+            img.manifest_digest, md,
+            "layout view keeps docker's manifest"
+        );
+        assert_eq!(
+            img.references[0].to_string(),
+            "docker.io/library/busybox:latest"
+        );
+        assert_eq!(img.config_digest, a.images()[0].config_digest);
+        let (tar, _) = docker25(true);
+        assert!(matches!(read(&tar), Err(ArchiveError::ExtraFile { .. })));
     }
 
     #[test]

@@ -6,11 +6,11 @@
 //! digest). A gzip tar is kept as given (blob digest = the input's), then decompressed
 //! once from the spool to compute the diff_id and check it is a tar.
 
-use super::archive::{open_verified, sniff_compression};
+use super::archive::{decompress, open_verified, sniff_compression};
 use super::changes::{ChangeError, RunConfig};
 use super::digest::{Digest, DigestingWriter, VerifyingReader};
 use super::image::{ImageToStore, LayerToStore};
-use super::manifest::{media, Compression, ManifestError, PlatformSpec};
+use super::manifest::{media, oci_layer_media_type, Compression, ManifestError, PlatformSpec};
 use super::reference::Reference;
 use serde_json::json;
 use std::fs::File;
@@ -153,12 +153,6 @@ pub fn import_rootfs<R: Read>(
         });
     }
     let (digest, size, (diff_id, uncompressed_size)) = match compression {
-        Compression::Zstd => {
-            return Err(ImportError::Compression {
-                source_name: src.to_string(),
-                what: "zstd",
-            })
-        }
         Compression::None => {
             let out = File::create(&layer_file).map_err(io_err)?;
             let compressed = DigestingWriter::new(io::BufWriter::new(out));
@@ -176,7 +170,8 @@ pub fn import_rootfs<R: Read>(
                 .map_err(io_err)?;
             (digest, size, diff_id)
         }
-        Compression::Gzip => {
+        // Compressed input is kept as given; its decompressed stream gives the diff_id.
+        Compression::Gzip | Compression::Zstd => {
             let out = File::create(&layer_file).map_err(io_err)?;
             let mut w = DigestingWriter::new(io::BufWriter::new(out));
             io::copy(&mut input, &mut w).map_err(io_err)?;
@@ -186,8 +181,11 @@ pub fn import_rootfs<R: Read>(
                 .sync_all()
                 .map_err(io_err)?;
             let f = BufReader::new(File::open(&layer_file).map_err(io_err)?);
-            let mut gz = flate2::read::MultiGzDecoder::new(f);
-            let diff_id = hash_and_check_tar(&mut gz, src)?;
+            let mut plain = decompress(compression, f).map_err(|e| ImportError::NotATar {
+                source_name: src.to_string(),
+                reason: e.to_string(),
+            })?;
+            let diff_id = hash_and_check_tar(&mut plain, src)?;
             (digest, size, diff_id)
         }
     };
@@ -220,7 +218,12 @@ pub fn import_rootfs<R: Read>(
     let layer = LayerToStore {
         digest,
         size,
-        media_type: media::OCI_LAYER_GZIP.to_string(),
+        media_type: oci_layer_media_type(match compression {
+            // A plain tar was gzipped on the way in.
+            Compression::None => Compression::Gzip,
+            c => c,
+        })
+        .to_string(),
         diff_id,
         uncompressed_size: Some(uncompressed_size),
     };
@@ -396,6 +399,17 @@ mod tests {
     }
 
     #[test]
+    fn keeps_zstd_input_as_given() {
+        let tar = rootfs();
+        let z = zstd::encode_all(&tar[..], 3).expect("zstd");
+        let img = import(&z, &[]).expect("import zstd");
+        let l = &img.image.layers[0];
+        assert_eq!(l.media_type, media::OCI_LAYER_ZSTD);
+        assert_eq!(l.digest, Digest::sha256_of(&z));
+        assert_eq!(l.diff_id, Digest::sha256_of(&tar));
+    }
+
+    #[test]
     fn bad_inputs() {
         let err = import(
             b"this is not a tar file at all, just some text.........",
@@ -419,7 +433,7 @@ mod tests {
         ));
         assert!(matches!(
             import(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0], &[]),
-            Err(ImportError::Compression { what: "zstd", .. })
+            Err(ImportError::NotATar { .. })
         ));
         assert!(matches!(
             import(b"BZh91AY", &[]),
