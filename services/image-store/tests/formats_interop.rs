@@ -167,10 +167,110 @@ mod formats {
         assert_eq!(back.images()[0].config_digest, imported.image.config_digest);
         assert_eq!(back.images()[0].references, imported.image.references);
 
-        match Path::new("/usr/bin/podman").exists() {
-            true => eprintln!("podman present, but `podman load` is left to the end-to-end tests (needs its storage set up)"),
-            false => eprintln!("SKIP podman load: podman is not installed here; skopeo inspect/copy covered the docker-archive"),
+        podman_load(&archive, tmp.path(), "busybox:berth");
+    }
+
+    #[test]
+    fn save_two_images_sharing_a_layer() {
+        let skopeo = tool("skopeo", "skopeo");
+        let tmp = tempfile::tempdir().expect("tmp");
+        let a = import_busybox("busybox:a");
+        let rootfs = busybox_rootfs();
+        let b = import_rootfs(
+            &rootfs[..],
+            Some(Reference::parse("127.0.0.1:5000/x/busybox:b").expect("ref")),
+            &ImportOptions {
+                changes: vec!["ENTRYPOINT /bin/echo".to_string()],
+                created: Some("2024-01-02T00:00:00Z".to_string()),
+                source_name: "busybox-rootfs.tar".to_string(),
+                ..Default::default()
+            },
+            tmp.path(),
+        )
+        .expect("import b");
+        assert_eq!(
+            a.image.diff_ids(),
+            b.image.diff_ids(),
+            "same rootfs, same diff_id"
+        );
+        assert_ne!(a.image.config_digest, b.image.config_digest);
+        let mut opener = |d: &Digest| -> io::Result<Box<dyn Read>> {
+            if d == &a.image.layers[0].digest {
+                Ok(Box::new(a.open_layer()?))
+            } else {
+                Ok(Box::new(b.open_layer()?))
+            }
+        };
+        let archive = tmp.path().join("two.tar");
+        write_docker_archive(
+            std::fs::File::create(&archive).expect("create"),
+            &[&a.image, &b.image],
+            &mut opener,
+            tmp.path(),
+        )
+        .expect("save two");
+        for (sel, entrypoint) in [
+            ("@0", serde_json::Value::Null),
+            ("@1", serde_json::json!(["/bin/sh", "-c", "/bin/echo"])),
+        ] {
+            let spec = format!("docker-archive:{}:{sel}", archive.display());
+            let cfg: serde_json::Value = serde_json::from_str(&run(
+                Command::new(&skopeo).args(["inspect", "--config", &spec])
+            ))
+            .expect("json");
+            assert_eq!(cfg["config"]["Entrypoint"], entrypoint, "{sel}: {cfg}");
         }
+        let back = DockerArchive::read(
+            std::fs::File::open(&archive).expect("open"),
+            tmp.path(),
+            "two.tar",
+        )
+        .expect("read back");
+        assert_eq!(back.images().len(), 2);
+        assert_eq!(back.blobs().count(), 1, "one shared layer");
+        assert_eq!(
+            back.images()[1].references[0].familiar(),
+            "127.0.0.1:5000/x/busybox:b"
+        );
+        podman_load(&archive, tmp.path(), "x/busybox:b");
+    }
+
+    /// `podman load` into a throwaway storage root (vfs driver, so no overlay or root
+    /// store is touched). podman is optional here: setup.sh does not install it, so when
+    /// it is absent this says so loudly instead of passing silently.
+    fn podman_load(archive: &Path, scratch: &Path, expect_tag: &str) {
+        let Some(podman) = ["/usr/bin/podman", "/usr/local/bin/podman"]
+            .iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+        else {
+            eprintln!("SKIP podman load check: podman is not installed (apt-get install podman); skopeo covered the docker-archive");
+            return;
+        };
+        let root = scratch.join("podman-root");
+        let runroot = scratch.join("podman-run");
+        let base = |cmd: &mut Command| {
+            cmd.arg("--root")
+                .arg(&root)
+                .arg("--runroot")
+                .arg(&runroot)
+                .args([
+                    "--storage-driver",
+                    "vfs",
+                    "--cgroup-manager",
+                    "cgroupfs",
+                    "--events-backend",
+                    "none",
+                ]);
+        };
+        let mut load = Command::new(podman);
+        base(&mut load);
+        let out = run(load.arg("load").arg("-i").arg(archive));
+        assert!(out.contains(expect_tag), "podman load output: {out}");
+        let mut images = Command::new(podman);
+        base(&mut images);
+        let listed = run(images.args(["images", "--format", "{{.Repository}}:{{.Tag}}"]));
+        assert!(listed.contains(expect_tag), "podman images: {listed}");
     }
 
     /// Builds a two-layer OCI layout with umoci: busybox in layer 1, `bin/ls` deleted in

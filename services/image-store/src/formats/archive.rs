@@ -202,6 +202,9 @@ pub fn maybe_gunzip<'a, R: Read + 'a>(input: R) -> io::Result<(Box<dyn Read + 'a
     })
 }
 
+/// Most entries a spooled archive may have.
+pub const MAX_ENTRIES: usize = 100_000;
+
 /// One entry of a spooled tar.
 #[derive(Clone, Debug)]
 pub enum SpoolEntry {
@@ -251,7 +254,15 @@ impl Spool {
             reason: format!("not a valid tar stream: {e}"),
         };
         let mut n = 0usize;
-        for entry in tar.entries().map_err(tar_err)? {
+        for (count, entry) in tar.entries().map_err(tar_err)?.enumerate() {
+            if count >= MAX_ENTRIES {
+                // Image archives hold a handful of files per layer; this is something else.
+                return Err(ArchiveError::Invalid {
+                    archive: archive.to_string(),
+                    path: "(tar)".to_string(),
+                    reason: format!("more than {MAX_ENTRIES} entries"),
+                });
+            }
             let mut entry = entry.map_err(tar_err)?;
             let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             let kind = entry.header().entry_type();
