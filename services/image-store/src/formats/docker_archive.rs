@@ -57,7 +57,8 @@ impl DockerArchive {
         Self::from_spool(spool)
     }
 
-    fn from_spool(spool: Spool) -> Result<Self, ArchiveError> {
+    /// Interprets an already spooled tar as a docker-archive.
+    pub fn from_spool(spool: Spool) -> Result<Self, ArchiveError> {
         let archive = spool.archive.clone();
         if !spool.entries.contains_key("manifest.json")
             && spool.entries.contains_key("repositories")

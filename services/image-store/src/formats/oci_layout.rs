@@ -91,10 +91,16 @@ impl OciLayout {
         opts: &OciLoadOptions,
     ) -> Result<Self, ArchiveError> {
         let spool = Spool::read(input, spool_in, archive)?;
+        Self::from_spool(spool, opts)
+    }
+
+    /// Interprets an already spooled tar as an OCI layout.
+    pub fn from_spool(spool: Spool, opts: &OciLoadOptions) -> Result<Self, ArchiveError> {
         check_tar_entries(&spool)?;
+        let archive = spool.archive.clone();
         let mut l = OciLayout {
             source: Source::Spool(spool),
-            archive: archive.to_string(),
+            archive,
             images: Vec::new(),
             blobs: BTreeMap::new(),
         };
