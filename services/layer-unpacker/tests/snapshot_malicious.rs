@@ -211,6 +211,21 @@ refused!(file_then_dir_same_name, BOTH, duplicate, |_h| vec![vec![
     Ent::file("x", b"one"),
     Ent::dir("x/")
 ]]);
+refused!(
+    implicit_parent_then_same_name_file,
+    BOTH,
+    duplicate,
+    |_h| vec![vec![Ent::file("a/b", b"one"), Ent::file("a", b"two")]]
+);
+refused!(
+    implicit_parent_then_same_name_symlink,
+    BOTH,
+    duplicate,
+    |h| vec![vec![Ent::file("a/b", b"one"), Ent::symlink("a", h)]]
+);
+refused!(whiteout_of_own_implicit_parent, BOTH, duplicate, |_h| vec![
+    vec![Ent::file("a/b", b"one"), Ent::file(".wh.a", b"")]
+]);
 
 // --- hardlinks -------------------------------------------------------------------
 refused!(hardlink_with_dotdot_target, BOTH, bad_hardlink, |_h| vec![

@@ -271,7 +271,8 @@ impl Extractor<'_> {
                 let target = OsStr::from_bytes(&target).to_os_string();
                 self.clear_target(parent, name, false, &raw_path)?;
                 let dir = self.parent_fd(parent, &raw_path)?;
-                sp::symlinkat(&target, dir, name).map_err(|e| io_err("symlink", &raw_path, e))?;
+                sp::symlinkat(&target, dir, name)
+                    .map_err(|e| create_err("symlink", &raw_path, e))?;
                 self.apply_meta_at(parent, name, &meta, &raw_path, false)
             }
             EntryType::Link => {
@@ -307,7 +308,7 @@ impl Extractor<'_> {
                 self.clear_target(parent, name, false, &raw_path)?;
                 let dir = self.parent_fd(parent, &raw_path)?;
                 sp::mknodat(dir, name, fmt | (meta.mode & 0o777), dev)
-                    .map_err(|e| io_err("mknod", &raw_path, e))?;
+                    .map_err(|e| create_err("mknod", &raw_path, e))?;
                 self.apply_meta_at(parent, name, &meta, &raw_path, true)
             }
             other => Err(LayerError::Unsupported {
@@ -323,8 +324,9 @@ impl Extractor<'_> {
 
     /// Makes room for a new entry at `parent/name`. In overlay form the
     /// directory starts empty, so anything there came from this layer (an
-    /// implicit parent): a conflict. When applying, what lower layers put there
-    /// is replaced, except a directory by a directory (tar semantics: merged).
+    /// implicit parent): a conflict, found by the create itself. When applying,
+    /// what lower layers put there is replaced, except a directory by a
+    /// directory (tar semantics: merged).
     fn clear_target(
         &mut self,
         parent: &[OsString],
@@ -333,6 +335,12 @@ impl Extractor<'_> {
         raw: &Path,
     ) -> Result<(), LayerError> {
         let mode = self.mode;
+        if mode == ExtractMode::Overlay {
+            // Skip the stat: every explicit entry is in `seen`, so anything on
+            // disk is an implicit parent dir, and the exclusive create below
+            // reports it as EEXIST (mapped to Duplicate by `create_err`).
+            return Ok(());
+        }
         let dir = self.parent_fd(parent, raw)?;
         let Some(st) = sp::lstatat(dir, name).map_err(|e| io_err("stat", raw, e))? else {
             return Ok(());
@@ -341,12 +349,25 @@ impl Extractor<'_> {
         if is_dir && want_dir {
             return Ok(());
         }
-        if mode == ExtractMode::Overlay {
-            return Err(LayerError::Duplicate(raw.to_path_buf()));
+        if is_dir {
+            // Replacing a directory that already holds entries of this layer
+            // (made as their implicit parent) is the same conflict as in
+            // overlay form. Rare, so a scan is fine.
+            if self.holds_ours(parent, name) {
+                return Err(LayerError::Duplicate(raw.to_path_buf()));
+            }
         }
+        let dir = self.parent_fd(parent, raw)?;
         sp::remove_all_at(dir, name).map_err(|e| io_err("remove", raw, e))?;
         self.root.invalidate();
         Ok(())
+    }
+
+    /// Whether `parent/name` is a directory holding entries of this layer.
+    fn holds_ours(&self, parent: &[OsString], name: &OsStr) -> bool {
+        self.seen
+            .keys()
+            .any(|k| k.len() > parent.len() + 1 && k.starts_with(parent) && k[parent.len()] == name)
     }
 
     fn file<R: Read>(
@@ -367,7 +388,7 @@ impl Extractor<'_> {
             libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
             0o600,
         )
-        .map_err(|e| io_err("create", raw, e))?;
+        .map_err(|e| create_err("create", raw, e))?;
         let file = File::from(fd);
         let written = write_sparse(&file, entry, &mut self.buf).map_err(|e| {
             // A read error is the stream's (maybe the size limit); a write error is the disk's.
@@ -472,7 +493,7 @@ impl Extractor<'_> {
             })?;
         self.clear_target(parent, name, false, raw)?;
         let dir = self.parent_fd(parent, raw)?;
-        sp::linkat(tdir.as_fd(), tname, dir, name).map_err(|e| io_err("link", raw, e))
+        sp::linkat(tdir.as_fd(), tname, dir, name).map_err(|e| create_err("link", raw, e))
     }
 
     fn whiteout(
@@ -495,7 +516,7 @@ impl Extractor<'_> {
                 self.clear_target(parent, target, false, raw)?;
                 let dir = self.parent_fd(parent, raw)?;
                 sp::mknodat(dir, target, libc::S_IFCHR, libc::makedev(0, 0))
-                    .map_err(|e| io_err("mknod whiteout", raw, e))?;
+                    .map_err(|e| create_err("mknod whiteout", raw, e))?;
                 let whiteout_meta = Meta {
                     uid: 0,
                     gid: 0,
@@ -506,6 +527,9 @@ impl Extractor<'_> {
                 self.apply_meta_at(parent, target, &whiteout_meta, raw, false)
             }
             ExtractMode::Apply => {
+                if self.holds_ours(parent, target) {
+                    return Err(LayerError::Duplicate(raw.to_path_buf()));
+                }
                 let dir = match self.root.dir(parent, false) {
                     Ok(d) => d,
                     // Nothing below to delete.
@@ -711,6 +735,16 @@ fn io_err(op: &'static str, path: &Path, source: io::Error) -> LayerError {
         op,
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// A create that found something in place: in overlay form that is a name
+/// used twice in the layer (an implicit parent dir, then a non-dir entry).
+fn create_err(op: &'static str, path: &Path, source: io::Error) -> LayerError {
+    if source.raw_os_error() == Some(libc::EEXIST) {
+        LayerError::Duplicate(path.to_path_buf())
+    } else {
+        io_err(op, path, source)
     }
 }
 
