@@ -23,7 +23,7 @@ fn content(seed: u64, len: usize) -> Vec<u8> {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        if x % 3 == 0 {
+        if (x >> 62) == 0 {
             out.extend_from_slice(b"lorem ipsum dolor sit amet ");
         } else {
             out.extend_from_slice(&x.to_le_bytes());
