@@ -19,6 +19,7 @@
 //! spool files are removed when the returned value is dropped.
 
 pub mod archive;
+pub mod auth;
 pub mod changes;
 pub mod digest;
 pub mod docker_archive;
