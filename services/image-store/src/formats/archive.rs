@@ -435,8 +435,9 @@ fn spool_file(src: &mut impl Read, dest: &Path) -> io::Result<(Digest, u64, Comp
     w.write_all(&head[..got])?;
     io::copy(src, &mut w)?;
     let (buf, digest, size) = w.finish();
-    let file = buf.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
+    // Flush (BufWriter errors surface here) but no fsync: a spool is scratch space that
+    // a crash throws away, and is re-verified when read.
+    buf.into_inner().map_err(|e| e.into_error())?;
     Ok((digest, size, sniff_compression(&head[..got])))
 }
 

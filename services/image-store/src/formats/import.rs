@@ -164,10 +164,8 @@ pub fn import_rootfs<R: Read>(
             let diff_id = hash_and_check_tar(&mut tee, src)?;
             let compressed = tee.copy.finish().map_err(io_err)?;
             let (buf, digest, size) = compressed.finish();
-            buf.into_inner()
-                .map_err(|e| io_err(e.into_error()))?
-                .sync_all()
-                .map_err(io_err)?;
+            // Spool file: flushed, not fsynced (scratch; verified again when read).
+            buf.into_inner().map_err(|e| io_err(e.into_error()))?;
             (digest, size, diff_id)
         }
         // Compressed input is kept as given; its decompressed stream gives the diff_id.
@@ -176,10 +174,8 @@ pub fn import_rootfs<R: Read>(
             let mut w = DigestingWriter::new(io::BufWriter::new(out));
             io::copy(&mut input, &mut w).map_err(io_err)?;
             let (buf, digest, size) = w.finish();
-            buf.into_inner()
-                .map_err(|e| io_err(e.into_error()))?
-                .sync_all()
-                .map_err(io_err)?;
+            // Spool file: flushed, not fsynced (scratch; verified again when read).
+            buf.into_inner().map_err(|e| io_err(e.into_error()))?;
             let f = BufReader::new(File::open(&layer_file).map_err(io_err)?);
             let mut plain = decompress(compression, f).map_err(|e| ImportError::NotATar {
                 source_name: src.to_string(),

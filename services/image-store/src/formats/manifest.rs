@@ -857,6 +857,17 @@ mod tests {
     }
 
     #[test]
+    fn mutated_manifests_never_panic() {
+        let good = docker_manifest(media::DOCKER_LAYER_GZIP);
+        for i in 0..good.len() {
+            let _ = parse_manifest(&good[..i], None, "img");
+            let mut m = good.clone();
+            m[i] = m[i].wrapping_add(1);
+            let _ = parse_manifest(&m, None, "img");
+        }
+    }
+
+    #[test]
     fn rejects_schema1_and_wrong_versions() {
         let s1 = br#"{"schemaVersion":1,"name":"x","tag":"y","fsLayers":[]}"#;
         assert!(matches!(

@@ -548,6 +548,20 @@ mod tests {
     }
 
     #[test]
+    fn odd_inputs_never_panic() {
+        let base = format!("127.0.0.1:5000/a/b:t@{D}");
+        for i in 0..base.len() {
+            let _ = Reference::parse(&base[..i]);
+            let _ = Reference::parse(&base[i..]);
+        }
+        for s in [
+            "@", ":@", "/:", "a@b@c", "[", "]", "[]:1/x", "a:b:c", "é", "a/é", "x:é",
+        ] {
+            let _ = Reference::parse(s);
+        }
+    }
+
+    #[test]
     fn plain_http_rules() {
         let none: Vec<String> = vec![];
         assert!(allows_plain_http("127.0.0.1:5000", &none));
