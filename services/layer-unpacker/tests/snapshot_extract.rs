@@ -333,3 +333,49 @@ fn long_names_via_gnu_and_pax_headers() {
         b"pax"
     );
 }
+
+#[test]
+fn gnu_tar_sparse_archives() {
+    // Old-GNU sparse entries (GNU tar's default `--sparse`) are decoded and
+    // written sparse; PAX sparse is refused rather than extracted wrongly.
+    let t = tempfile::tempdir().expect("tempdir");
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).expect("src");
+    let mut data = vec![0u8; 40 << 20];
+    data[..4].copy_from_slice(b"head");
+    let n = data.len();
+    data[n - 4..].copy_from_slice(b"tail");
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::File::create(src.join("f")).expect("f");
+        f.write_all(b"head").expect("w");
+        f.seek(SeekFrom::Start(n as u64 - 4)).expect("seek");
+        f.write_all(b"tail").expect("w");
+    }
+    let make = |format: &str| -> Option<Vec<u8>> {
+        let out = std::process::Command::new("tar")
+            .args(["--sparse", &format!("--format={format}"), "-cf", "-", "-C"])
+            .arg(&src)
+            .arg("f")
+            .output()
+            .ok()?;
+        out.status.success().then_some(out.stdout)
+    };
+    let (Some(gnu), Some(posix)) = (make("gnu"), make("posix")) else {
+        eprintln!("SKIP gnu_tar_sparse_archives: GNU tar not available");
+        return;
+    };
+    let l = layer(gnu, Comp::Gzip);
+    let d = t.path().join("gnu");
+    std::fs::create_dir(&d).expect("dir");
+    unpack(&l, &d).expect("gnu sparse");
+    assert_eq!(std::fs::read(d.join("f")).expect("read"), data);
+    let blocks = std::fs::metadata(d.join("f")).expect("md").blocks();
+    assert!(blocks * 512 < 1 << 20, "not sparse: {blocks} blocks");
+
+    let l = layer(posix, Comp::Gzip);
+    let d = t.path().join("posix");
+    std::fs::create_dir(&d).expect("dir");
+    let e = unpack(&l, &d).expect_err("pax sparse");
+    assert!(matches!(e.source, LayerError::Malformed { .. }), "{e}");
+}

@@ -611,6 +611,14 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, raw: &Path) -> Result<Meta,
             let ext = ext.map_err(|e| malformed(raw, &format!("pax: {e}")))?;
             let key = ext.key_bytes();
             let value = ext.value_bytes();
+            if key.starts_with(b"GNU.sparse.") {
+                // PAX sparse maps (`tar --format=posix --sparse`) are not decoded
+                // by the tar crate: extracting would write the map as content.
+                return Err(malformed(
+                    raw,
+                    "PAX (GNU 0.x/1.0) sparse files are not supported",
+                ));
+            }
             if let Some(x) = key.strip_prefix(b"SCHILY.xattr.") {
                 // overlayfs reads its own xattrs from lowerdirs: a layer must not
                 // be able to set redirects, metacopy or opaque markers directly.
