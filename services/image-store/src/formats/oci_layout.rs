@@ -51,7 +51,8 @@ impl Default for OciLoadOptions {
 pub struct OciImage {
     /// The image (its `references` filled from the annotations, possibly empty).
     pub image: ImageToStore,
-    /// The raw `org.opencontainers.image.ref.name`, if any.
+    /// The raw `org.opencontainers.image.ref.name`, if any (the first one when the
+    /// layout names the same manifest several times).
     pub ref_name: Option<String>,
 }
 
@@ -198,10 +199,24 @@ impl OciLayout {
             for d in chosen {
                 let refs = self.references_for(&d, ref_name.as_deref(), opts, lone)?;
                 let image = self.resolve(&d, refs, &opts.platform, 0)?;
-                self.images.push(OciImage {
-                    image,
-                    ref_name: ref_name.clone(),
-                });
+                // One manifest under several names is one image with several references.
+                match self
+                    .images
+                    .iter_mut()
+                    .find(|i| i.image.manifest_digest == image.manifest_digest)
+                {
+                    Some(existing) => {
+                        for r in image.references {
+                            if !existing.image.references.contains(&r) {
+                                existing.image.references.push(r);
+                            }
+                        }
+                    }
+                    None => self.images.push(OciImage {
+                        image,
+                        ref_name: ref_name.clone(),
+                    }),
+                }
             }
         }
         Ok(())
@@ -591,6 +606,22 @@ mod tests {
         let t = l.open(&anon).expect("open");
         assert!(t.images()[0].image.references.is_empty());
         assert_eq!(t.images()[0].ref_name.as_deref(), Some("1.36"));
+    }
+
+    #[test]
+    fn one_manifest_under_two_names_is_one_image() {
+        let l = Layout::new();
+        let (d, _) = l.image("amd64", b"one", true);
+        l.index(vec![named(d.clone(), "1"), named(d, "latest")]);
+        let layout = l.open(&amd64()).expect("open");
+        assert_eq!(layout.images().len(), 1);
+        let names: Vec<String> = layout.images()[0]
+            .image
+            .references
+            .iter()
+            .map(Reference::familiar)
+            .collect();
+        assert_eq!(names, ["busybox:1", "busybox:latest"]);
     }
 
     #[test]
