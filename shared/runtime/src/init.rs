@@ -330,6 +330,12 @@ fn stage2(sock: &OwnedFd, cfg: &InitConfig) -> Result<Never> {
         std::fs::write(&path, v.as_bytes()).ctx(|| format!("write sysctl {k}"))?;
     }
     crate::mounts::finish_rootfs(&sys, spec, Path::new("/"))?;
+    // Fail `create`, not `start`, when the program is missing (as runc does).
+    let args = cfg.process.args().clone().unwrap_or_default();
+    let cmd = args
+        .first()
+        .ok_or_else(|| Error::InvalidSpec("process.args is empty".into()))?;
+    lookup_path(cmd, cfg.process.env().as_deref().unwrap_or(&[]))?;
     send_msg(sock, &Msg::Created)?;
     if let Some(fifo) = fifo {
         // Blocks until `start` opens the fifo for reading.

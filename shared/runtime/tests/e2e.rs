@@ -1,0 +1,407 @@
+//! End-to-end tests as root: real busybox bundles run by the real binary and library.
+
+mod common;
+
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use berth_runtime::{Container, ContainerStatus, CreateOptions, Stdio};
+use common::*;
+
+fn lib_opts(b: &Bundle, id: &str) -> CreateOptions {
+    let mut o = CreateOptions::new(id, b.path(), b.root.path());
+    o.init_binary = Some(runtime());
+    o
+}
+
+fn pipe_stdout(o: &mut CreateOptions) -> std::fs::File {
+    let (r, w) = nix::unistd::pipe().expect("pipe");
+    o.stdio = Stdio {
+        stdin: None,
+        stdout: Some(w),
+        stderr: None,
+    };
+    std::fs::File::from(OwnedFd::from(r))
+}
+
+#[test]
+fn run_prints_output_and_returns_exit_code() {
+    if !require_root("run_prints_output_and_returns_exit_code") {
+        return;
+    }
+    let b = Bundle::new(&["sh", "-c", "echo hello from $(hostname); exit 7"], |_| {});
+    let out = b.cli(&["run", &cid("out")]);
+    assert_eq!(
+        text(&out.stdout),
+        "hello from berth-test\n",
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(7));
+    // run deletes the container and its cgroup.
+    assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/memory/berth/{}", cid("out"))).exists());
+    assert_eq!(text(&b.cli(&["list", "-q"]).stdout), "");
+}
+
+#[test]
+fn lifecycle_create_start_state_kill_delete_via_cli() {
+    if !require_root("lifecycle_create_start_state_kill_delete_via_cli") {
+        return;
+    }
+    let id = cid("life");
+    let b = Bundle::new(
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; touch /tmp/ready; while true; do sleep 0.1; done",
+        ],
+        |_| {},
+    );
+    let pidfile = b.path().join("pid");
+    let out = b.cli(&[
+        "create",
+        &id,
+        "--bundle",
+        b.path().to_str().expect("utf8"),
+        "--pid-file",
+        pidfile.to_str().expect("utf8"),
+    ]);
+    assert!(out.status.success(), "create: {}", text(&out.stderr));
+    let state: serde_json::Value =
+        serde_json::from_slice(&b.cli(&["state", &id]).stdout).expect("state json");
+    assert_eq!(state["status"], "created");
+    let pid = state["pid"].as_i64().expect("pid");
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).expect("pid file"),
+        pid.to_string()
+    );
+    // CVE-2019-5736 class: the waiting init is a sealed memfd, not the runtime on disk.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe link");
+    assert!(
+        exe.to_string_lossy().starts_with("/memfd:berth-runtime"),
+        "init exe is {}",
+        exe.display()
+    );
+    let w = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/exe"));
+    assert!(w.is_err(), "the init's executable must not be writable");
+
+    assert!(b.cli(&["start", &id]).status.success());
+    let state: serde_json::Value =
+        serde_json::from_slice(&b.cli(&["state", &id]).stdout).expect("state json");
+    assert_eq!(state["status"], "running");
+    let list = text(&b.cli(&["list"]).stdout);
+    assert!(list.contains(&id) && list.contains("running"), "{list}");
+    let ps: Vec<i32> =
+        serde_json::from_slice(&b.cli(&["ps", "--format", "json", &id]).stdout).expect("ps json");
+    assert!(ps.contains(&(pid as i32)), "{ps:?}");
+
+    // A pid-namespace init ignores SIGTERM until its trap is set: wait for it.
+    let ready = b.path().join("rootfs/tmp/ready");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "container never got ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let del = b.cli(&["delete", &id]);
+    assert_eq!(
+        del.status.code(),
+        Some(1),
+        "delete of a running container needs --force"
+    );
+    assert!(b.cli(&["kill", &id]).status.success(), "kill TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state: serde_json::Value =
+            serde_json::from_slice(&b.cli(&["state", &id]).stdout).expect("state json");
+        if state["status"] == "stopped" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "container did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let k = b.cli(&["kill", &id, "KILL"]);
+    assert_eq!(
+        k.status.code(),
+        Some(1),
+        "kill of a stopped container fails like runc"
+    );
+    assert!(b.cli(&["delete", &id]).status.success());
+    let st = b.cli(&["state", &id]);
+    assert_eq!(st.status.code(), Some(1));
+    assert!(
+        text(&st.stderr).contains("does not exist"),
+        "{}",
+        text(&st.stderr)
+    );
+}
+
+#[test]
+fn library_api_signals_exit_status_and_exec() {
+    if !require_root("library_api_signals_exit_status_and_exec") {
+        return;
+    }
+    let id = cid("lib");
+    let b = Bundle::new(
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; echo ready; while true; do sleep 0.1; done",
+        ],
+        |_| {},
+    );
+    let mut o = lib_opts(&b, &id);
+    let mut out = pipe_stdout(&mut o);
+    let mut c = Container::create(o).expect("create");
+    assert_eq!(c.status(), ContainerStatus::Created);
+    c.start().expect("start");
+    assert_eq!(c.status(), ContainerStatus::Running);
+    let mut line = [0u8; 6];
+    std::io::Read::read_exact(&mut out, &mut line).expect("read ready");
+    assert_eq!(&line, b"ready\n");
+
+    // exec joins the namespaces: it sees the container's pid 1 and hostname.
+    let mut p = c.spec().process().clone().expect("process");
+    p.set_args(Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "test \"$(hostname)\" = berth-test && test -d /proc/1 && exit 3".into(),
+    ]));
+    let epid = c
+        .exec(&p, Stdio::default(), Some(&runtime()))
+        .expect("exec");
+    assert_eq!(
+        berth_runtime::container::wait_pid(epid).expect("wait exec"),
+        3
+    );
+
+    let st = c.state();
+    assert_eq!(st["status"], "running");
+    assert_eq!(st["id"], id.as_str());
+    c.kill(nix::sys::signal::Signal::SIGTERM, false)
+        .expect("kill");
+    let e = c.wait().expect("wait");
+    assert_eq!(e.code, Some(42));
+    assert!(!e.oom_killed);
+    assert_eq!(c.status(), ContainerStatus::Stopped);
+    c.delete(false).expect("delete");
+}
+
+#[test]
+fn killed_by_signal_reports_128_plus_signal() {
+    if !require_root("killed_by_signal_reports_128_plus_signal") {
+        return;
+    }
+    let id = cid("sig");
+    let b = Bundle::new(&["sleep", "100"], |_| {});
+    let mut c = Container::create(lib_opts(&b, &id)).expect("create");
+    c.start().expect("start");
+    c.kill(nix::sys::signal::Signal::SIGKILL, false)
+        .expect("kill");
+    let e = c.wait().expect("wait");
+    assert_eq!((e.code, e.signal), (Some(137), Some(9)));
+    c.delete(false).expect("delete");
+}
+
+#[test]
+fn escape_probes_all_fail_in_a_default_container() {
+    if !require_root("escape_probes_all_fail_in_a_default_container") {
+        return;
+    }
+    let b = Bundle::new(&["/bin/probe"], |_| {});
+    // A file next to the rootfs that no path inside the container may reach.
+    let marker = b.path().join("host-marker");
+    std::fs::write(&marker, "host secret").expect("marker");
+    let host_name = nix::unistd::gethostname().expect("hostname");
+    let rel = marker.strip_prefix("/").expect("abs");
+    b.edit(|v| {
+        let env = v["process"]["env"].as_array_mut().expect("env");
+        env.push(format!("HOST_PID={}", std::process::id()).into());
+        env.push(format!("HOST_MARKER=/{}", rel.display()).into());
+    });
+    let out = b.cli(&["run", &cid("probe")]);
+    let report = text(&out.stdout);
+    println!("{report}");
+    assert!(
+        report.contains("mount: blocked"),
+        "probe did not run: {report}\n{}",
+        text(&out.stderr)
+    );
+    assert!(!report.contains("ESCAPED"), "escapes:\n{report}");
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(nix::unistd::gethostname().expect("hostname"), host_name);
+    for needed in [
+        "reboot",
+        "init_module",
+        "finit_module",
+        "kexec_load",
+        "swapon",
+        "keyctl",
+        "ptrace host process",
+        "mknod block device",
+        "open_by_handle_at",
+        "unshare(CLONE_NEWUSER)",
+        "clone(CLONE_NEWNET)",
+        "pivot_root",
+        "umount",
+        "read /proc/kcore",
+        "write /proc/sysrq-trigger",
+        "write /proc/sys/kernel/sysrq",
+        "reach host file via /proc/1/root/..",
+        "host processes visible",
+        "sethostname",
+        "fd leak",
+        "release_agent",
+    ] {
+        assert!(
+            report.contains(needed),
+            "probe {needed} missing from report"
+        );
+    }
+}
+
+#[test]
+fn memory_hog_is_oom_killed_and_reported() {
+    if !require_root("memory_hog_is_oom_killed_and_reported") {
+        return;
+    }
+    let id = cid("oom");
+    let b = Bundle::new(&["/bin/probe", "hog"], |o| {
+        o.memory = Some(32 << 20);
+        o.memory_swap = Some(32 << 20);
+    });
+    let mut o = lib_opts(&b, &id);
+    let _out = pipe_stdout(&mut o);
+    let mut c = Container::create(o).expect("create");
+    c.start().expect("start");
+    let e = c.wait().expect("wait");
+    assert_eq!(e.signal, Some(9), "{e:?}");
+    assert!(e.oom_killed, "OOM kill not detected: {e:?}");
+    let s = c.stats();
+    assert_eq!(s.memory_limit, Some(32 << 20));
+    assert!(s.oom_kills >= 1);
+    c.delete(false).expect("delete");
+}
+
+#[test]
+fn fork_bomb_stops_at_pids_limit() {
+    if !require_root("fork_bomb_stops_at_pids_limit") {
+        return;
+    }
+    let id = cid("pids");
+    let b = Bundle::new(&["/bin/probe", "forkbomb", "500"], |o| {
+        o.pids_limit = Some(20)
+    });
+    let mut o = lib_opts(&b, &id);
+    let mut out = pipe_stdout(&mut o);
+    let mut c = Container::create(o).expect("create");
+    c.start().expect("start");
+    let e = c.wait().expect("wait");
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut out, &mut s).ok();
+    assert_eq!(e.code, Some(0), "fork bomb was not stopped: {s}");
+    assert!(s.contains("fork refused after 19 children"), "{s}");
+    c.delete(true).expect("delete");
+}
+
+#[test]
+fn cpu_spinner_is_held_to_half_a_cpu() {
+    if !require_root("cpu_spinner_is_held_to_half_a_cpu") {
+        return;
+    }
+    let id = cid("cpu");
+    let b = Bundle::new(&["sh", "-c", "while :; do :; done"], |o| o.cpus = Some(0.5));
+    let mut c = Container::create(lib_opts(&b, &id)).expect("create");
+    c.start().expect("start");
+    std::thread::sleep(Duration::from_millis(300));
+    let (u0, t0) = (c.stats().cpu_usage_ns, Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let (u1, t1) = (c.stats().cpu_usage_ns, Instant::now());
+    let share = (u1 - u0) as f64 / (t1 - t0).as_nanos() as f64;
+    println!("cpu share under --cpus 0.5: {share:.3}");
+    c.kill(nix::sys::signal::Signal::SIGKILL, false)
+        .expect("kill");
+    c.wait().expect("wait");
+    c.delete(false).expect("delete");
+    // CFS enforces quota per 100ms period; one period of slack over 3s is < 0.04.
+    assert!(share <= 0.58, "spinner used {share:.3} of a core");
+    assert!(
+        share >= 0.1,
+        "spinner barely ran ({share:.3}): counters broken?"
+    );
+}
+
+#[test]
+fn rlimit_above_host_hard_limit_is_a_clear_error() {
+    if !require_root("rlimit_above_host_hard_limit_is_a_clear_error") {
+        return;
+    }
+    let (_, hard) = berth_runtime::rlimits::current(libc::RLIMIT_NOFILE as _);
+    if berth_runtime::rlimits::has_sys_resource() || hard >= 1 << 30 {
+        eprintln!("SKIP rlimit_above_host_hard_limit_is_a_clear_error: this runtime may raise RLIMIT_NOFILE");
+        return;
+    }
+    let b = Bundle::new(&["true"], |_| {});
+    let want = hard + 1;
+    b.edit(|v| {
+        v["process"]["rlimits"] =
+            serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": want, "hard": want}])
+    });
+    let out = b.cli(&["run", &cid("rlim")]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("RLIMIT_NOFILE")
+            && err.contains(&hard.to_string())
+            && err.contains("CAP_SYS_RESOURCE"),
+        "{err}"
+    );
+    assert_eq!(
+        text(&b.cli(&["list", "-q"]).stdout),
+        "",
+        "a failed run leaves nothing behind"
+    );
+}
+
+#[test]
+fn missing_executable_fails_at_create_like_runc() {
+    if !require_root("missing_executable_fails_at_create_like_runc") {
+        return;
+    }
+    let b = Bundle::new(&["no-such-binary"], |_| {});
+    let out = b.cli(&["create", &cid("noexe")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("executable file not found in $PATH"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn hooks_readonly_root_and_bind_mounts() {
+    if !require_root("hooks_readonly_root_and_bind_mounts") {
+        return;
+    }
+    let b = Bundle::new(&["sh", "-c", "cat /data/in; touch /x 2>/dev/null && echo root-writable; touch /data/y 2>/dev/null && echo bind-writable; cat /proc/self/status | grep NoNewPrivs"], |o| o.readonly_rootfs = true);
+    let data = b.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    std::fs::write(data.join("in"), "bound\n").expect("write");
+    let log = b.path().join("hooks.log");
+    b.edit(|v| {
+        v["mounts"].as_array_mut().expect("mounts").push(serde_json::json!({"destination": "/data", "type": "bind", "source": data, "options": ["rbind", "ro", "nosuid", "nodev", "rprivate"]}));
+        let h = |name: &str| serde_json::json!([{"path": "/bin/sh", "args": ["sh", "-c", format!("echo {name} >> {}", log.display())]}]);
+        v["hooks"] = serde_json::json!({"createRuntime": h("createRuntime"), "poststart": h("poststart"), "poststop": h("poststop")});
+    });
+    let out = b.cli(&["run", &cid("hooks")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "bound\nNoNewPrivs:\t1\n");
+    assert_eq!(
+        std::fs::read_to_string(&log).expect("hooks ran"),
+        "createRuntime\npoststart\npoststop\n"
+    );
+}
