@@ -12,7 +12,7 @@ PACKAGES=(
   iproute2 nftables iptables
   busybox-static            # test and quickstart images are built from it
   docker-registry skopeo umoci   # a real registry and peer image tools for tests
-  runc crun                 # peer runtimes for interop tests and benchmarks
+  runc crun podman          # peer runtimes and engines for interop tests and benchmarks
   libseccomp-dev            # seccomp filters of the isolation runtime
   hyperfine                 # benchmarks
 )

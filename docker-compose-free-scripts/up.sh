@@ -26,10 +26,17 @@ start() { # name, command...
 
 start nats-server "$nats" -c "$BERTH_ROOT/config/nats-server.conf" \
   -a 127.0.0.1 -p "$BERTH_NATS_PORT" -sd "$BERTH_STATE_DIR/nats"
+nats_up=0
 for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$BERTH_NATS_PORT") 2>/dev/null && break
+  if (exec 3<>"/dev/tcp/127.0.0.1/$BERTH_NATS_PORT") 2>/dev/null; then nats_up=1; break; fi
+  running "$BERTH_STATE_DIR/pids/nats-server.pid" || break
   sleep 0.1
 done
+if [ $nats_up -eq 0 ]; then
+  tail -n 5 "$BERTH_STATE_DIR/logs/nats-server.log" >&2 || true
+  "$(dirname "$0")/down.sh" || true
+  die "nats-server did not start on port $BERTH_NATS_PORT; log: $BERTH_STATE_DIR/logs/nats-server.log"
+fi
 
 export BERTH_NATS_URL BERTH_DATA_DIR
 for service in "${BERTH_SERVICES[@]}"; do
@@ -51,4 +58,5 @@ for _ in $(seq 150); do
   fi
   sleep 0.2
 done
+"$(dirname "$0")/down.sh" || true
 die "services did not all answer within 30 s (answering: ${names:-none}); see $BERTH_STATE_DIR/logs"

@@ -55,7 +55,11 @@ pub fn bin_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
-    target.join(if cfg!(debug_assertions) { "debug" } else { "release" })
+    target.join(if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    })
 }
 
 /// Path of a berth binary; an error that says how to build it when it is missing.

@@ -33,11 +33,21 @@ pub async fn run(
     })?;
 
     let js = jetstream::new(client.clone());
-    let nodes = with_retry(names::NODES_BUCKET, || {
+    let Some(nodes) = with_retry(names::NODES_BUCKET, &shutdown, || {
         ensure_kv(&js, names::NODES_BUCKET, "berth node records", 1)
     })
-    .await;
-    with_retry(names::EVENTS_STREAM, || ensure_events_stream(&js)).await;
+    .await
+    else {
+        return Ok(());
+    };
+    if with_retry(names::EVENTS_STREAM, &shutdown, || {
+        ensure_events_stream(&js)
+    })
+    .await
+    .is_none()
+    {
+        return Ok(());
+    }
 
     let mut service = ServiceHandle::start(
         &client,
@@ -82,7 +92,7 @@ pub async fn run(
         settings.service.heartbeat_interval(),
     ));
     tracing::info!(node_id = %node_id, data_dir = %data_dir.display(), "executor serving");
-    let served = service.serve_until(shutdown).await;
+    let served = service.serve_until(shutdown.wait()).await;
     heartbeat.abort();
     served
 }

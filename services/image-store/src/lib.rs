@@ -26,15 +26,18 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let js = jetstream::new(client.clone());
-    let _blobs = with_retry(names::BLOBS_BUCKET, || {
+    let Some(_blobs) = with_retry(names::BLOBS_BUCKET, &shutdown, || {
         ensure_object_store(
             &js,
             names::BLOBS_BUCKET,
             "berth layer and config blobs by digest",
         )
     })
-    .await;
-    let images = with_retry(names::IMAGES_BUCKET, || {
+    .await
+    else {
+        return Ok(());
+    };
+    let Some(images) = with_retry(names::IMAGES_BUCKET, &shutdown, || {
         ensure_kv(
             &js,
             names::IMAGES_BUCKET,
@@ -42,8 +45,18 @@ pub async fn run(
             IMAGES_HISTORY,
         )
     })
-    .await;
-    with_retry(names::EVENTS_STREAM, || ensure_events_stream(&js)).await;
+    .await
+    else {
+        return Ok(());
+    };
+    if with_retry(names::EVENTS_STREAM, &shutdown, || {
+        ensure_events_stream(&js)
+    })
+    .await
+    .is_none()
+    {
+        return Ok(());
+    }
 
     let mut service = ServiceHandle::start(
         &client,
@@ -69,5 +82,5 @@ pub async fn run(
         )
         .await?;
     tracing::info!(node_id = %settings.node_id, "image-store serving");
-    service.serve_until(shutdown).await
+    service.serve_until(shutdown.wait()).await
 }

@@ -35,6 +35,6 @@ pub async fn run(
     )
     .await?;
     tracing::info!(node_id = %settings.node_id, snapshots = %snapshots_dir.display(), "layer-unpacker serving");
-    service.serve_until(shutdown).await
+    service.serve_until(shutdown.wait()).await
 }
 pub mod snapshot;

@@ -22,11 +22,14 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let js = jetstream::new(client.clone());
-    let node_kv = with_retry(names::NODES_BUCKET, || {
+    let Some(node_kv) = with_retry(names::NODES_BUCKET, &shutdown, || {
         ensure_kv(&js, names::NODES_BUCKET, "berth node records", 1)
     })
-    .await;
-    let _containers = with_retry(names::CONTAINERS_BUCKET, || {
+    .await
+    else {
+        return Ok(());
+    };
+    let Some(_containers) = with_retry(names::CONTAINERS_BUCKET, &shutdown, || {
         ensure_kv(
             &js,
             names::CONTAINERS_BUCKET,
@@ -34,8 +37,18 @@ pub async fn run(
             5,
         )
     })
-    .await;
-    with_retry(names::EVENTS_STREAM, || ensure_events_stream(&js)).await;
+    .await
+    else {
+        return Ok(());
+    };
+    if with_retry(names::EVENTS_STREAM, &shutdown, || {
+        ensure_events_stream(&js)
+    })
+    .await
+    .is_none()
+    {
+        return Ok(());
+    }
 
     let mut service = ServiceHandle::start(
         &client,
@@ -61,5 +74,5 @@ pub async fn run(
         )
         .await?;
     tracing::info!("scheduler serving");
-    service.serve_until(shutdown).await
+    service.serve_until(shutdown.wait()).await
 }

@@ -5,11 +5,9 @@ use crate::{connect_service, shutdown};
 use async_nats::Client;
 use serde::de::DeserializeOwned;
 use std::future::Future;
-use std::pin::Pin;
 use std::process::ExitCode;
 
-/// The shutdown future handed to a service's `run`.
-pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub use crate::shutdown::Shutdown;
 
 /// Resolves settings for `service_dir` (`config/<service_dir>.toml`), sets up logging,
 /// connects to NATS (retrying until it is there) and runs `run` until SIGTERM/SIGINT.
@@ -48,7 +46,7 @@ where
             "starting"
         );
         let client = connect_service(&settings.nats, service_name).await?;
-        run(client, settings, Box::pin(shutdown::terminate_signal())).await
+        run(client, settings, shutdown::Shutdown::on_signal()).await
     });
     match outcome {
         Ok(()) => {

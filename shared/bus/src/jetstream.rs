@@ -7,6 +7,8 @@ use async_nats::jetstream::{self, kv, object_store, stream};
 use berth_proto::subjects::{self, jetstream as names};
 use std::time::Duration;
 
+use crate::shutdown::Shutdown;
+
 /// How long events stay in `BERTH_EVENTS`.
 pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Cap on `BERTH_EVENTS` so a chatty fleet cannot fill the JetStream disk.
@@ -97,9 +99,22 @@ pub async fn ensure_events_stream(
     .map_err(|err| setup_error("stream", names::EVENTS_STREAM, err))
 }
 
-/// Retries `setup` until it succeeds or `shutdown` fires: at start NATS may still be
-/// coming up, and a service must not exit just because JetStream answered late.
-pub async fn with_retry<T, E, F, Fut>(what: &str, mut setup: F) -> T
+/// Retries `setup` until it succeeds (`Some`) or `shutdown` fires (`None`): at start NATS
+/// may still be coming up, and a service must not exit just because JetStream answered
+/// late — nor ignore a SIGTERM while it waits.
+pub async fn with_retry<T, E, F, Fut>(what: &str, shutdown: &Shutdown, setup: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    tokio::select! {
+        value = retry_forever(what, setup) => Some(value),
+        () = shutdown.wait() => None,
+    }
+}
+
+async fn retry_forever<T, E, F, Fut>(what: &str, mut setup: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
