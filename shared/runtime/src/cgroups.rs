@@ -291,12 +291,7 @@ impl CgroupManager {
 
     /// Processes in the cgroup.
     pub fn pids(&self) -> Vec<i32> {
-        let ctrl = if self.v2 {
-            Controllers::Pids
-        } else {
-            Controllers::Pids
-        };
-        self.read(ctrl, "cgroup.procs")
+        self.read(Controllers::Pids, "cgroup.procs")
             .or_else(|| self.read(Controllers::Mem, "cgroup.procs"))
             .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
             .unwrap_or_default()

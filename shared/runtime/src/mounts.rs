@@ -406,8 +406,11 @@ fn mount_cgroup(
     Ok(())
 }
 
+/// path, kind, major, minor, mode, uid, gid
+type DeviceNode = (PathBuf, SFlag, u64, u64, u32, Option<u32>, Option<u32>);
+
 fn create_devices(sys: &dyn Syscall, root: BorrowedFd<'_>, extra: &[LinuxDevice]) -> Result<()> {
-    let mut list: Vec<(PathBuf, SFlag, u64, u64, u32, Option<u32>, Option<u32>)> =
+    let mut list: Vec<DeviceNode> =
         default_devices()
             .into_iter()
             .map(|(n, ma, mi)| {
@@ -562,7 +565,7 @@ pub fn pivot_into(sys: &dyn Syscall, rootfs: &Path) -> Result<()> {
         }
         Err(e) => {
             let magic = nix::sys::statfs::statfs("/")
-                .map(|s| s.filesystem_type().0 as i64)
+                .map(|s| s.filesystem_type().0)
                 .unwrap_or(0);
             if !pivot_fallback_allowed(e, magic) {
                 return Err(e).ctx(|| format!("pivot_root into {}", rootfs.display()));
@@ -760,7 +763,7 @@ mod tests {
         };
         // The test's own root is not an initramfs, so there must be no MS_MOVE fallback.
         let magic = nix::sys::statfs::statfs("/")
-            .map(|s| s.filesystem_type().0 as i64)
+            .map(|s| s.filesystem_type().0)
             .unwrap_or(0);
         if pivot_fallback_allowed(Errno::EINVAL, magic) {
             eprintln!("SKIP: this test host runs from an initramfs");

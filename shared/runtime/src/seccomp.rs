@@ -395,7 +395,7 @@ pub fn syscall_number(name: &str) -> Option<i64> {
     TABLE
         .iter()
         .find(|(n, _)| *n == name)
-        .map(|(_, nr)| *nr as i64)
+        .map(|(_, nr)| *nr)
 }
 
 /// Map an OCI action to seccompiler's, with the spec's errnoRet (default EPERM).
@@ -449,6 +449,8 @@ fn target_arch() -> Result<TargetArch> {
     TargetArch::try_from(std::env::consts::ARCH).map_err(|e| Error::Seccomp(e.to_string()))
 }
 
+type RuleMap = BTreeMap<i64, Vec<SeccompRule>>;
+
 /// Compile a spec profile into BPF programs to install in order.
 pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
     let default = action(profile.default_action(), profile.default_errno_ret())?;
@@ -457,11 +459,7 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
     // seccompiler would narrow them; track them per filter.
     let mut main: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let mut main_uncond = std::collections::BTreeSet::new();
-    let mut special: Vec<(
-        SeccompAction,
-        BTreeMap<i64, Vec<SeccompRule>>,
-        std::collections::BTreeSet<i64>,
-    )> = Vec::new();
+    let mut special: Vec<(SeccompAction, RuleMap, std::collections::BTreeSet<i64>)> = Vec::new();
     for sc in profile.syscalls().iter().flatten() {
         let act = action(sc.action(), sc.errno_ret())?;
         if act == default {

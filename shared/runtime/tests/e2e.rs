@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use berth_runtime::{Container, ContainerStatus, CreateOptions, Stdio};
@@ -21,7 +20,7 @@ fn pipe_stdout(o: &mut CreateOptions) -> std::fs::File {
         stdout: Some(w),
         stderr: None,
     };
-    std::fs::File::from(OwnedFd::from(r))
+    std::fs::File::from(r)
 }
 
 #[test]
