@@ -5,7 +5,8 @@ use berth_bus::{request, BusError};
 use berth_proto::messages::exec::{ContainerList, ContainerListRequest};
 use berth_proto::messages::image::{ImageList, ImageListRequest};
 use berth_proto::messages::node::{NodeList, NodeListRequest, NodeState};
-use berth_proto::subjects::{self, ExecVerb, ImageVerb, SchedVerb};
+use berth_proto::messages::unpack::{SnapshotList, SnapshotListRequest, SnapshotRemoveRequest};
+use berth_proto::subjects::{self, ExecVerb, ImageVerb, SchedVerb, UnpackVerb};
 use berth_proto::{Encoding, ErrorEnvelope, ErrorKind};
 use berth_tests::{ping_count, Stack, ALL_SERVICES};
 use std::time::Duration;
@@ -103,6 +104,10 @@ async fn malformed_bodies_get_invalid_and_the_service_keeps_serving() -> anyhow:
     let nodes = subjects::sched(SchedVerb::Nodes);
     expect_invalid(&client, &nodes, &[0x01, 0x09], Encoding::Bincode).await?;
     expect_invalid(&client, &nodes, b"{\"state\": \"sleepy\"}", Encoding::Json).await?;
+
+    let unpack_remove = subjects::unpack(NODE, UnpackVerb::Remove);
+    expect_invalid(&client, &unpack_remove, &[0xff], Encoding::Bincode).await?;
+    expect_invalid(&client, &unpack_remove, b"{\"force\": 3}", Encoding::Json).await?;
 
     // Every service still answers well-formed requests, in both encodings.
     for encoding in [Encoding::Bincode, Encoding::Json] {

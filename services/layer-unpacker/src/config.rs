@@ -11,6 +11,26 @@ pub struct Config {
     /// `overlay` (default) or `native` (copy-based, for hosts without overlayfs).
     #[serde(default)]
     pub snapshotter: Option<String>,
+    /// Largest uncompressed layer accepted, in bytes (decompression bombs stop here).
+    #[serde(default)]
+    pub max_layer_bytes: Option<u64>,
+    /// Most tar entries accepted in one layer.
+    #[serde(default)]
+    pub max_layer_entries: Option<u64>,
+}
+
+impl Config {
+    /// Unpack limits: the library's defaults, overridden by the config file.
+    pub fn limits(&self) -> crate::snapshot::Limits {
+        let mut limits = crate::snapshot::Limits::default();
+        if let Some(bytes) = self.max_layer_bytes {
+            limits.max_uncompressed_bytes = bytes;
+        }
+        if let Some(entries) = self.max_layer_entries {
+            limits.max_entries = entries;
+        }
+        limits
+    }
 }
 
 #[cfg(test)]

@@ -2,11 +2,17 @@
 //! per chainID, in overlay form. Serves `berth.v1.unpack.<node>.*`.
 
 pub mod config;
+pub mod endpoints;
+pub mod snapshot;
 
 use berth_bus::bootstrap::Shutdown;
 use berth_bus::settings::Settings;
 use berth_bus::{ServiceHandle, ServiceIdentity};
-use berth_proto::subjects::{queue_groups, service_names};
+use berth_proto::messages::unpack::{
+    SnapshotListRequest, SnapshotPruneRequest, SnapshotRemoveRequest,
+};
+use berth_proto::subjects::{self, queue_groups, service_names, UnpackVerb};
+use std::sync::Arc;
 
 pub use config::Config;
 
@@ -17,13 +23,22 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let snapshots_dir = settings.data_dir.join("snapshots");
-    std::fs::create_dir_all(&snapshots_dir).map_err(|err| {
-        anyhow::anyhow!(
-            "cannot create snapshots dir {}: {err}",
-            snapshots_dir.display()
-        )
-    })?;
-    let service = ServiceHandle::start(
+    let limits = settings.service.limits();
+    let open_dir = snapshots_dir.clone();
+    let store =
+        tokio::task::spawn_blocking(move || snapshot::SnapshotStore::open(&open_dir, limits))
+            .await?
+            .map_err(|err| {
+                anyhow::anyhow!(
+                    "cannot open the snapshot store {}: {err}",
+                    snapshots_dir.display()
+                )
+            })?;
+    let unpacker = endpoints::Unpacker {
+        node_id: Arc::from(settings.node_id.as_str()),
+        store: Arc::new(store),
+    };
+    let mut service = ServiceHandle::start(
         &client,
         ServiceIdentity {
             name: service_names::LAYER_UNPACKER.to_string(),
@@ -34,7 +49,40 @@ pub async fn run(
         },
     )
     .await?;
+    let node = settings.node_id.as_str();
+    let this = unpacker.clone();
+    service
+        .endpoint(
+            UnpackVerb::List.as_str(),
+            subjects::unpack(node, UnpackVerb::List),
+            move |request: SnapshotListRequest, _context| {
+                let this = this.clone();
+                async move { this.list(request).await }
+            },
+        )
+        .await?;
+    let this = unpacker.clone();
+    service
+        .endpoint(
+            UnpackVerb::Remove.as_str(),
+            subjects::unpack(node, UnpackVerb::Remove),
+            move |request: SnapshotRemoveRequest, _context| {
+                let this = this.clone();
+                async move { this.remove(request).await }
+            },
+        )
+        .await?;
+    let this = unpacker.clone();
+    service
+        .endpoint(
+            UnpackVerb::Prune.as_str(),
+            subjects::unpack(node, UnpackVerb::Prune),
+            move |request: SnapshotPruneRequest, _context| {
+                let this = this.clone();
+                async move { this.prune(request).await }
+            },
+        )
+        .await?;
     tracing::info!(node_id = %settings.node_id, snapshots = %snapshots_dir.display(), "layer-unpacker serving");
     service.serve_until(shutdown.wait()).await
 }
-pub mod snapshot;

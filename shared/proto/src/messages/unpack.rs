@@ -2,6 +2,32 @@
 
 use serde::{Deserialize, Serialize};
 
+/// `prepare`: make every layer of an image available on this node as overlay lowerdirs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrepareRequest {
+    /// Image reference or manifest digest, resolved by the image-store.
+    pub image: String,
+    /// Pin the snapshots for this user (a container id, or `image:<digest>` for a
+    /// pre-warm pin) in the same step that finds them, so a concurrent prune cannot win.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// Reply to `prepare`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrepareReply {
+    pub node_id: String,
+    /// Manifest digest the reference resolved to.
+    pub image_digest: String,
+    /// Absolute snapshot `fs` directories, top layer first (overlay `lowerdir` order).
+    pub lowerdirs: Vec<String>,
+    /// The image's snapshots, base layer first.
+    pub snapshots: Vec<SnapshotInfo>,
+    /// Layers unpacked by this request; the rest were already on the node.
+    pub unpacked: u32,
+    pub reused: u32,
+}
+
 /// `list`: snapshots on this node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotListRequest {
@@ -17,12 +43,16 @@ pub struct SnapshotInfo {
     pub id: String,
     pub chain_id: String,
     pub diff_id: String,
+    /// Blob digest the layer was unpacked from.
+    pub digest: String,
     /// chainID of the layer below, `None` for a base layer.
     pub parent: Option<String>,
-    /// Bytes on disk.
+    /// Bytes of regular files.
     pub size: u64,
-    /// Containers and image pins using it.
-    pub users: u32,
+    /// Containers and image pins using it; `prune` keeps it while any remain.
+    pub users: Vec<String>,
+    /// Unix seconds.
+    pub created: i64,
 }
 
 /// Reply to `list`.
@@ -31,3 +61,24 @@ pub struct SnapshotList {
     pub node_id: String,
     pub snapshots: Vec<SnapshotInfo>,
 }
+
+/// `remove`: delete one snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRemoveRequest {
+    pub chain_id: String,
+    /// Remove even when users remain.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `remove` and `prune` reply: what was deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotsRemoved {
+    pub node_id: String,
+    pub removed: Vec<SnapshotInfo>,
+    pub reclaimed_bytes: u64,
+}
+
+/// `prune`: delete every snapshot that no container and no image pin uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotPruneRequest {}

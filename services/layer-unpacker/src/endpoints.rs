@@ -1,0 +1,108 @@
+//! The unpacker's bus verbs over the node's [`SnapshotStore`]. The store blocks (disk
+//! work), so every call runs on the blocking pool.
+
+use crate::snapshot::{SnapshotMeta, SnapshotStore, StoreError};
+use berth_proto::messages::unpack::{
+    SnapshotInfo, SnapshotList, SnapshotListRequest, SnapshotPruneRequest, SnapshotRemoveRequest,
+    SnapshotsRemoved,
+};
+use berth_proto::ErrorEnvelope;
+use std::sync::Arc;
+
+/// What every verb needs; cheap to clone.
+#[derive(Clone)]
+pub struct Unpacker {
+    pub node_id: Arc<str>,
+    pub store: Arc<SnapshotStore>,
+}
+
+/// The wire form of a snapshot's metadata.
+pub fn snapshot_info(meta: &SnapshotMeta) -> SnapshotInfo {
+    SnapshotInfo {
+        id: meta.id.to_string(),
+        chain_id: meta.chain_id.clone(),
+        diff_id: meta.diff_id.clone(),
+        digest: meta.digest.clone(),
+        parent: meta.parent.clone(),
+        size: meta.size,
+        users: meta.users.iter().cloned().collect(),
+        created: meta.created,
+    }
+}
+
+/// Maps a store failure to the envelope kind a caller can act on.
+pub fn store_error(err: StoreError) -> ErrorEnvelope {
+    match &err {
+        StoreError::NotFound(_) => ErrorEnvelope::not_found(err.to_string()),
+        StoreError::InUse { .. } => ErrorEnvelope::conflict(err.to_string()),
+        StoreError::Digest(_) | StoreError::Layer(_) | StoreError::OptionsTooLong { .. } => {
+            ErrorEnvelope::invalid(err.to_string())
+        }
+        StoreError::Blob { .. } => ErrorEnvelope::unavailable(err.to_string()),
+        _ => ErrorEnvelope::internal(err.to_string()),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ErrorEnvelope> + Send + 'static,
+) -> Result<T, ErrorEnvelope> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| ErrorEnvelope::internal(format!("unpacker task failed: {err}")))?
+}
+
+fn removed(node_id: &str, metas: Vec<SnapshotMeta>) -> SnapshotsRemoved {
+    let removed: Vec<SnapshotInfo> = metas.iter().map(snapshot_info).collect();
+    SnapshotsRemoved {
+        node_id: node_id.to_string(),
+        reclaimed_bytes: removed.iter().map(|s| s.size).sum(),
+        removed,
+    }
+}
+
+impl Unpacker {
+    /// `list`
+    pub async fn list(&self, request: SnapshotListRequest) -> Result<SnapshotList, ErrorEnvelope> {
+        let this = self.clone();
+        blocking(move || {
+            let snapshots = match &request.chain_id {
+                Some(chain_id) => this.store.get(chain_id).into_iter().collect(),
+                None => this.store.list(),
+            };
+            Ok(SnapshotList {
+                node_id: this.node_id.to_string(),
+                snapshots: snapshots.iter().map(snapshot_info).collect(),
+            })
+        })
+        .await
+    }
+
+    /// `remove`
+    pub async fn remove(
+        &self,
+        request: SnapshotRemoveRequest,
+    ) -> Result<SnapshotsRemoved, ErrorEnvelope> {
+        let this = self.clone();
+        blocking(move || {
+            let meta = this
+                .store
+                .remove(&request.chain_id, request.force)
+                .map_err(store_error)?;
+            Ok(removed(&this.node_id, vec![meta]))
+        })
+        .await
+    }
+
+    /// `prune`
+    pub async fn prune(
+        &self,
+        _request: SnapshotPruneRequest,
+    ) -> Result<SnapshotsRemoved, ErrorEnvelope> {
+        let this = self.clone();
+        blocking(move || {
+            let metas = this.store.prune().map_err(store_error)?;
+            Ok(removed(&this.node_id, metas))
+        })
+        .await
+    }
+}
