@@ -20,6 +20,13 @@ pub struct Config {
 }
 
 impl Config {
+    /// Layers unpacked at once: the configured number, else one per core.
+    pub fn parallelism(&self) -> usize {
+        self.parallelism
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
+
     /// Unpack limits: the library's defaults, overridden by the config file.
     pub fn limits(&self) -> crate::snapshot::Limits {
         let mut limits = crate::snapshot::Limits::default();

@@ -3,15 +3,17 @@
 
 pub mod config;
 pub mod endpoints;
+pub mod prepare;
 pub mod snapshot;
 
 use berth_bus::bootstrap::Shutdown;
+use berth_bus::jetstream::{ensure_object_store, with_retry};
 use berth_bus::settings::Settings;
 use berth_bus::{ServiceHandle, ServiceIdentity};
 use berth_proto::messages::unpack::{
-    SnapshotListRequest, SnapshotPruneRequest, SnapshotRemoveRequest,
+    PrepareRequest, SnapshotListRequest, SnapshotPruneRequest, SnapshotRemoveRequest,
 };
-use berth_proto::subjects::{self, queue_groups, service_names, UnpackVerb};
+use berth_proto::subjects::{self, jetstream as names, queue_groups, service_names, UnpackVerb};
 use std::sync::Arc;
 
 pub use config::Config;
@@ -38,6 +40,25 @@ pub async fn run(
         node_id: Arc::from(settings.node_id.as_str()),
         store: Arc::new(store),
     };
+    let js = async_nats::jetstream::new(client.clone());
+    let Some(blobs) = with_retry(names::BLOBS_BUCKET, &shutdown, || {
+        ensure_object_store(
+            &js,
+            names::BLOBS_BUCKET,
+            "berth layer and config blobs by digest",
+        )
+    })
+    .await
+    else {
+        return Ok(());
+    };
+    let preparer = prepare::Preparer {
+        unpacker: unpacker.clone(),
+        client: client.clone(),
+        blobs,
+        parallelism: settings.service.parallelism(),
+    };
+
     let mut service = ServiceHandle::start(
         &client,
         ServiceIdentity {
@@ -50,6 +71,16 @@ pub async fn run(
     )
     .await?;
     let node = settings.node_id.as_str();
+    service
+        .endpoint(
+            UnpackVerb::Prepare.as_str(),
+            subjects::unpack(node, UnpackVerb::Prepare),
+            move |request: PrepareRequest, _context| {
+                let preparer = preparer.clone();
+                async move { preparer.prepare(request).await }
+            },
+        )
+        .await?;
     let this = unpacker.clone();
     service
         .endpoint(
