@@ -291,3 +291,20 @@ mod tests {
         }
     }
 }
+
+/// Names of transfer objects in the `berth-blobs` Object Store. They never look like a
+/// digest, so garbage collection of blobs cannot mistake one for content.
+pub mod transfer {
+    /// Prefix of every transfer object name.
+    pub const PREFIX: &str = "transfer.";
+
+    /// Object a client uploads a tarball to before `import`/`load`; the store deletes it.
+    pub fn upload_object(id: &str) -> String {
+        format!("{PREFIX}upload.{id}")
+    }
+
+    /// Object `save` writes its archive to; the client fetches and deletes it.
+    pub fn download_object(id: &str) -> String {
+        format!("{PREFIX}download.{id}")
+    }
+}

@@ -1,4 +1,8 @@
 //! `berth.v1.image.*`
+//!
+//! Bulk bytes never ride these messages: a tarball for `import`/`load` is first put in
+//! the `berth-blobs` Object Store under [`crate::subjects::jetstream::upload_object`],
+//! and `save` writes its archive under [`crate::subjects::jetstream::download_object`].
 
 use serde::{Deserialize, Serialize};
 
@@ -27,4 +31,216 @@ pub struct ImageSummary {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageList {
     pub images: Vec<ImageSummary>,
+}
+
+/// `import`: a one-layer image from a root filesystem tarball (like `docker import`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageImportRequest {
+    /// Object in `berth-blobs` holding the tarball (plain or gzip); deleted afterwards.
+    pub upload: String,
+    /// `name[:tag]` to give the image; `None` leaves it untagged.
+    #[serde(default)]
+    pub reference: Option<String>,
+    /// `--change` instructions (`CMD …`, `ENV …`, `WORKDIR …`, `ENTRYPOINT …`…).
+    #[serde(default)]
+    pub changes: Vec<String>,
+    /// History comment (`--message`).
+    #[serde(default)]
+    pub message: Option<String>,
+    /// `os/arch[/variant]` recorded in the config (default: the store's host).
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// Name of the source for history and errors (a file name, or `-`).
+    #[serde(default)]
+    pub source_name: Option<String>,
+}
+
+/// An image the store now holds, with the names it got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredImage {
+    /// Manifest digest.
+    pub digest: String,
+    /// Config digest (Docker's image ID).
+    pub config_digest: String,
+    /// References pointing at it after the operation (familiar form).
+    pub references: Vec<String>,
+    /// Layer blobs that were written (the rest were already stored).
+    pub blobs_written: u32,
+}
+
+/// Reply to `import`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageImportReply {
+    pub image: StoredImage,
+}
+
+/// `load`: every image of a docker-archive or OCI layout tar.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageLoadRequest {
+    /// Object in `berth-blobs` holding the tar; deleted afterwards.
+    pub upload: String,
+    /// Platform to pick from OCI indexes (default: the store's host).
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// Name of the source for errors (a file name, or `-`).
+    #[serde(default)]
+    pub source_name: Option<String>,
+}
+
+/// Reply to `load`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageLoadReply {
+    pub images: Vec<StoredImage>,
+}
+
+/// `save`: a docker-archive of one or more images, written to a download object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSaveRequest {
+    /// References, digests or ID prefixes.
+    pub names: Vec<String>,
+    /// Object in `berth-blobs` to write the archive to; the caller fetches and deletes it.
+    pub download: String,
+}
+
+/// Reply to `save`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSaveReply {
+    /// The object holding the archive.
+    pub download: String,
+    /// Archive size in bytes.
+    pub size: u64,
+    /// Manifest digests of the images in it.
+    pub digests: Vec<String>,
+}
+
+/// `inspect` and `history`: one image by reference, digest or ID prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInspectRequest {
+    pub name: String,
+}
+
+/// os/arch/variant of an image.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePlatform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+/// One layer as stored, with what the unpacker needs to fetch and key it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    /// Blob digest (object name in `berth-blobs`).
+    pub digest: String,
+    /// Layer media type (tells the compression).
+    pub media_type: String,
+    /// Blob size in bytes.
+    pub size: u64,
+    /// Uncompressed tar size when known.
+    pub uncompressed_size: Option<u64>,
+    /// Digest of the uncompressed tar (config `rootfs.diff_ids`).
+    pub diff_id: String,
+    /// chainID of this layer and every layer below it.
+    pub chain_id: String,
+}
+
+/// Reply to `inspect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInspect {
+    /// Manifest digest.
+    pub digest: String,
+    /// Config digest (Docker's image ID).
+    pub config_digest: String,
+    /// References pointing at it (familiar form), sorted.
+    pub references: Vec<String>,
+    pub manifest_media_type: String,
+    /// The manifest JSON exactly as stored.
+    pub manifest: String,
+    /// The config JSON exactly as stored (what the executor builds the runtime spec from).
+    pub config: String,
+    pub platform: ImagePlatform,
+    /// Creation time from the config, RFC 3339.
+    pub created: Option<String>,
+    /// Config plus compressed layers, bytes.
+    pub size: u64,
+    /// Sum of the uncompressed layer sizes, when every one is known.
+    pub uncompressed_size: Option<u64>,
+    /// Layers, base first.
+    pub layers: Vec<LayerInfo>,
+}
+
+/// One row of `berth history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub created: Option<String>,
+    pub created_by: String,
+    /// Bytes the step added (0 for an empty layer).
+    pub size: u64,
+    pub comment: String,
+    pub empty_layer: bool,
+}
+
+/// Reply to `history`: rows newest first, like `docker history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageHistory {
+    pub digest: String,
+    pub entries: Vec<HistoryEntry>,
+}
+
+/// `tag`: point `target` at the image `source` names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageTagRequest {
+    pub source: String,
+    pub target: String,
+}
+
+/// Reply to `tag`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageTagReply {
+    /// The new reference (familiar form).
+    pub reference: String,
+    pub digest: String,
+}
+
+/// `remove` (`berth rmi`): untag a reference, or delete an image by digest/ID.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRemoveRequest {
+    pub name: String,
+    /// Like `docker rmi -f`: remove every reference of an image named by digest/ID.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// What `remove` and `prune` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRemoveReply {
+    /// References removed.
+    pub untagged: Vec<String>,
+    /// Manifest digests of images deleted.
+    pub deleted: Vec<String>,
+    /// Blobs deleted because no image refers to them any more.
+    pub blobs_deleted: Vec<String>,
+    /// Bytes of the deleted blobs.
+    pub space_reclaimed: u64,
+}
+
+/// `prune`: delete dangling (untagged) images and unreferenced blobs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePruneRequest {
+    /// Reserved for `prune -a`; must be false for now.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// Body of `berth.v1.events.image.<digest hex>.<action>` (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageEvent {
+    /// `pull`, `import`, `load`, `tag`, `untag` or `delete`.
+    pub action: String,
+    /// Manifest digest.
+    pub digest: String,
+    /// The reference concerned, if any.
+    pub reference: Option<String>,
+    /// RFC 3339.
+    pub time: String,
 }
