@@ -410,21 +410,20 @@ fn mount_cgroup(
 type DeviceNode = (PathBuf, SFlag, u64, u64, u32, Option<u32>, Option<u32>);
 
 fn create_devices(sys: &dyn Syscall, root: BorrowedFd<'_>, extra: &[LinuxDevice]) -> Result<()> {
-    let mut list: Vec<DeviceNode> =
-        default_devices()
-            .into_iter()
-            .map(|(n, ma, mi)| {
-                (
-                    PathBuf::from("/dev").join(n),
-                    SFlag::S_IFCHR,
-                    ma,
-                    mi,
-                    0o666,
-                    None,
-                    None,
-                )
-            })
-            .collect();
+    let mut list: Vec<DeviceNode> = default_devices()
+        .into_iter()
+        .map(|(n, ma, mi)| {
+            (
+                PathBuf::from("/dev").join(n),
+                SFlag::S_IFCHR,
+                ma,
+                mi,
+                0o666,
+                None,
+                None,
+            )
+        })
+        .collect();
     for d in extra {
         let kind = match d.typ() {
             LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,

@@ -392,10 +392,7 @@ const TABLE: &[(&str, libc::c_long)] = &[
 
 /// Native syscall number of `name`, if this architecture has it.
 pub fn syscall_number(name: &str) -> Option<i64> {
-    TABLE
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, nr)| *nr)
+    TABLE.iter().find(|(n, _)| *n == name).map(|(_, nr)| *nr)
 }
 
 /// Map an OCI action to seccompiler's, with the spec's errnoRet (default EPERM).

@@ -174,8 +174,10 @@ pub fn default_spec(o: &DefaultSpecOptions) -> Result<Spec> {
         resources["pids"] = json!({"limit": p});
     }
 
+    // 1.0.2 rather than the newest: crun 1.8 and runc 1.1 (Debian 12) reject newer versions,
+    // and the bundle must run on them too.
     let mut v = json!({
-        "ociVersion": "1.2.0",
+        "ociVersion": "1.0.2",
         "process": {
             "terminal": o.terminal,
             "user": {"uid": o.uid, "gid": o.gid, "additionalGids": o.additional_gids},
