@@ -129,6 +129,55 @@ pub fn to_resources(r: &LinuxResources, v2: bool) -> Result<Resources> {
     Ok(out)
 }
 
+/// Controllers a set of limits needs (v1 names; v2 uses the same for these).
+pub fn required_controllers(r: &LinuxResources) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if r.memory()
+        .as_ref()
+        .is_some_and(|m| m.limit().is_some() || m.swap().is_some() || m.reservation().is_some())
+    {
+        out.push("memory");
+    }
+    if r.cpu()
+        .as_ref()
+        .is_some_and(|c| c.shares().is_some() || c.quota().is_some() || c.period().is_some())
+    {
+        out.push("cpu");
+    }
+    if r.cpu()
+        .as_ref()
+        .is_some_and(|c| c.cpus().is_some() || c.mems().is_some())
+    {
+        out.push("cpuset");
+    }
+    if r.pids().is_some() {
+        out.push("pids");
+    }
+    out
+}
+
+/// Controllers this host offers: v2 `cgroup.controllers` of the root, v1 mounted hierarchies.
+pub fn available_controllers(v2: bool) -> Vec<String> {
+    if v2 {
+        return std::fs::read_to_string(
+            Path::new(hierarchies::UNIFIED_MOUNTPOINT).join("cgroup.controllers"),
+        )
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    }
+    let v1 = V1::new();
+    [
+        (Controllers::Mem, "memory"),
+        (Controllers::Cpu, "cpu"),
+        (Controllers::CpuSet, "cpuset"),
+        (Controllers::Pids, "pids"),
+    ]
+    .into_iter()
+    .filter(|(c, _)| v1.get_mount_point(c.clone()).is_some())
+    .map(|(_, n)| n.to_string())
+    .collect()
+}
+
 /// Normalize the spec's cgroupsPath into a hierarchy-relative path (default `berth/<id>`).
 pub fn cgroup_path(spec_path: Option<&Path>, id: &str) -> String {
     match spec_path {
@@ -158,6 +207,28 @@ impl CgroupManager {
     pub fn create(path: &str, resources: Option<&LinuxResources>) -> Result<Self> {
         let hier = hierarchies::auto();
         let v2 = hier.v2();
+        if let Some(r) = resources {
+            // cgroups-rs skips limits for controllers the hierarchy lacks; a limit that is
+            // silently not enforced is worse than an error.
+            let have = available_controllers(v2);
+            let missing: Vec<&str> = required_controllers(r)
+                .into_iter()
+                .filter(|c| !have.iter().any(|h| h == c))
+                .collect();
+            if !missing.is_empty() {
+                let where_ = if v2 {
+                    "the cgroup v2 hierarchy at /sys/fs/cgroup"
+                } else {
+                    "the cgroup v1 mounts"
+                };
+                return Err(Error::Cgroup {
+                    path: path.to_string(),
+                    message: format!(
+                        "limits need controller(s) {missing:?}, but {where_} offers only {have:?}"
+                    ),
+                });
+            }
+        }
         let cg = Cgroup::new(hier, path).map_err(|e| cgerr(path, "create", e))?;
         let m = CgroupManager {
             path: path.to_string(),
@@ -384,6 +455,18 @@ mod tests {
             1
         );
         assert_eq!(parse_oom_kill(""), 0);
+    }
+
+    #[test]
+    fn required_controllers_follow_the_limits() {
+        let r = res(
+            serde_json::json!({"memory": {"limit": 1}, "cpu": {"quota": 5, "period": 10}, "pids": {"limit": 3}}),
+        );
+        assert_eq!(required_controllers(&r), ["memory", "cpu", "pids"]);
+        let r = res(serde_json::json!({"devices": [{"allow": false, "access": "rwm"}]}));
+        assert!(required_controllers(&r).is_empty());
+        let r = res(serde_json::json!({"cpu": {"cpus": "0"}}));
+        assert_eq!(required_controllers(&r), ["cpuset"]);
     }
 
     #[test]
