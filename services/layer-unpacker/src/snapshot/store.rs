@@ -100,6 +100,29 @@ pub enum StoreError {
     Exists(PathBuf),
 }
 
+impl StoreError {
+    /// The wire error category (`berth_proto::ErrorKind`) this error maps to.
+    pub fn kind(&self) -> berth_proto::ErrorKind {
+        use berth_proto::ErrorKind as K;
+        match self {
+            // A bad layer is bad input: retrying will not help.
+            StoreError::Layer(e) => match e.source {
+                super::LayerError::Io { .. } => K::Internal,
+                _ => K::Invalid,
+            },
+            StoreError::Digest(_) | StoreError::OptionsTooLong { .. } => K::Invalid,
+            StoreError::NotFound(_) => K::NotFound,
+            StoreError::InUse { .. } => K::Conflict,
+            StoreError::Exists(_) => K::AlreadyExists,
+            StoreError::Blob { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                K::NotFound
+            }
+            StoreError::Blob { .. } | StoreError::Locked(_) => K::Unavailable,
+            StoreError::Io { .. } | StoreError::Meta { .. } => K::Internal,
+        }
+    }
+}
+
 pub(crate) fn io_err<'a>(
     op: &'static str,
     path: &'a Path,
@@ -625,6 +648,26 @@ fn now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_map_to_wire_kinds() {
+        use berth_proto::ErrorKind as K;
+        assert_eq!(StoreError::NotFound("x".into()).kind(), K::NotFound);
+        let mismatch = StoreError::Layer(Error::new(
+            "sha256:l",
+            super::super::LayerError::DigestMismatch {
+                expected: "a".into(),
+                actual: "b".into(),
+            },
+        ));
+        assert_eq!(mismatch.kind(), K::Invalid);
+        let users = vec!["c".to_string()];
+        let in_use = StoreError::InUse {
+            chain_id: "x".into(),
+            users,
+        };
+        assert_eq!(in_use.kind(), K::Conflict);
+    }
 
     #[test]
     fn lowerdir_option_is_relative_and_top_first() {
