@@ -2,6 +2,7 @@
 
 mod discovery;
 mod exit;
+mod images;
 mod system;
 
 use berth_bus::NatsSettings;
@@ -44,6 +45,8 @@ enum Command {
         #[command(subcommand)]
         command: system::SystemCommand,
     },
+    #[command(flatten)]
+    Images(images::ImagesCommand),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async move {
         match cli.command {
             Command::System { command } => system::run(command, &nats, timeout).await,
+            Command::Images(command) => images::run(command, &nats, timeout).await,
         }
     });
     match outcome {

@@ -2,16 +2,22 @@
 //! manifests and references in the KV bucket `berth-images`. Serves `berth.v1.image.*` in
 //! the queue group `image-store`, so any number of instances can run at once.
 
+pub mod bridge;
 pub mod catalog;
 pub mod config;
 pub mod formats;
+pub mod store;
+pub mod verbs;
 
 use async_nats::jetstream;
 use berth_bus::bootstrap::Shutdown;
 use berth_bus::jetstream::{ensure_events_stream, ensure_kv, ensure_object_store, with_retry};
 use berth_bus::settings::Settings;
 use berth_bus::{ServiceHandle, ServiceIdentity};
-use berth_proto::messages::image::ImageListRequest;
+use berth_proto::messages::image::{
+    ImageImportRequest, ImageInspectRequest, ImageListRequest, ImageLoadRequest, ImagePruneRequest,
+    ImageRemoveRequest, ImageSaveRequest, ImageTagRequest,
+};
 use berth_proto::subjects::{self, jetstream as names, queue_groups, service_names, ImageVerb};
 
 pub use config::Config;
@@ -26,7 +32,7 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let js = jetstream::new(client.clone());
-    let Some(_blobs) = with_retry(names::BLOBS_BUCKET, &shutdown, || {
+    let Some(blobs) = with_retry(names::BLOBS_BUCKET, &shutdown, || {
         ensure_object_store(
             &js,
             names::BLOBS_BUCKET,
@@ -70,17 +76,60 @@ pub async fn run(
     )
     .await?;
 
-    let catalog = catalog::Catalog::new(images);
-    service
-        .endpoint(
-            ImageVerb::List.as_str(),
-            subjects::image(ImageVerb::List),
-            move |request: ImageListRequest, _context| {
-                let catalog = catalog.clone();
-                async move { catalog.list(&request).await }
-            },
-        )
-        .await?;
+    let spool = settings.data_dir.join("image-store").join("tmp");
+    prepare_spool(&spool)?;
+    let verbs = verbs::Verbs {
+        store: store::Store::new(
+            store::jetstream::JetStreamBackend::new(images, blobs),
+            store::GcSettings::default(),
+        ),
+        client: client.clone(),
+        spool,
+    };
+    macro_rules! serve {
+        ($verb:expr, $request:ty, $method:ident) => {{
+            let verbs = verbs.clone();
+            service
+                .endpoint(
+                    $verb.as_str(),
+                    subjects::image($verb),
+                    move |request: $request, _context| {
+                        let verbs = verbs.clone();
+                        async move { verbs.$method(request).await }
+                    },
+                )
+                .await?;
+        }};
+    }
+    serve!(ImageVerb::List, ImageListRequest, list);
+    serve!(ImageVerb::Import, ImageImportRequest, import);
+    serve!(ImageVerb::Load, ImageLoadRequest, load);
+    serve!(ImageVerb::Save, ImageSaveRequest, save);
+    serve!(ImageVerb::Inspect, ImageInspectRequest, inspect);
+    serve!(ImageVerb::History, ImageInspectRequest, history);
+    serve!(ImageVerb::Tag, ImageTagRequest, tag);
+    serve!(ImageVerb::Remove, ImageRemoveRequest, remove);
+    serve!(ImageVerb::Prune, ImagePruneRequest, prune);
     tracing::info!(node_id = %settings.node_id, "image-store serving");
     service.serve_until(shutdown.wait()).await
+}
+
+/// Creates the scratch dir and removes what an instance killed earlier left there
+/// (entries older than an hour: another instance sharing the dir may be using newer ones).
+fn prepare_spool(spool: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(spool)
+        .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", spool.display()))?;
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    if let Ok(entries) = std::fs::read_dir(spool) {
+        for entry in entries.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| modified < hour_ago);
+            if old {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,162 @@
+//! The JetStream backend: KV `berth-images` and Object Store `berth-blobs`.
+
+use super::backend::{Backend, BackendError, BlobInfo, BlobReader, KvEntry};
+use async_nats::jetstream::{kv, object_store};
+use futures::TryStreamExt;
+use tokio::io::AsyncRead;
+
+/// KV bucket plus Object Store; cheap to clone.
+#[derive(Clone)]
+pub struct JetStreamBackend {
+    kv: kv::Store,
+    blobs: object_store::ObjectStore,
+}
+
+impl JetStreamBackend {
+    /// Wraps the two buckets.
+    pub fn new(kv: kv::Store, blobs: object_store::ObjectStore) -> Self {
+        JetStreamBackend { kv, blobs }
+    }
+}
+
+fn unavailable(what: &str, err: impl std::fmt::Display) -> BackendError {
+    BackendError::Unavailable(format!("{what}: {err}"))
+}
+
+impl Backend for JetStreamBackend {
+    async fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, BackendError> {
+        let entry = self
+            .kv
+            .entry(key)
+            .await
+            .map_err(|err| unavailable(&format!("read {key}"), err))?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .map(|e| KvEntry {
+                value: e.value.to_vec(),
+                revision: e.revision,
+            }))
+    }
+
+    async fn kv_create(&self, key: &str, value: Vec<u8>) -> Result<u64, BackendError> {
+        self.kv
+            .create(key, value.into())
+            .await
+            .map_err(|err| match err.kind() {
+                kv::CreateErrorKind::AlreadyExists => BackendError::Conflict,
+                _ => unavailable(&format!("create {key}"), err),
+            })
+    }
+
+    async fn kv_update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        revision: u64,
+    ) -> Result<u64, BackendError> {
+        self.kv
+            .update(key, value.into(), revision)
+            .await
+            .map_err(|err| match err.kind() {
+                kv::UpdateErrorKind::WrongLastRevision => BackendError::Conflict,
+                _ if is_wrong_sequence(&err) => BackendError::Conflict,
+                _ => unavailable(&format!("update {key}"), err),
+            })
+    }
+
+    async fn kv_delete(&self, key: &str, revision: u64) -> Result<(), BackendError> {
+        self.kv
+            .delete_expect_revision(key, Some(revision))
+            .await
+            .map_err(|err| match err.kind() {
+                kv::UpdateErrorKind::WrongLastRevision => BackendError::Conflict,
+                _ if is_wrong_sequence(&err) => BackendError::Conflict,
+                _ => unavailable(&format!("delete {key}"), err),
+            })
+    }
+
+    async fn kv_keys(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
+        let keys = self
+            .kv
+            .keys()
+            .await
+            .map_err(|err| unavailable("list keys", err))?;
+        let keys: Vec<String> = keys
+            .try_collect()
+            .await
+            .map_err(|err| unavailable("list keys", err))?;
+        Ok(keys.into_iter().filter(|k| k.starts_with(prefix)).collect())
+    }
+
+    async fn blob_size(&self, name: &str) -> Result<Option<u64>, BackendError> {
+        match self.blobs.info(name).await {
+            Ok(info) if !info.deleted => Ok(Some(info.size as u64)),
+            Ok(_) => Ok(None),
+            Err(err) if err.kind() == object_store::InfoErrorKind::NotFound => Ok(None),
+            Err(err) => Err(unavailable(&format!("blob {name}"), err)),
+        }
+    }
+
+    async fn blob_put<'a>(
+        &'a self,
+        name: &'a str,
+        data: &'a mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<u64, BackendError> {
+        // Object Store publishes the object's metadata only after the last chunk, so a
+        // reader that fails (digest or size mismatch) leaves no visible object.
+        let mut data = data;
+        match self.blobs.put(name, &mut data).await {
+            Ok(info) => Ok(info.size as u64),
+            Err(err) if err.kind() == object_store::PutErrorKind::ReadChunks => {
+                Err(BackendError::Input(err.to_string()))
+            }
+            Err(err) => Err(unavailable(&format!("write blob {name}"), err)),
+        }
+    }
+
+    async fn blob_get(&self, name: &str) -> Result<BlobReader, BackendError> {
+        match self.blobs.get(name).await {
+            Ok(object) => Ok(Box::new(object)),
+            Err(err) if err.kind() == object_store::GetErrorKind::NotFound => {
+                Err(BackendError::NotFound)
+            }
+            Err(err) => Err(unavailable(&format!("read blob {name}"), err)),
+        }
+    }
+
+    async fn blob_delete(&self, name: &str) -> Result<(), BackendError> {
+        match self.blobs.delete(name).await {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == object_store::DeleteErrorKind::NotFound => Ok(()),
+            Err(err) => Err(unavailable(&format!("delete blob {name}"), err)),
+        }
+    }
+
+    async fn blob_list(&self) -> Result<Vec<BlobInfo>, BackendError> {
+        let list = self
+            .blobs
+            .list()
+            .await
+            .map_err(|err| unavailable("list blobs", err))?;
+        let infos: Vec<object_store::ObjectInfo> = list
+            .try_collect()
+            .await
+            .map_err(|err| unavailable("list blobs", err))?;
+        Ok(infos
+            .into_iter()
+            .filter(|i| !i.deleted)
+            .map(|i| BlobInfo {
+                name: i.name,
+                size: i.size as u64,
+                modified: i
+                    .modified
+                    .map(|m| u64::try_from(m.unix_timestamp()).unwrap_or(0)),
+            })
+            .collect())
+    }
+}
+
+/// JetStream reports a failed expected-revision check as "wrong last sequence".
+fn is_wrong_sequence(err: &impl std::fmt::Display) -> bool {
+    err.to_string().contains("wrong last sequence")
+}
