@@ -296,6 +296,28 @@ fn write_id_maps(pid: u32, spec: &Spec) -> Result<()> {
     Ok(())
 }
 
+/// Host uid/gid that container uid/gid 0 maps to, when the spec has a new user namespace.
+pub fn host_root_ids(spec: &Spec) -> Option<(u32, u32)> {
+    let linux = spec.linux().as_ref()?;
+    let userns = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User);
+    if !userns {
+        return None;
+    }
+    let find = |m: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        m?.iter()
+            .find(|m| m.container_id() == 0 && m.size() > 0)
+            .map(|m| m.host_id())
+    };
+    Some((
+        find(linux.uid_mappings().as_ref())?,
+        find(linux.gid_mappings().as_ref())?,
+    ))
+}
+
 /// Drive the init protocol until the container process is set up (or failed).
 /// Returns the container process' pid.
 fn handshake(
@@ -427,6 +449,11 @@ impl Container {
             let fifo = dir.join("exec.fifo");
             nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
                 .ctx(|| format!("mkfifo {}", fifo.display()))?;
+            // With a user namespace the init is "root" only for mapped ids: hand it the fifo.
+            if let Some((uid, gid)) = host_root_ids(&spec) {
+                nix::unistd::chown(&fifo, Some(uid.into()), Some(gid.into()))
+                    .ctx(|| format!("chown {}", fifo.display()))?;
+            }
             let cg_path = cgroup_path(
                 spec.linux()
                     .as_ref()
@@ -482,6 +509,17 @@ impl Container {
                     return Err(e);
                 }
             };
+            // From outside: inside a user namespace /proc/self/oom_score_adj is not writable.
+            if let Some(adj) = process.oom_score_adj() {
+                if let Err(e) =
+                    std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string())
+                {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    let _ = waitpid(Pid::from_raw(pid), None);
+                    let _ = cg.destroy();
+                    return Err(e).ctx(|| format!("set oom_score_adj {adj} of {}", opts.id));
+                }
+            }
             c.state.pid = pid;
             c.state.start_time = proc_stat(pid).map(|s| s.0).unwrap_or(0);
             c.sock = Some(sock);
@@ -875,6 +913,22 @@ fn _assert_fd(_: &dyn AsFd) {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn userns_root_maps_to_host_ids() {
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"namespaces": [{"type": "user"}],
+                      "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}],
+                      "gidMappings": [{"containerID": 0, "hostID": 200000, "size": 65536}]}
+        }))
+        .expect("spec");
+        assert_eq!(host_root_ids(&spec), Some((100000, 200000)));
+        let plain: Spec =
+            serde_json::from_value(serde_json::json!({"ociVersion": "1.0.2", "linux": {}}))
+                .expect("spec");
+        assert_eq!(host_root_ids(&plain), None);
+    }
 
     #[test]
     fn ids_are_validated() {

@@ -420,12 +420,6 @@ fn finalize_and_exec(cfg: &InitConfig, p: &Process) -> Result<Never> {
     // chdir after pivot_root / setns(mnt), so the cwd is inside the container root and no
     // host directory fd can be the cwd (runc CVE-2024-21626).
     nix::unistd::chdir(cwd).ctx(|| format!("chdir to cwd {}", cwd.display()))?;
-    if cfg.join_pid.is_none() {
-        if let Some(adj) = p.oom_score_adj() {
-            std::fs::write("/proc/self/oom_score_adj", adj.to_string())
-                .ctx(|| format!("set oom_score_adj {adj}"))?;
-        }
-    }
     crate::rlimits::apply(p.rlimits().as_deref().unwrap_or(&[]))?;
     let masks = crate::caps::Masks::from_spec(p.capabilities().as_ref());
     let nnp = p.no_new_privileges().unwrap_or(false);

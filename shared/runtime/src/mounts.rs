@@ -379,14 +379,18 @@ fn mount_cgroup(
         let name = ctrls.trim_start_matches("name=");
         let sub = dest.join(name);
         let t = resolve_in_root(root, &sub, Create::Dir)?;
-        sys.mount(
+        match sys.mount(
             Some(Path::new("cgroup")),
             &fd_path(&t),
             Some("cgroup"),
             flags,
             Some(ctrls),
-        )
-        .ctx(|| ctx(format!("v1 hierarchy {ctrls}")))?;
+        ) {
+            Ok(()) => {}
+            // v1 hierarchies cannot be mounted from a user namespace; leave the dir empty.
+            Err(Errno::EPERM) => tracing::debug!(ctrls, "cgroup v1 mount not permitted, skipped"),
+            Err(e) => return Err(e).ctx(|| ctx(format!("v1 hierarchy {ctrls}"))),
+        }
     }
     if flags.contains(MsFlags::MS_RDONLY) {
         let t = resolve_in_root(root, dest, Create::Nothing)?;
@@ -462,14 +466,25 @@ fn create_devices(sys: &dyn Syscall, root: BorrowedFd<'_>, extra: &[LinuxDevice]
         )
         .ctx(|| format!("open {}", parent.display()))?;
         let _ = nix::unistd::unlinkat(dirfd.as_fd(), name, nix::unistd::UnlinkatFlags::NoRemoveDir);
-        sys.mknodat(
+        let made = sys.mknodat(
             dirfd.as_fd(),
             name,
             kind,
             Mode::from_bits_truncate(mode),
             nix::sys::stat::makedev(major, minor),
-        )
-        .ctx(|| format!("mknod {}", path.display()))?;
+        );
+        match made {
+            Ok(()) => {}
+            // In a user namespace mknod is not allowed: bind the host's node instead (as
+            // runc does); we have not pivoted yet, so `path` still names the host device.
+            Err(Errno::EPERM) => {
+                let t = resolve_in_root(root, &path, Create::File)?;
+                sys.mount(Some(&path), &fd_path(&t), None, MsFlags::MS_BIND, None)
+                    .ctx(|| format!("bind host device {} (mknod not permitted)", path.display()))?;
+                continue;
+            }
+            Err(e) => return Err(e).ctx(|| format!("mknod {}", path.display())),
+        }
         // mknod applies the umask; set the mode and owner the spec asked for.
         let _ = nix::sys::stat::fchmodat(
             dirfd.as_fd(),

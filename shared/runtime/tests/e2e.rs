@@ -404,3 +404,35 @@ fn hooks_readonly_root_and_bind_mounts() {
         "createRuntime\npoststart\npoststop\n"
     );
 }
+
+#[test]
+fn user_namespace_maps_root_to_an_unprivileged_host_uid() {
+    if !require_root("user_namespace_maps_root_to_an_unprivileged_host_uid") {
+        return;
+    }
+    let b = Bundle::new(
+        &[
+            "sh",
+            "-c",
+            "id; cat /proc/self/uid_map; ls -ln /bin/busybox",
+        ],
+        |_| {},
+    );
+    b.edit(|v| {
+        v["linux"]["namespaces"]
+            .as_array_mut()
+            .expect("ns")
+            .push(serde_json::json!({"type": "user"}));
+        v["linux"]["uidMappings"] =
+            serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        v["linux"]["gidMappings"] =
+            serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    });
+    let out = b.cli(&["run", &cid("userns")]);
+    let s = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(s.starts_with("uid=0 gid=0"), "{s}");
+    assert!(s.contains("0     100000      65536"), "{s}");
+    // Host root's files are not root's inside: they show as the overflow uid.
+    assert!(s.contains(" 65534 "), "{s}");
+}
