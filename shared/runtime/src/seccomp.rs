@@ -459,9 +459,9 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
     let mut special: Vec<(SeccompAction, RuleMap, std::collections::BTreeSet<i64>)> = Vec::new();
     for sc in profile.syscalls().iter().flatten() {
         let act = action(sc.action(), sc.errno_ret())?;
-        if act == default {
-            continue;
-        }
+        // A rule whose action equals the default still matters when an allow rule covers
+        // the same syscall (Docker-style "allow mknod, but not block devices"): libseccomp
+        // refuses such rules, so runc/crun drop them; we honour them by stacking.
         for name in sc.names() {
             let Some(nr) = syscall_number(name) else {
                 continue;
@@ -539,4 +539,79 @@ pub fn install(progs: &[BpfProgram]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Install Docker's profile in a forked child (no root needed: no_new_privs) and check
+    /// what each stacked filter decides. The child reports through its exit code.
+    #[test]
+    fn docker_profile_blocks_allows_and_returns_the_right_errno() {
+        let profile: LinuxSeccomp =
+            serde_json::from_value(crate::spec::docker_seccomp_profile()).expect("profile");
+        let progs = compile(&profile).expect("compile");
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let code = unsafe {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                if install(&progs).is_err() {
+                    libc::_exit(10);
+                }
+                let err = || *libc::__errno_location();
+                let mut bad = 0;
+                // Allowed.
+                if libc::getpid() <= 0 {
+                    bad |= 1;
+                }
+                // Not in the allowlist: default ERRNO(EPERM).
+                if libc::syscall(libc::SYS_umount2, c"/nonexistent".as_ptr(), 0) != -1
+                    || err() != libc::EPERM
+                {
+                    bad |= 2;
+                }
+                // clone3: ERRNO(ENOSYS) from the second filter beats the default's EPERM.
+                if libc::syscall(libc::SYS_clone3, 0usize, 0usize) != -1 || err() != libc::ENOSYS {
+                    bad |= 4;
+                }
+                // mknod of a block device: EPERM; a fifo: allowed (EEXIST/ENOENT are fine).
+                if libc::mknod(c"/nonexistent/blk".as_ptr(), libc::S_IFBLK | 0o600, 0) != -1
+                    || err() != libc::EPERM
+                {
+                    bad |= 8;
+                }
+                if libc::mknod(c"/nonexistent/fifo".as_ptr(), libc::S_IFIFO | 0o600, 0) != -1
+                    || err() == libc::EPERM
+                {
+                    bad |= 16;
+                }
+                // socket: AF_VSOCK refused, AF_UNIX allowed.
+                if libc::socket(40, libc::SOCK_STREAM, 0) != -1 {
+                    bad |= 32;
+                }
+                if libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) < 0 {
+                    bad |= 64;
+                }
+                bad
+            };
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status), "child died: status {status:#x}");
+        assert_eq!(libc::WEXITSTATUS(status), 0, "failed checks bitmask");
+    }
+
+    #[test]
+    fn unknown_syscall_names_are_skipped_and_actions_map() {
+        assert_eq!(syscall_number("getpid"), Some(libc::SYS_getpid));
+        assert_eq!(syscall_number("chown32"), None);
+        assert_eq!(
+            action(LinuxSeccompAction::ScmpActErrno, None).expect("errno"),
+            SeccompAction::Errno(libc::EPERM as u32)
+        );
+        assert!(action(LinuxSeccompAction::ScmpActNotify, None).is_err());
+    }
 }

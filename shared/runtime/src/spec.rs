@@ -665,6 +665,10 @@ mod tests {
         assert!(hard <= crate::rlimits::current(libc::RLIMIT_NOFILE as _).1);
         let progs =
             crate::seccomp::compile(l.seccomp().as_ref().expect("seccomp")).expect("compile");
-        assert_eq!(progs.len(), 2, "allow filter + ERRNO-with-data filter");
+        assert_eq!(
+            progs.len(),
+            3,
+            "allowlist filter + ERRNO(ENOSYS) filter + ERRNO(EPERM) args filter"
+        );
     }
 }
