@@ -133,3 +133,4 @@ fn prepare_spool(spool: &std::path::Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+pub mod registry;
