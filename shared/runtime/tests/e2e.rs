@@ -436,3 +436,34 @@ fn user_namespace_maps_root_to_an_unprivileged_host_uid() {
     // Host root's files are not root's inside: they show as the overflow uid.
     assert!(s.contains(" 65534 "), "{s}");
 }
+
+#[test]
+fn joins_namespaces_by_path() {
+    if !require_root("joins_namespaces_by_path") {
+        return;
+    }
+    let a = Bundle::new(&["sleep", "100"], |o| o.hostname = Some("ns-owner".into()));
+    let mut ca = Container::create(lib_opts(&a, &cid("nsa"))).expect("create a");
+    ca.start().expect("start a");
+    let pid = ca.pid();
+    let b = Bundle::new(&["sh", "-c", "hostname; readlink /proc/self/ns/net"], |o| {
+        o.hostname = None
+    });
+    b.edit(|v| {
+        let ns = v["linux"]["namespaces"].as_array_mut().expect("ns");
+        ns.retain(|n| n["type"] != "uts" && n["type"] != "network");
+        ns.push(serde_json::json!({"type": "uts", "path": format!("/proc/{pid}/ns/uts")}));
+        ns.push(serde_json::json!({"type": "network", "path": format!("/proc/{pid}/ns/net")}));
+    });
+    let out = b.cli(&["run", &cid("nsb")]);
+    let net_a = std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("ns link");
+    ca.kill(nix::sys::signal::Signal::SIGKILL, false)
+        .expect("kill");
+    ca.wait().expect("wait");
+    ca.delete(false).expect("delete");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("ns-owner\n{}\n", net_a.display())
+    );
+}
