@@ -385,44 +385,7 @@ fn skopeo_made_layout_matches_umoci() {
         "skopeo copy: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Read the layers back from skopeo's layout: manifest → layers, config → diff_ids.
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dst.join("index.json")).expect("index"))
-            .expect("json");
-    let blob = |d: &str| {
-        std::fs::read(
-            dst.join("blobs/sha256")
-                .join(d.trim_start_matches("sha256:")),
-        )
-        .expect("blob")
-    };
-    let mdigest = index["manifests"][0]["digest"].as_str().expect("digest");
-    let manifest: serde_json::Value = serde_json::from_slice(&blob(mdigest)).expect("manifest");
-    let config: serde_json::Value = serde_json::from_slice(&blob(
-        manifest["config"]["digest"].as_str().expect("config"),
-    ))
-    .expect("config");
-    let mut layers = Vec::new();
-    for (i, l) in manifest["layers"]
-        .as_array()
-        .expect("layers")
-        .iter()
-        .enumerate()
-    {
-        let digest = l["digest"].as_str().expect("digest").to_string();
-        layers.push(Layer {
-            blob: blob(&digest),
-            tar: Vec::new(),
-            spec: LayerSpec {
-                digest,
-                media_type: l["mediaType"].as_str().expect("mt").to_string(),
-                diff_id: config["rootfs"]["diff_ids"][i]
-                    .as_str()
-                    .expect("diff")
-                    .to_string(),
-            },
-        });
-    }
+    let layers = read_layout(&dst, "test");
     let blobs = Blobs::new(&refs(&layers));
     let applied = t.path().join("applied");
     apply_layers(
@@ -435,5 +398,166 @@ fn skopeo_made_layout_matches_umoci() {
     assert_semantics(&applied);
     if let Some(u) = umoci_unpack(&dst, &t.path().join("bundle")) {
         assert_same_tree("applier", &tree(&applied), "umoci", &tree(&u));
+    }
+}
+
+/// The layers of tag `tag` in an OCI layout: manifest → layers, config → diff_ids.
+fn read_layout(dir: &Path, tag: &str) -> Vec<Layer> {
+    let json = |b: &[u8]| -> serde_json::Value { serde_json::from_slice(b).expect("json") };
+    let index = json(&std::fs::read(dir.join("index.json")).expect("index"));
+    let blob = |d: &str| {
+        std::fs::read(
+            dir.join("blobs/sha256")
+                .join(d.trim_start_matches("sha256:")),
+        )
+        .expect("blob")
+    };
+    let desc = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .expect("tag in index");
+    let manifest = json(&blob(desc["digest"].as_str().expect("digest")));
+    let config = json(&blob(
+        manifest["config"]["digest"].as_str().expect("config"),
+    ));
+    manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let digest = l["digest"].as_str().expect("digest").to_string();
+            Layer {
+                blob: blob(&digest),
+                tar: Vec::new(),
+                spec: LayerSpec {
+                    digest,
+                    media_type: l["mediaType"].as_str().expect("mt").to_string(),
+                    diff_id: config["rootfs"]["diff_ids"][i]
+                        .as_str()
+                        .expect("diff_id")
+                        .to_string(),
+                },
+            }
+        })
+        .collect()
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn layers_made_by_umoci_match_umoci_unpack() {
+    // Layers written by another tool: umoci computes the diffs (and so the
+    // whiteouts) from real filesystem changes between repacks.
+    if !require_root("layers_made_by_umoci_match_umoci_unpack") {
+        return;
+    }
+    if Command::new("umoci").arg("--version").output().is_err() {
+        eprintln!("SKIP layers_made_by_umoci_match_umoci_unpack: umoci not installed");
+        return;
+    }
+    let t = tempfile::tempdir().expect("tempdir");
+    let layout = t.path().join("layout");
+    let image = |tag: &str| format!("{}:{tag}", layout.display());
+    let bundle = t.path().join("work");
+    let rootfs = bundle.join("rootfs");
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &image("base")]));
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &image("base")])
+        .arg(&bundle));
+
+    // Layer 1: a small tree with every kind of entry.
+    let w = |p: &str, data: &str| {
+        let p = rootfs.join(p);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, data).expect("write");
+    };
+    w("etc/hostname", "box\n");
+    w("etc/passwd", "root:x:0:0::/root:/bin/sh\n");
+    w("usr/bin/tool", "tool");
+    w("var/lib/app/db", "db");
+    w("var/lib/app/cache/c", "c");
+    w("opt/old/readme", "old");
+    std::fs::create_dir_all(rootfs.join("empty")).expect("empty");
+    std::os::unix::fs::symlink("tool", rootfs.join("usr/bin/alias")).expect("symlink");
+    std::fs::hard_link(rootfs.join("usr/bin/tool"), rootfs.join("usr/bin/tool-hl")).expect("hl");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        rootfs.join("usr/bin/tool"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .expect("chmod");
+    std::os::unix::fs::chown(rootfs.join("var/lib/app"), Some(1000), Some(1000)).expect("chown");
+    run(Command::new("mkfifo").arg(rootfs.join("var/lib/app/fifo")));
+    run(Command::new("mknod")
+        .arg(rootfs.join("null"))
+        .args(["c", "1", "3"]));
+    run(Command::new("umoci")
+        .args(["repack", "--refresh-bundle", "--image", &image("v1")])
+        .arg(&bundle));
+
+    // Layer 2: deletions (file, whole dir), a dir emptied and refilled, edits.
+    std::fs::remove_file(rootfs.join("etc/passwd")).expect("rm");
+    std::fs::remove_dir_all(rootfs.join("opt/old")).expect("rm -r");
+    std::fs::remove_dir_all(rootfs.join("var/lib/app/cache")).expect("rm -r");
+    w("var/lib/app/cache/fresh", "fresh");
+    w("etc/hostname", "renamed\n");
+    w("opt/new/readme", "new");
+    run(Command::new("umoci")
+        .args(["repack", "--refresh-bundle", "--image", &image("v2")])
+        .arg(&bundle));
+
+    // Layer 3: re-create a deleted path.
+    w("etc/passwd", "root:x:0:0::/root:/bin/bash\n");
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image("v3")])
+        .arg(&bundle));
+
+    let layers = read_layout(&layout, "v3");
+    assert!(layers.len() >= 3, "{} layers", layers.len());
+    let blobs = Blobs::new(&refs(&layers));
+    let open = |s: &LayerSpec| blobs.open(s);
+    let applied = t.path().join("applied");
+    apply_layers(&applied, &specs(&layers), &open, &limits()).expect("apply");
+    let read = |p: &str| std::fs::read_to_string(applied.join(p)).expect(p);
+    assert_eq!(read("etc/passwd"), "root:x:0:0::/root:/bin/bash\n");
+    assert_eq!(read("etc/hostname"), "renamed\n");
+    assert!(!applied.join("opt/old").exists());
+    assert_eq!(read("var/lib/app/cache/fresh"), "fresh");
+    assert!(!applied.join("var/lib/app/cache/c").exists());
+
+    let reference = t.path().join("reference");
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &image("v3")])
+        .arg(&reference));
+    let applied_tree = tree(&applied);
+    assert_same_tree(
+        "applier",
+        &applied_tree,
+        "umoci",
+        &tree(&reference.join("rootfs")),
+    );
+
+    let store = SnapshotStore::open(t.path().join("snapshots"), limits()).expect("store");
+    let p = store
+        .prepare(&specs(&layers), &open, &PrepareOptions::default())
+        .expect("prepare");
+    let merged = t.path().join("merged");
+    std::fs::create_dir(&merged).expect("merged");
+    if mount_overlay(store.dir(), &p.lowerdir_option(), &merged) {
+        let _guard = Umount(merged.clone());
+        assert_same_tree("applier", &applied_tree, "overlay", &tree(&merged));
     }
 }

@@ -420,3 +420,47 @@ pub fn umount(target: &Path) {
         .expect("umount");
     assert!(st.success());
 }
+
+#[test]
+fn implicit_parent_dirs_inherit_the_lower_layers_metadata() {
+    // Layer 2 names `home/u/new` but has no `home/u/` entry: in the merged view
+    // its directory must still look like layer 1's (mode, owner, xattrs).
+    let t = tempfile::tempdir().expect("tempdir");
+    let store = SnapshotStore::open(t.path(), limits()).expect("open");
+    let l1 = gz_layer(&[
+        Ent::dir("./").mode(0o751),
+        Ent::dir("home/"),
+        Ent::dir("home/u/")
+            .mode(0o710)
+            .owner(1000, 1000)
+            .xattr("user.tag", b"home"),
+    ]);
+    let l2 = gz_layer(&[Ent::file("home/u/new", b"new")]);
+    let blobs = Blobs::new(&[&l1, &l2]);
+    let p = store
+        .prepare(
+            &specs(&[&l1, &l2]),
+            &|s: &LayerSpec| blobs.open(s),
+            &opts(2),
+        )
+        .expect("prepare");
+    let top = &p.layers[1];
+    assert!(top.meta.pending_dirs.is_empty());
+    assert!(store
+        .get(&top.meta.chain_id)
+        .expect("meta")
+        .pending_dirs
+        .is_empty());
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(top.fs.join("home/u")).expect("home/u");
+    assert_eq!(md.mode() & 0o7777, 0o710);
+    if is_root() {
+        assert_eq!((md.uid(), md.gid()), (1000, 1000));
+    }
+    assert_eq!(xattrs(&top.fs.join("home/u"))["user.tag"], b"home");
+    // The layer root had no `./` entry either: it inherits the base's.
+    assert_eq!(
+        std::fs::metadata(&top.fs).expect("root").mode() & 0o7777,
+        0o751
+    );
+}

@@ -55,6 +55,12 @@ pub struct LayerStats {
     pub entries: u64,
     /// Sum of regular file sizes (apparent, holes included).
     pub file_bytes: u64,
+    /// Overlay form only: directories that had no entry of their own in the
+    /// layer (created as parents, or the root without a `./` entry). In the
+    /// merged view the topmost layer's directory supplies owner, mode and
+    /// xattrs, so these must inherit them from the layers below (see
+    /// [`super::implicit`]); empty in applied mode, where they already exist.
+    pub implicit_dirs: Vec<PathBuf>,
 }
 
 /// Unpacks one layer blob (`blob`: the stored, possibly compressed bytes) into
@@ -93,6 +99,7 @@ pub fn unpack_layer<R: Read>(
         buf: vec![0u8; 1 << 20],
         entries: 0,
         file_bytes: 0,
+        root_explicit: false,
     };
     let stream_err = |e: io::Error| {
         if exceeded.get() {
@@ -121,6 +128,7 @@ pub fn unpack_layer<R: Read>(
         io::copy(&mut buffered, &mut io::sink()).map_err(|e| err(stream_err(e)))?;
     }
     ex.finish_dirs().map_err(err)?;
+    let implicit_dirs = ex.implicit_dirs();
     let actual = format!("sha256:{}", hex::encode(counted.hasher.finalize()));
     if actual != layer.diff_id {
         return Err(err(LayerError::DigestMismatch {
@@ -134,6 +142,7 @@ pub fn unpack_layer<R: Read>(
         uncompressed_bytes: counted.count,
         entries: ex.entries,
         file_bytes: ex.file_bytes,
+        implicit_dirs,
     })
 }
 
@@ -181,6 +190,7 @@ struct Extractor<'l> {
     buf: Vec<u8>,
     entries: u64,
     file_bytes: u64,
+    root_explicit: bool,
 }
 
 /// Metadata of an entry, PAX records applied.
@@ -219,6 +229,7 @@ impl Extractor<'_> {
                     reason: "the root entry must be a directory",
                 });
             }
+            self.root_explicit = true;
             self.apply_dir_meta(&[], &meta, &raw_path)?;
             return Ok(());
         };
@@ -570,6 +581,22 @@ impl Extractor<'_> {
                 Ok(())
             }
         }
+    }
+
+    fn implicit_dirs(&self) -> Vec<PathBuf> {
+        if self.mode != ExtractMode::Overlay {
+            return Vec::new();
+        }
+        let mut out: Vec<PathBuf> = Vec::new();
+        if !self.root_explicit {
+            out.push(PathBuf::new());
+        }
+        for c in &self.root.created {
+            if self.seen.get(c) != Some(&Seen::Dir) {
+                out.push(join(c));
+            }
+        }
+        out
     }
 
     /// Sets directory modes and mtimes now that their contents are written.

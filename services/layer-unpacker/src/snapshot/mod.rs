@@ -10,12 +10,14 @@
 //!   symlinks;
 //! - [`store`]: `snapshots/<n>/{fs,meta.json}` keyed by chainID, crash safe;
 //! - [`apply`]: the copy-based fallback that builds one tree per image;
-//! - [`chain`]: chainID computation (OCI image spec).
+//! - [`chain`]: chainID computation (OCI image spec);
+//! - [`implicit`]: directories a layer only implies get their lower layers' metadata.
 
 pub mod apply;
 pub mod chain;
 pub mod decompress;
 pub mod extract;
+pub mod implicit;
 pub mod safe_path;
 pub mod store;
 

@@ -59,6 +59,8 @@ pub struct Root {
     fd: OwnedFd,
     /// Last parent opened: tars list siblings together, so this saves a walk per entry.
     cache: Option<(Components, OwnedFd)>,
+    /// Directories `dir(_, true)` had to create (implicit parents), in order.
+    pub created: Vec<Components>,
 }
 
 impl Root {
@@ -69,6 +71,7 @@ impl Root {
             path: path.to_path_buf(),
             fd,
             cache: None,
+            created: Vec::new(),
         })
     }
 
@@ -95,9 +98,10 @@ impl Root {
             let fd = match &self.cache {
                 // Descend from the cached directory when it is a prefix.
                 Some((c, fd)) if comps.starts_with(c) => {
-                    walk(fd.as_fd(), &comps[c.len()..], create).map_err(|e| shift(e, c.len()))?
+                    walk(fd.as_fd(), c, &comps[c.len()..], create, &mut self.created)
+                        .map_err(|e| shift(e, c.len()))?
                 }
-                _ => walk(self.fd.as_fd(), comps, create)?,
+                _ => walk(self.fd.as_fd(), &[], comps, create, &mut self.created)?,
             };
             self.cache = Some((comps.to_vec(), fd));
         }
@@ -109,7 +113,7 @@ impl Root {
 
     /// Opens directory `comps` without touching the cache (for a second fd).
     pub fn dir_uncached(&self, comps: &[OsString], create: bool) -> Result<OwnedFd, WalkError> {
-        walk(self.fd.as_fd(), comps, create)
+        walk(self.fd.as_fd(), &[], comps, create, &mut Vec::new())
     }
 }
 
@@ -121,7 +125,14 @@ fn shift(e: WalkError, by: usize) -> WalkError {
     }
 }
 
-fn walk(start: BorrowedFd<'_>, comps: &[OsString], create: bool) -> Result<OwnedFd, WalkError> {
+/// Opens `base/comps` from `start` (which is `base`), recording created dirs.
+fn walk(
+    start: BorrowedFd<'_>,
+    base: &[OsString],
+    comps: &[OsString],
+    create: bool,
+    created: &mut Vec<Components>,
+) -> Result<OwnedFd, WalkError> {
     let mut cur =
         openat(start, OsStr::new("."), DIR_FLAGS, 0).map_err(|e| WalkError::Io("open", e))?;
     for (i, c) in comps.iter().enumerate() {
@@ -129,7 +140,11 @@ fn walk(start: BorrowedFd<'_>, comps: &[OsString], create: bool) -> Result<Owned
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
                 match mkdirat(cur.as_fd(), c, 0o755) {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        let mut full = base.to_vec();
+                        full.extend_from_slice(&comps[..=i]);
+                        created.push(full);
+                    }
                     Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                     Err(e) => return Err(WalkError::Io("mkdir", e)),
                 }
@@ -339,6 +354,64 @@ pub fn fsetxattr(fd: BorrowedFd<'_>, key: &OsStr, value: &[u8]) -> io::Result<()
             0,
         )
     })
+}
+
+/// `flistxattr(2)`: names of the xattrs of `fd`.
+pub fn flistxattr(fd: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: valid fd and buffer of the given length.
+        let n = unsafe { libc::flistxattr(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            buf.truncate(n as usize);
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ERANGE) || buf.len() >= 1 << 20 {
+            return Err(e);
+        }
+        buf.resize(buf.len() * 4, 0);
+    }
+    Ok(buf
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| OsStr::from_bytes(n).to_os_string())
+        .collect())
+}
+
+/// `fgetxattr(2)`: one xattr value of `fd`.
+pub fn fgetxattr(fd: BorrowedFd<'_>, key: &OsStr) -> io::Result<Vec<u8>> {
+    let k = cstring(key)?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: valid fd, C string and buffer of the given length.
+        let n = unsafe {
+            libc::fgetxattr(
+                fd.as_raw_fd(),
+                k.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n >= 0 {
+            buf.truncate(n as usize);
+            return Ok(buf);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ERANGE) || buf.len() >= 1 << 20 {
+            return Err(e);
+        }
+        buf.resize(buf.len() * 4, 0);
+    }
+}
+
+/// `fstat(2)`.
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: valid fd and out-pointer.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded and filled `st`.
+    Ok(unsafe { st.assume_init() })
 }
 
 /// `lsetxattr(2)` on `name` inside `dir` without following it: goes through

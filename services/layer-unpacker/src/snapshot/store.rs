@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::chain::{chain_ids, validate_digest, ChainError};
 use super::extract::{unpack_layer, ExtractMode, LayerStats};
+use super::implicit;
 use super::safe_path::{fsync, open_dir_path, syncfs};
 use super::{Error, LayerSpec, Limits};
 
@@ -57,6 +58,10 @@ pub struct SnapshotMeta {
     pub users: BTreeSet<String>,
     /// Seconds since the epoch.
     pub created: i64,
+    /// Implicit directories (see [`super::implicit`]) still waiting for their
+    /// lower layers' metadata; `prepare` settles them before it returns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_dirs: Vec<String>,
 }
 
 /// What the store could not do.
@@ -419,11 +424,55 @@ impl SnapshotStore {
         if let Some(e) = first_err {
             return Err(e);
         }
+        // Bottom up, so that a layer inherits from lowers that are settled.
+        for i in 0..out.len() {
+            if out[i].meta.pending_dirs.is_empty() {
+                continue;
+            }
+            let lowers: Vec<PathBuf> = out[..i].iter().rev().map(|l| l.fs.clone()).collect();
+            out[i].meta = self.settle_implicit_dirs(&out[i].meta.chain_id, &lowers)?;
+        }
         Ok(Prepared { layers: out })
     }
 
+    /// Gives a snapshot's implicit directories the metadata the lower layers
+    /// (`lowers_top_first`, the snapshots of its parent chain) show there.
+    /// Idempotent; done under the chainID's lock.
+    pub fn settle_implicit_dirs(
+        &self,
+        chain_id: &str,
+        lowers_top_first: &[PathBuf],
+    ) -> Result<SnapshotMeta, StoreError> {
+        self.with_chain_lock(chain_id, || {
+            let mut meta = self
+                .get(chain_id)
+                .ok_or_else(|| StoreError::NotFound(chain_id.to_string()))?;
+            if meta.pending_dirs.is_empty() {
+                return Ok(meta);
+            }
+            let fs_dir = self.fs_path(meta.id);
+            for rel in &meta.pending_dirs {
+                let path = fs_dir.join(rel);
+                implicit::inherit_dir_meta(
+                    &fs_dir,
+                    lowers_top_first,
+                    Path::new(rel),
+                    self.limits.preserve_owner,
+                )
+                .map_err(io_err("inherit dir metadata", &path))?;
+            }
+            // Durable before meta.json says it is done.
+            let fd = open_dir_path(&fs_dir).map_err(io_err("open", &fs_dir))?;
+            syncfs(fd.as_fd()).map_err(io_err("syncfs", &fs_dir))?;
+            meta.pending_dirs.clear();
+            self.rewrite_meta(&meta)?;
+            Ok(meta)
+        })
+    }
+
     /// Ensures one layer (whose chainID and parent chainID the caller computed)
-    /// is unpacked.
+    /// is unpacked. Does not settle implicit directories: [`Self::prepare`]
+    /// does, or call [`Self::settle_implicit_dirs`] once the lowers exist.
     pub fn prepare_layer(
         &self,
         layer: &LayerSpec,
@@ -475,6 +524,7 @@ impl SnapshotStore {
                 source,
             })?;
             let stats = unpack_layer(blob, &fs_dir, layer, &self.limits, ExtractMode::Overlay)?;
+            let has_parent = parent.is_some();
             let meta = SnapshotMeta {
                 id,
                 chain_id: chain_id.to_string(),
@@ -485,6 +535,17 @@ impl SnapshotStore {
                 size: stats.file_bytes,
                 users: user.map(str::to_string).into_iter().collect(),
                 created: now(),
+                // A base layer has nothing below to inherit from. Paths that are
+                // not UTF-8 cannot go into meta.json and keep the default (quirk).
+                pending_dirs: if has_parent {
+                    stats
+                        .implicit_dirs
+                        .iter()
+                        .filter_map(|p| p.to_str().map(str::to_string))
+                        .collect()
+                } else {
+                    Vec::new()
+                },
             };
             write_file_synced(&tmp.join(META), &meta_bytes(&meta, &tmp)?)?;
             // One syncfs flushes every file of the layer before it becomes visible.
