@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroups::{cgroup_path, CgroupManager, CgroupStats};
 use crate::error::{Context, Error, Result};
-use crate::init::{recv_msg, send_msg, InitConfig, Msg, INIT_ENV, INIT_FD};
+use crate::init::{recv_msg, recv_msg_fd, send_msg, InitConfig, Msg, INIT_ENV, INIT_FD};
 
 /// Standard streams for the container process; `None` inherits the caller's.
 #[derive(Debug, Default)]
@@ -122,6 +122,8 @@ pub struct Container {
     /// This process is the parent of `pid` and may wait(2) for it.
     is_parent: bool,
     exit: Option<ExitInfo>,
+    /// pty master when `process.terminal` is set (only in the creating process).
+    console: Option<OwnedFd>,
 }
 
 fn validate_id(id: &str) -> Result<()> {
@@ -326,14 +328,16 @@ fn handshake(
     spec: &Spec,
     cfg: InitConfig,
     until_created: bool,
+    console: &mut Option<OwnedFd>,
     state_for_hooks: impl Fn(i32) -> String,
 ) -> Result<i32> {
     let stage1_pid = sp.stage1.id();
     send_msg(&sp.sock, &Msg::Config(Box::new(cfg)))?;
     let mut pid = None;
     loop {
-        let msg = recv_msg(&sp.sock)?;
+        let (msg, fd) = recv_msg_fd(&sp.sock)?;
         match msg {
+            Some(Msg::Console) => *console = fd,
             Some(Msg::UsernsReady) => {
                 write_id_maps(stage1_pid, spec)?;
                 send_msg(&sp.sock, &Msg::UsernsMapped)?;
@@ -423,11 +427,6 @@ impl Container {
             .process()
             .clone()
             .ok_or_else(|| Error::InvalidSpec("process is missing".into()))?;
-        if process.terminal().unwrap_or(false) {
-            return Err(Error::InvalidSpec(
-                "process.terminal=true is not supported by berth-runtime yet".into(),
-            ));
-        }
         let root = spec
             .root()
             .as_ref()
@@ -480,6 +479,7 @@ impl Container {
                 sock: None,
                 is_parent: true,
                 exit: None,
+                console: None,
             };
             let setup = (|| {
                 let mut sp = spawn_init(opts.init_binary.as_deref(), &bundle, opts.stdio)?;
@@ -497,12 +497,13 @@ impl Container {
                     join_pid: None,
                     state_json: c.state_json_with(ContainerStatus::Creating, 0),
                 };
-                let pid = handshake(&opts.id, &mut sp, &spec, cfg, true, |p| {
+                let mut console = None;
+                let pid = handshake(&opts.id, &mut sp, &spec, cfg, true, &mut console, |p| {
                     c.state_json_with(ContainerStatus::Creating, p)
                 })?;
-                Ok((pid, sp.sock))
+                Ok((pid, sp.sock, console))
             })();
-            let (pid, sock) = match setup {
+            let (pid, sock, console) = match setup {
                 Ok(x) => x,
                 Err(e) => {
                     let _ = cg.destroy();
@@ -523,6 +524,7 @@ impl Container {
             c.state.pid = pid;
             c.state.start_time = proc_stat(pid).map(|s| s.0).unwrap_or(0);
             c.sock = Some(sock);
+            c.console = console;
             spec.save(dir.join("config.json"))
                 .map_err(|e| Error::InvalidSpec(format!("save config: {e}")))?;
             c.persist()?;
@@ -557,6 +559,7 @@ impl Container {
             sock: None,
             is_parent: false,
             exit: None,
+            console: None,
         })
     }
 
@@ -812,9 +815,19 @@ impl Container {
         self.cgroup().pids()
     }
 
-    /// Run another process in the running container's namespaces and cgroup. Returns its
-    /// host pid; this process is its parent, so [`wait_pid`] gives its exit status.
-    pub fn exec(&self, process: &Process, stdio: Stdio, init_binary: Option<&Path>) -> Result<i32> {
+    /// The pty master of a `process.terminal` container (once; the caller owns it).
+    pub fn take_console(&mut self) -> Option<OwnedFd> {
+        self.console.take()
+    }
+
+    /// Run another process in the running container's namespaces and cgroup. This process
+    /// is its parent, so [`wait_pid`] gives its exit status.
+    pub fn exec(
+        &self,
+        process: &Process,
+        stdio: Stdio,
+        init_binary: Option<&Path>,
+    ) -> Result<ExecProcess> {
         let st = self.status();
         if st != ContainerStatus::Running && st != ContainerStatus::Created {
             return Err(Error::InvalidState {
@@ -822,11 +835,6 @@ impl Container {
                 status: st.to_string(),
                 op: "exec".into(),
             });
-        }
-        if process.terminal().unwrap_or(false) {
-            return Err(Error::InvalidSpec(
-                "process.terminal=true is not supported by berth-runtime yet".into(),
-            ));
         }
         let mut sp = spawn_init(init_binary, Path::new("/"), stdio)?;
         if let Err(e) = self.cgroup().add_pid(sp.stage1.id() as i32) {
@@ -843,18 +851,37 @@ impl Container {
             join_pid: Some(self.state.pid),
             state_json: String::new(),
         };
-        let pid = handshake(&self.state.id, &mut sp, &self.spec, cfg, false, |_| {
-            String::new()
-        })?;
-        // EOF: exec'd. A message: setup failed after the clone.
-        if let Some(Msg::Error(message)) = recv_msg(&sp.sock)? {
-            let _ = waitpid(Pid::from_raw(pid), None);
-            return Err(Error::Init {
-                id: self.state.id.clone(),
-                message,
-            });
+        let mut console = None;
+        let pid = handshake(
+            &self.state.id,
+            &mut sp,
+            &self.spec,
+            cfg,
+            false,
+            &mut console,
+            |_| String::new(),
+        )?;
+        // EOF: exec'd. An error message: setup failed after the clone.
+        loop {
+            match recv_msg_fd(&sp.sock)? {
+                (Some(Msg::Console), fd) => console = fd,
+                (Some(Msg::Error(message)), _) => {
+                    let _ = waitpid(Pid::from_raw(pid), None);
+                    return Err(Error::Init {
+                        id: self.state.id.clone(),
+                        message,
+                    });
+                }
+                (Some(other), _) => {
+                    return Err(Error::Init {
+                        id: self.state.id.clone(),
+                        message: format!("unexpected message {other:?}"),
+                    })
+                }
+                (None, _) => break,
+            }
         }
-        Ok(pid)
+        Ok(ExecProcess { pid, console })
     }
 
     /// Remove the container: kill what is left (only if stopped or created, unless `force`),
@@ -893,6 +920,15 @@ impl Container {
         }
         Ok(())
     }
+}
+
+/// A process started by [`Container::exec`].
+#[derive(Debug)]
+pub struct ExecProcess {
+    /// Host pid.
+    pub pid: i32,
+    /// pty master when the process asked for a terminal.
+    pub console: Option<OwnedFd>,
 }
 
 /// Wait for a process started by [`Container::exec`]; returns its exit code (128+signal).

@@ -21,7 +21,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
-use nix::sys::socket::{recv, send, MsgFlags};
+use nix::sys::socket::{send, MsgFlags};
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +62,8 @@ pub(crate) enum Msg {
     /// Mounts are done, before pivot_root: run prestart/createRuntime hooks.
     RunHooks,
     HooksDone,
+    /// The pty master of `process.terminal` rides along as SCM_RIGHTS.
+    Console,
     /// Ready and waiting on the exec fifo.
     Created,
     Error(String),
@@ -75,19 +77,95 @@ pub(crate) fn send_msg(fd: impl AsFd, m: &Msg) -> Result<()> {
 
 /// Receive one message; `None` on EOF (the peer exec'd or exited).
 pub(crate) fn recv_msg(fd: impl AsFd) -> Result<Option<Msg>> {
+    Ok(recv_msg_fd(fd)?.0)
+}
+
+/// Receive one message and the fd passed with it, if any.
+pub(crate) fn recv_msg_fd(fd: impl AsFd) -> Result<(Option<Msg>, Option<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned};
     let mut buf = vec![0u8; 4 << 20];
-    let n = loop {
-        match recv(fd.as_fd().as_raw_fd(), &mut buf, MsgFlags::empty()) {
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let (n, passed) = loop {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        match recvmsg::<()>(
+            fd.as_fd().as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
             Err(nix::errno::Errno::EINTR) => continue,
-            r => break r.ctx(|| "receive on init socket".into())?,
+            r => {
+                let m = r.ctx(|| "receive on init socket".into())?;
+                let mut passed = None;
+                for c in m.cmsgs().ctx(|| "read control message".into())? {
+                    if let ControlMessageOwned::ScmRights(fds) = c {
+                        for f in fds {
+                            let f = unsafe { OwnedFd::from_raw_fd(f) };
+                            passed.get_or_insert(f);
+                        }
+                    }
+                }
+                break (m.bytes, passed);
+            }
         }
     };
     if n == 0 {
-        return Ok(None);
+        return Ok((None, passed));
     }
-    serde_json::from_slice(&buf[..n])
-        .map(Some)
-        .ctx(|| "decode init message".into())
+    let msg = serde_json::from_slice(&buf[..n]).ctx(|| "decode init message".into())?;
+    Ok((Some(msg), passed))
+}
+
+fn send_fd(sock: &OwnedFd, m: &Msg, fd: &OwnedFd) -> Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage};
+    let buf = serde_json::to_vec(m).ctx(|| "encode init message".into())?;
+    let fds = [fd.as_raw_fd()];
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[std::io::IoSlice::new(&buf)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .ctx(|| "send fd on init socket".into())?;
+    Ok(())
+}
+
+/// `process.terminal`: a pty from the container's own devpts; the master goes to the
+/// runtime, the slave becomes our controlling terminal and stdio.
+fn setup_console(sock: &OwnedFd, p: &Process) -> Result<()> {
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let master = nix::fcntl::open("/dev/ptmx", flags, nix::sys::stat::Mode::empty())
+        .ctx(|| "open /dev/ptmx".into())?;
+    let unlock: libc::c_int = 0;
+    let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) };
+    nix::errno::Errno::result(r).ctx(|| "unlock pty".into())?;
+    let mut n: libc::c_uint = 0;
+    let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) };
+    nix::errno::Errno::result(r).ctx(|| "get pty number".into())?;
+    let slave_path = format!("/dev/pts/{n}");
+    let slave = nix::fcntl::open(slave_path.as_str(), flags, nix::sys::stat::Mode::empty())
+        .ctx(|| format!("open {slave_path}"))?;
+    if let Some(sz) = p.console_size() {
+        let ws = libc::winsize {
+            ws_row: sz.height() as u16,
+            ws_col: sz.width() as u16,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    }
+    send_fd(sock, &Msg::Console, &master)?;
+    drop(master);
+    nix::unistd::setsid().ctx(|| "setsid".into())?;
+    let r = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) };
+    nix::errno::Errno::result(r).ctx(|| "set controlling terminal".into())?;
+    for target in 0..3 {
+        nix::errno::Errno::result(unsafe { libc::dup2(slave.as_raw_fd(), target) })
+            .ctx(|| "dup pty onto stdio".into())?;
+    }
+    Ok(())
 }
 
 /// Call first thing in `main` of every binary that creates containers: in init mode it
@@ -264,6 +342,9 @@ enum Never {}
 fn stage2(sock: &OwnedFd, cfg: &InitConfig) -> Result<Never> {
     let sys = LinuxSyscall;
     if cfg.join_pid.is_some() {
+        if cfg.process.terminal().unwrap_or(false) {
+            setup_console(sock, &cfg.process)?;
+        }
         return finalize_and_exec(cfg, &cfg.process);
     }
     let spec = &cfg.spec;
@@ -336,6 +417,9 @@ fn stage2(sock: &OwnedFd, cfg: &InitConfig) -> Result<Never> {
         .first()
         .ok_or_else(|| Error::InvalidSpec("process.args is empty".into()))?;
     lookup_path(cmd, cfg.process.env().as_deref().unwrap_or(&[]))?;
+    if cfg.process.terminal().unwrap_or(false) {
+        setup_console(sock, &cfg.process)?;
+    }
     send_msg(sock, &Msg::Created)?;
     if let Some(fifo) = fifo {
         // Blocks until `start` opens the fifo for reading.

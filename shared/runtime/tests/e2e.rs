@@ -172,7 +172,8 @@ fn library_api_signals_exit_status_and_exec() {
     ]));
     let epid = c
         .exec(&p, Stdio::default(), Some(&runtime()))
-        .expect("exec");
+        .expect("exec")
+        .pid;
     assert_eq!(
         berth_runtime::container::wait_pid(epid).expect("wait exec"),
         3
@@ -466,4 +467,36 @@ fn joins_namespaces_by_path() {
         text(&out.stdout),
         format!("ns-owner\n{}\n", net_a.display())
     );
+}
+
+#[test]
+fn terminal_gives_the_process_a_pty_and_the_caller_its_master() {
+    if !require_root("terminal_gives_the_process_a_pty_and_the_caller_its_master") {
+        return;
+    }
+    let id = cid("tty");
+    let b = Bundle::new(&["sh", "-c", "tty; test -t 0 && echo stdin-is-tty"], |o| {
+        o.terminal = true
+    });
+    let mut c = Container::create(lib_opts(&b, &id)).expect("create");
+    let master = c.take_console().expect("console master");
+    c.start().expect("start");
+    let mut out = String::new();
+    let mut f = std::fs::File::from(master);
+    let mut buf = [0u8; 1024];
+    // Read until the pty closes (EIO) or we have both lines.
+    while let Ok(n) = std::io::Read::read(&mut f, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if out.contains("stdin-is-tty") {
+            break;
+        }
+    }
+    let e = c.wait().expect("wait");
+    c.delete(false).expect("delete");
+    assert_eq!(e.code, Some(0));
+    assert!(out.starts_with("/dev/pts/0\r\n"), "{out:?}");
+    assert!(out.contains("stdin-is-tty"), "{out:?}");
 }

@@ -1,6 +1,7 @@
 //! `berth-runtime`: the berth isolation library behind runc's command line.
 
 use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -200,8 +201,8 @@ fn create(cli: &Cli, a: &CreateArgs) -> Result<Container> {
     if a.preserve_fds != 0 {
         bail!("--preserve-fds is not supported");
     }
-    let _ = (a.no_pivot, a.no_new_keyring, &a.console_socket);
-    let c = Container::create(CreateOptions::new(
+    let _ = (a.no_pivot, a.no_new_keyring);
+    let mut c = Container::create(CreateOptions::new(
         a.id.clone(),
         a.bundle.clone(),
         cli.root.clone(),
@@ -209,7 +210,83 @@ fn create(cli: &Cli, a: &CreateArgs) -> Result<Container> {
     if let Some(p) = &a.pid_file {
         write_pid_file(p, c.pid())?;
     }
+    if let Some(sock) = &a.console_socket {
+        match c.take_console() {
+            Some(master) => send_console(sock, &master)?,
+            None => bail!("--console-socket given but process.terminal is false"),
+        }
+    }
     Ok(c)
+}
+
+/// Hand the pty master to whoever listens on `--console-socket` (runc's protocol: one
+/// SCM_RIGHTS message).
+fn send_console(path: &Path, master: &OwnedFd) -> Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let stream = std::os::unix::net::UnixStream::connect(path)
+        .with_context(|| format!("connect console socket {}", path.display()))?;
+    let fds = [master.as_raw_fd()];
+    sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[std::io::IoSlice::new(b"/dev/ptmx")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .context("send pty master over console socket")?;
+    Ok(())
+}
+
+/// Attach our stdin/stdout to a pty master (run/exec with a terminal and no console
+/// socket). Returns the thread copying the container's output; it ends with the pty.
+fn attach_console(
+    master: OwnedFd,
+) -> Result<(
+    std::thread::JoinHandle<()>,
+    Option<nix::sys::termios::Termios>,
+)> {
+    use std::io::Read;
+    let stdin = std::io::stdin();
+    let saved = nix::sys::termios::tcgetattr(&stdin).ok();
+    if let Some(t) = &saved {
+        let mut raw = t.clone();
+        nix::sys::termios::cfmakeraw(&mut raw);
+        let _ = nix::sys::termios::tcsetattr(&stdin, nix::sys::termios::SetArg::TCSANOW, &raw);
+    }
+    let mut to_pty = std::fs::File::from(master.try_clone().context("dup pty master")?);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut input = std::io::stdin();
+        while let Ok(n) = input.read(&mut buf) {
+            if n == 0 || to_pty.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let mut from_pty = std::fs::File::from(master);
+    let out = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut stdout = std::io::stdout();
+        // EIO once every slave fd is closed: the container side is gone.
+        while let Ok(n) = from_pty.read(&mut buf) {
+            if n == 0
+                || stdout
+                    .write_all(&buf[..n])
+                    .and_then(|_| stdout.flush())
+                    .is_err()
+            {
+                break;
+            }
+        }
+    });
+    Ok((out, saved))
+}
+
+fn restore_terminal(saved: Option<nix::sys::termios::Termios>) {
+    if let Some(t) = saved {
+        let _ =
+            nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &t);
+    }
 }
 
 fn write_pid_file(p: &Path, pid: i32) -> Result<()> {
@@ -277,7 +354,16 @@ fn run(cli: &Cli) -> Result<i32> {
             keep,
         } => {
             let mut c = create(cli, a)?;
+            let console = c.take_console();
+            if console.is_some() && *detach {
+                let _ = c.delete(true);
+                bail!("cannot allocate tty if berth-runtime will detach without setting console socket");
+            }
             forward_signals(c.pid());
+            let attached = match console {
+                Some(m) => Some(attach_console(m)?),
+                None => None,
+            };
             if let Err(e) = c.start() {
                 let _ = c.delete(true);
                 return Err(e.into());
@@ -286,6 +372,10 @@ fn run(cli: &Cli) -> Result<i32> {
                 return Ok(0);
             }
             let exit = c.wait()?;
+            if let Some((out, saved)) = attached {
+                let _ = out.join();
+                restore_terminal(saved);
+            }
             if !keep {
                 c.delete(true)?;
             }
@@ -302,9 +392,6 @@ fn run(cli: &Cli) -> Result<i32> {
             tty,
             args,
         } => {
-            if *tty {
-                bail!("exec -t (terminal) is not supported yet");
-            }
             let c = Container::load(&cli.root, id)?;
             let mut p: Process = match process {
                 Some(path) => serde_json::from_slice(
@@ -339,15 +426,27 @@ fn run(cli: &Cli) -> Result<i32> {
                 usr.set_gid(gid.parse().context("exec --user gid")?);
                 p.set_user(usr);
             }
-            let pid = c.exec(&p, Stdio::default(), None)?;
+            if *tty {
+                p.set_terminal(Some(true));
+            }
+            let e = c.exec(&p, Stdio::default(), None)?;
             if let Some(f) = pid_file {
-                write_pid_file(f, pid)?;
+                write_pid_file(f, e.pid)?;
             }
             if *detach {
                 return Ok(0);
             }
-            forward_signals(pid);
-            Ok(wait_pid(pid)?)
+            forward_signals(e.pid);
+            let attached = match e.console {
+                Some(m) => Some(attach_console(m)?),
+                None => None,
+            };
+            let code = wait_pid(e.pid)?;
+            if let Some((out, saved)) = attached {
+                let _ = out.join();
+                restore_terminal(saved);
+            }
+            Ok(code)
         }
         Cmd::Ps {
             id,
