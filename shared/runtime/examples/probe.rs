@@ -198,6 +198,31 @@ fn probes() -> i32 {
         format!("{r:?}"),
         &mut n,
     );
+    // Masked paths: files read empty (bound /dev/null), directories are empty tmpfs.
+    for p in [
+        "/proc/keys",
+        "/proc/timer_list",
+        "/proc/interrupts",
+        "/proc/sched_debug",
+        "/proc/latency_stats",
+    ] {
+        let r = std::fs::read(p);
+        report(
+            &format!("read masked {p}"),
+            r.as_ref().is_ok_and(|b| !b.is_empty()),
+            format!("{:?}", r.map(|b| b.len())),
+            &mut n,
+        );
+    }
+    for p in ["/sys/firmware", "/proc/acpi", "/proc/scsi"] {
+        let entries = std::fs::read_dir(p).map(|d| d.count()).unwrap_or(0);
+        report(
+            &format!("list masked {p}"),
+            entries > 0,
+            format!("{entries} entries"),
+            &mut n,
+        );
+    }
     let r = std::fs::OpenOptions::new()
         .write(true)
         .open("/proc/sysrq-trigger")

@@ -256,6 +256,8 @@ fn escape_probes_all_fail_in_a_default_container() {
         "sethostname",
         "fd leak",
         "release_agent",
+        "read masked /proc/keys",
+        "list masked /sys/firmware",
     ] {
         assert!(
             report.contains(needed),
@@ -395,14 +397,16 @@ fn hooks_readonly_root_and_bind_mounts() {
     b.edit(|v| {
         v["mounts"].as_array_mut().expect("mounts").push(serde_json::json!({"destination": "/data", "type": "bind", "source": data, "options": ["rbind", "ro", "nosuid", "nodev", "rprivate"]}));
         let h = |name: &str| serde_json::json!([{"path": "/bin/sh", "args": ["sh", "-c", format!("echo {name} >> {}", log.display())]}]);
-        v["hooks"] = serde_json::json!({"createRuntime": h("createRuntime"), "poststart": h("poststart"), "poststop": h("poststop")});
+        // startContainer runs inside the container (read-only root): it reports on stdout.
+        let start = serde_json::json!([{"path": "/bin/sh", "args": ["sh", "-c", "echo startContainer"]}]);
+        v["hooks"] = serde_json::json!({"createRuntime": h("createRuntime"), "createContainer": h("createContainer"), "startContainer": start, "poststart": h("poststart"), "poststop": h("poststop")});
     });
     let out = b.cli(&["run", &cid("hooks")]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "bound\nNoNewPrivs:\t1\n");
+    assert_eq!(text(&out.stdout), "startContainer\nbound\nNoNewPrivs:\t1\n");
     assert_eq!(
         std::fs::read_to_string(&log).expect("hooks ran"),
-        "createRuntime\npoststart\npoststop\n"
+        "createRuntime\ncreateContainer\npoststart\npoststop\n"
     );
 }
 
@@ -499,4 +503,59 @@ fn terminal_gives_the_process_a_pty_and_the_caller_its_master() {
     assert_eq!(e.code, Some(0));
     assert!(out.starts_with("/dev/pts/0\r\n"), "{out:?}");
     assert!(out.contains("stdin-is-tty"), "{out:?}");
+}
+
+#[test]
+fn namespaced_sysctls_apply_inside_only_and_others_are_refused() {
+    if !require_root("namespaced_sysctls_apply_inside_only_and_others_are_refused") {
+        return;
+    }
+    let host_fwd = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("host sysctl");
+    let want = if host_fwd.trim() == "1" { "0" } else { "1" };
+    let b = Bundle::new(
+        &[
+            "sh",
+            "-c",
+            "cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/shmmni",
+        ],
+        |_| {},
+    );
+    b.edit(|v| {
+        v["linux"]["sysctl"] =
+            serde_json::json!({"net.ipv4.ip_forward": want, "kernel.shmmni": "1234"})
+    });
+    let out = b.cli(&["run", &cid("sysctl")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{want}\n1234\n"));
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("host sysctl"),
+        host_fwd
+    );
+
+    let b = Bundle::new(&["true"], |_| {});
+    b.edit(|v| v["linux"]["sysctl"] = serde_json::json!({"kernel.panic": "0"}));
+    let out = b.cli(&["run", &cid("sysctl2")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("sysctl kernel.panic is not namespaced"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn features_and_spec_commands() {
+    if !require_root("features_and_spec_commands") {
+        return;
+    }
+    let b = Bundle::new(&["true"], |_| {});
+    let f: serde_json::Value =
+        serde_json::from_slice(&b.cli(&["features"]).stdout).expect("features json");
+    assert_eq!(f["linux"]["cgroup"]["v1"], true);
+    assert!(f["hooks"].as_array().is_some_and(|h| h.len() == 6));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = b.cli(&["spec", "--bundle", dir.path().to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let spec = oci_spec::runtime::Spec::load(dir.path().join("config.json")).expect("valid spec");
+    assert!(spec.linux().as_ref().is_some_and(|l| l.seccomp().is_some()));
 }
