@@ -8,6 +8,11 @@ pub struct Config {
     /// Plain-HTTP registries other than loopback ones (which are always allowed).
     #[serde(default)]
     pub insecure_registries: Vec<String>,
+    /// Seconds after which a blob pin of an import that never committed (its
+    /// image-store died) is dropped by `prune` (default 3600). Long enough that a slow
+    /// import in flight is never mistaken for a dead one.
+    #[serde(default)]
+    pub pin_grace_seconds: Option<u64>,
 }
 
 #[cfg(test)]

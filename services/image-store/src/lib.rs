@@ -81,7 +81,13 @@ pub async fn run(
     let verbs = verbs::Verbs {
         store: store::Store::new(
             store::jetstream::JetStreamBackend::new(images, blobs),
-            store::GcSettings::default(),
+            store::GcSettings {
+                pin_grace: settings
+                    .service
+                    .pin_grace_seconds
+                    .unwrap_or(store::GcSettings::default().pin_grace),
+                ..store::GcSettings::default()
+            },
         ),
         client: client.clone(),
         spool,
@@ -133,4 +139,3 @@ fn prepare_spool(spool: &std::path::Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
-pub mod registry;

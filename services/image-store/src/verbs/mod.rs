@@ -132,6 +132,7 @@ impl Verbs {
         }
         let committed = self.store.commit(image).await?;
         let digest = image.manifest_digest.to_string();
+        tracing::info!(image = %name, digest, blobs_written = written, "stored image");
         self.event(
             action,
             &digest,
