@@ -559,3 +559,91 @@ fn features_and_spec_commands() {
     let spec = oci_spec::runtime::Spec::load(dir.path().join("config.json")).expect("valid spec");
     assert!(spec.linux().as_ref().is_some_and(|l| l.seccomp().is_some()));
 }
+
+#[test]
+fn user_groups_umask_and_capabilities_are_applied() {
+    if !require_root("user_groups_umask_and_capabilities_are_applied") {
+        return;
+    }
+    let script = "id; umask; grep -E '^Cap(Bnd|Eff)' /proc/self/status";
+    let b = Bundle::new(&["sh", "-c", script], |o| {
+        o.uid = 1000;
+        o.gid = 1001;
+        o.additional_gids = vec![10, 20];
+    });
+    b.edit(|v| v["process"]["user"]["umask"] = serde_json::json!(0o077));
+    let out = b.cli(&["run", &cid("user")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Docker's 14 capabilities bound the process; a non-root user has none effective.
+    assert_eq!(
+        text(&out.stdout),
+        "uid=1000 gid=1001 groups=10,20\n0077\nCapEff:\t0000000000000000\nCapBnd:\t00000000a80425fb\n"
+    );
+    let b = Bundle::new(&["sh", "-c", script], |_| {});
+    let out = b.cli(&["run", &cid("root")]);
+    assert_eq!(
+        text(&out.stdout),
+        "uid=0 gid=0\n0022\nCapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\n",
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn cgroup_v1_limits_and_spec_cgroups_path() {
+    if !require_root("cgroup_v1_limits_and_spec_cgroups_path") {
+        return;
+    }
+    if berth_runtime::cgroups::is_unified() {
+        eprintln!("SKIP cgroup_v1_limits_and_spec_cgroups_path: this host is cgroup v2 only");
+        return;
+    }
+    let id = cid("cglim");
+    let path = format!("berth-test/{id}");
+    let b = Bundle::new(&["sleep", "100"], |o| {
+        o.memory = Some(64 << 20);
+        o.memory_swap = Some(96 << 20);
+        o.memory_reservation = Some(32 << 20);
+        o.cpu_shares = Some(512);
+        o.cpus = Some(1.5);
+        o.cpuset_cpus = Some("0".into());
+        o.pids_limit = Some(33);
+        o.cgroups_path = Some(format!("/{path}"));
+    });
+    let mut c = Container::create(lib_opts(&b, &id)).expect("create");
+    let read = |ctrl: &str, file: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{ctrl}/{path}/{file}"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|e| format!("{e}"))
+    };
+    let got = [
+        read("memory", "memory.limit_in_bytes"),
+        read("memory", "memory.memsw.limit_in_bytes"),
+        read("memory", "memory.soft_limit_in_bytes"),
+        read("cpu", "cpu.shares"),
+        read("cpu", "cpu.cfs_quota_us"),
+        read("cpu", "cpu.cfs_period_us"),
+        read("cpuset", "cpuset.cpus"),
+        read("pids", "pids.max"),
+    ];
+    let procs = read("memory", "cgroup.procs");
+    assert!(procs.lines().any(|p| p == c.pid().to_string()), "{procs}");
+    c.delete(false).expect("delete created container");
+    assert_eq!(
+        got,
+        [
+            (64u64 << 20).to_string(),
+            (96u64 << 20).to_string(),
+            (32u64 << 20).to_string(),
+            "512".into(),
+            "150000".into(),
+            "100000".into(),
+            "0".into(),
+            "33".into()
+        ]
+    );
+    assert!(
+        !std::path::Path::new(&format!("/sys/fs/cgroup/memory/{path}")).exists(),
+        "cgroup removed"
+    );
+}
