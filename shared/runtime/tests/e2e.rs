@@ -610,7 +610,7 @@ fn cgroup_v1_limits_and_spec_cgroups_path() {
         o.pids_limit = Some(33);
         o.cgroups_path = Some(format!("/{path}"));
     });
-    let mut c = Container::create(lib_opts(&b, &id)).expect("create");
+    let c = Container::create(lib_opts(&b, &id)).expect("create");
     let read = |ctrl: &str, file: &str| {
         std::fs::read_to_string(format!("/sys/fs/cgroup/{ctrl}/{path}/{file}"))
             .map(|s| s.trim().to_string())
