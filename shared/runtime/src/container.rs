@@ -463,6 +463,7 @@ impl Container {
                 &cg_path,
                 spec.linux().as_ref().and_then(|l| l.resources().as_ref()),
             )?;
+            tracing::debug!(id = %opts.id, cgroup = %cg_path, "cgroup created");
             let mut c = Container {
                 state: Persisted {
                     id: opts.id.clone(),
@@ -483,6 +484,7 @@ impl Container {
             };
             let setup = (|| {
                 let mut sp = spawn_init(opts.init_binary.as_deref(), &bundle, opts.stdio)?;
+                tracing::debug!(id = %opts.id, "init spawned");
                 if let Err(e) = cg.add_pid(sp.stage1.id() as i32) {
                     let _ = sp.stage1.kill();
                     let _ = sp.stage1.wait();
@@ -501,6 +503,7 @@ impl Container {
                 let pid = handshake(&opts.id, &mut sp, &spec, cfg, true, &mut console, |p| {
                     c.state_json_with(ContainerStatus::Creating, p)
                 })?;
+                tracing::debug!(id = %opts.id, pid, "container created");
                 Ok((pid, sp.sock, console))
             })();
             let (pid, sock, console) = match setup {

@@ -92,6 +92,23 @@ fn lifecycle_create_start_state_kill_delete_via_cli() {
     assert_eq!(state["status"], "running");
     let list = text(&b.cli(&["list"]).stdout);
     assert!(list.contains(&id) && list.contains("running"), "{list}");
+    // exec with arguments, then with --process (runc's two forms); exit codes pass through.
+    let e = b.cli(&["exec", &id, "sh", "-c", "echo in-$(hostname); exit 5"]);
+    assert_eq!(
+        (e.status.code(), text(&e.stdout)),
+        (Some(5), "in-berth-test\n".to_string()),
+        "{}",
+        text(&e.stderr)
+    );
+    let proc_json = b.path().join("proc.json");
+    std::fs::write(&proc_json, serde_json::json!({"user": {"uid": 1000, "gid": 1000}, "args": ["id", "-u"], "cwd": "/tmp", "env": ["PATH=/bin"]}).to_string()).expect("proc.json");
+    let e = b.cli(&["exec", "--process", proc_json.to_str().expect("utf8"), &id]);
+    assert_eq!(
+        (e.status.code(), text(&e.stdout)),
+        (Some(0), "1000\n".to_string()),
+        "{}",
+        text(&e.stderr)
+    );
     let ps: Vec<i32> =
         serde_json::from_slice(&b.cli(&["ps", "--format", "json", &id]).stdout).expect("ps json");
     assert!(ps.contains(&(pid as i32)), "{ps:?}");

@@ -148,6 +148,7 @@ fn main() {
     // Must come first: in init mode this process is a container's init.
     berth_runtime::init_if_requested();
     let cli = Cli::parse();
+    init_tracing(&cli);
     let code = match run(&cli) {
         Ok(code) => code,
         Err(e) => {
@@ -156,6 +157,34 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Library warnings (e.g. a failed poststop hook) go to --log (or stderr) in --log-format.
+fn init_tracing(cli: &Cli) {
+    let level = if cli.debug {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::WARN
+    };
+    let file = cli.log.as_ref().and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false);
+    let _ = match (file, cli.log_format == "json") {
+        (Some(f), true) => builder
+            .json()
+            .with_writer(std::sync::Mutex::new(f))
+            .try_init(),
+        (Some(f), false) => builder.with_writer(std::sync::Mutex::new(f)).try_init(),
+        (None, true) => builder.json().with_writer(std::io::stderr).try_init(),
+        (None, false) => builder.with_writer(std::io::stderr).try_init(),
+    };
 }
 
 fn log_error(cli: &Cli, msg: &str) {
