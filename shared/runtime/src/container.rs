@@ -153,7 +153,8 @@ fn proc_stat(pid: i32) -> Option<(u64, char)> {
     ))
 }
 
-fn now_rfc3339() -> String {
+/// Current UTC time in RFC 3339 with nanoseconds (state "created", log lines).
+pub fn now_rfc3339() -> String {
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -682,7 +683,11 @@ impl Container {
             return Err(Error::InvalidState {
                 id: self.state.id.clone(),
                 status: st.to_string(),
-                op: "start".into(),
+                message: if st == ContainerStatus::Running {
+                    "cannot start an already running container".into()
+                } else {
+                    format!("cannot start a container that is {st}")
+                },
             });
         }
         let fifo = self.dir.join("exec.fifo");
@@ -727,7 +732,7 @@ impl Container {
             return Err(Error::InvalidState {
                 id: self.state.id.clone(),
                 status: st.to_string(),
-                op: "kill".into(),
+                message: "container not running".into(),
             });
         }
         if all {
@@ -836,7 +841,7 @@ impl Container {
             return Err(Error::InvalidState {
                 id: self.state.id.clone(),
                 status: st.to_string(),
-                op: "exec".into(),
+                message: format!("cannot exec in a {st} container"),
             });
         }
         let mut sp = spawn_init(init_binary, Path::new("/"), stdio)?;
@@ -895,7 +900,10 @@ impl Container {
             return Err(Error::InvalidState {
                 id: self.state.id.clone(),
                 status: st.to_string(),
-                op: "delete (use force)".into(),
+                message: format!(
+                    "cannot delete container {} that is not stopped: {st}",
+                    self.state.id
+                ),
             });
         }
         if st != ContainerStatus::Stopped {

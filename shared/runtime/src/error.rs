@@ -29,12 +29,12 @@ pub enum Error {
     /// A container with that id already exists.
     #[error("container with id exists: {id}")]
     Exists { id: String },
-    /// The operation does not fit the container's current status.
-    #[error("container {id} is {status}: cannot {op}")]
+    /// The operation does not fit the container's current status (runc's wording).
+    #[error("{message}")]
     InvalidState {
         id: String,
         status: String,
-        op: String,
+        message: String,
     },
     /// The container's init reported a failure while setting the container up.
     #[error("container {id}: init failed: {message}")]

@@ -188,10 +188,7 @@ fn init_tracing(cli: &Cli) {
 }
 
 fn log_error(cli: &Cli, msg: &str) {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = berth_runtime::container::now_rfc3339();
     let line = if cli.log_format == "json" {
         format!(
             "{}\n",
