@@ -4,7 +4,7 @@
 //! for hooks and delete), `exec.fifo` (exists while created-but-not-started, as in runc).
 
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -954,8 +954,6 @@ pub fn wait_pid(pid: i32) -> Result<i32> {
     }
 }
 
-#[allow(dead_code)]
-fn _assert_fd(_: &dyn AsFd) {}
 
 #[cfg(test)]
 mod tests {
