@@ -379,3 +379,23 @@ fn gnu_tar_sparse_archives() {
     let e = unpack(&l, &d).expect_err("pax sparse");
     assert!(matches!(e.source, LayerError::Malformed { .. }), "{e}");
 }
+
+#[test]
+fn empty_layers_unpack_to_empty_dirs() {
+    // Docker's "empty layer" (ENV/LABEL steps in old builders): a tar of
+    // just the end blocks, and the degenerate zero-byte blob.
+    for tar in [tar_of(&[]), Vec::new()] {
+        let l = layer(tar, Comp::Gzip);
+        let t = tempfile::tempdir().expect("tempdir");
+        let stats = unpack_layer(
+            Cursor::new(&l.blob),
+            t.path(),
+            &l.spec,
+            &limits(),
+            ExtractMode::Overlay,
+        )
+        .expect("unpack");
+        assert_eq!(stats.entries, 0);
+        assert!(tree(t.path()).is_empty());
+    }
+}
