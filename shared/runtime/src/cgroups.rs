@@ -236,7 +236,13 @@ impl CgroupManager {
             v2,
         };
         if let Some(r) = resources {
-            let res = to_resources(r, v2)?;
+            let mut res = to_resources(r, v2)?;
+            // Hosts booted without swap accounting have no memsw files; like Docker, run
+            // without the swap limit rather than fail (the memory limit still holds).
+            if res.memory.memory_swap_limit.is_some() && !m.swap_accounting() {
+                tracing::warn!(cgroup = %path, "no swap accounting on this host: memory+swap limit ignored");
+                res.memory.memory_swap_limit = None;
+            }
             if let Err(e) = m.cg.apply(&res) {
                 let _ = m.cg.delete();
                 return Err(cgerr(path, "apply limits", e));
@@ -254,6 +260,17 @@ impl CgroupManager {
             cg: Cgroup::load(hier, path),
             v2,
         }
+    }
+
+    /// Can swap be limited (v1 `memory.memsw.*`, v2 `memory.swap.max`)?
+    fn swap_accounting(&self) -> bool {
+        let file = if self.v2 {
+            "memory.swap.max"
+        } else {
+            "memory.memsw.limit_in_bytes"
+        };
+        self.dir(Controllers::Mem)
+            .is_some_and(|d| d.join(file).exists())
     }
 
     /// The hierarchy-relative path.

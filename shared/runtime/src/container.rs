@@ -954,7 +954,6 @@ pub fn wait_pid(pid: i32) -> Result<i32> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

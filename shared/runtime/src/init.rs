@@ -174,6 +174,9 @@ pub fn init_if_requested() {
     if std::env::var_os(INIT_ENV).is_none() {
         return;
     }
+    // Not dumpable until the final exec: a process already in the container (same uid) must
+    // not ptrace us or open our /proc/<pid>/fd while we hold namespace and socket fds.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let sock = unsafe { OwnedFd::from_raw_fd(INIT_FD) };
     let _ = nix::fcntl::fcntl(
         &sock,
