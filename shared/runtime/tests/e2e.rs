@@ -664,3 +664,48 @@ fn cgroup_v1_limits_and_spec_cgroups_path() {
         "cgroup removed"
     );
 }
+
+#[test]
+fn default_mounts_devices_and_links_are_in_place() {
+    if !require_root("default_mounts_devices_and_links_are_in_place") {
+        return;
+    }
+    let script = "awk '{print $2, $3, substr($4, 1, 2)}' /proc/mounts; for l in /dev/ptmx /dev/fd /dev/stdin; do readlink $l; done; stat -c '%n %t:%T %a' /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty; echo x > /dev/shm/ok && cat /dev/shm/ok";
+    let b = Bundle::new(&["sh", "-c", script], |_| {});
+    let out = b.cli(&["run", &cid("mounts")]);
+    let s = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for line in [
+        "/proc proc rw",
+        "/dev tmpfs rw",
+        "/dev/pts devpts rw",
+        "/sys sysfs ro",
+        "/sys/fs/cgroup tmpfs ro",
+        "/dev/mqueue mqueue rw",
+        "/dev/shm tmpfs rw",
+        "/proc/sys proc ro",
+        "/proc/kcore", // absent on some kernels: then masked paths are skipped
+    ] {
+        if line == "/proc/kcore" {
+            continue;
+        }
+        assert!(
+            s.lines().any(|l| l == line),
+            "missing mount {line:?} in:\n{s}"
+        );
+    }
+    for line in [
+        "pts/ptmx",
+        "/proc/self/fd",
+        "/proc/self/fd/0",
+        "/dev/null 1:3 666",
+        "/dev/zero 1:5 666",
+        "/dev/full 1:7 666",
+        "/dev/random 1:8 666",
+        "/dev/urandom 1:9 666",
+        "/dev/tty 5:0 666",
+        "x",
+    ] {
+        assert!(s.lines().any(|l| l == line), "missing {line:?} in:\n{s}");
+    }
+}
