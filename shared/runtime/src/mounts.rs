@@ -791,4 +791,85 @@ mod tests {
             .iter()
             .any(|c| matches!(c, Call::Chroot(_))));
     }
+
+    fn mounts_of(calls: &[Call]) -> Vec<(PathBuf, Option<String>, MsFlags, Option<PathBuf>)> {
+        calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Mount {
+                    source,
+                    target,
+                    fstype,
+                    flags,
+                    ..
+                } => Some((target.clone(), fstype.clone(), *flags, source.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bind_mount_flags_need_a_remount_of_the_new_mount() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rootfs = dir.path().join("rootfs");
+        let src = dir.path().join("data");
+        std::fs::create_dir_all(&rootfs).expect("mkdir");
+        std::fs::create_dir_all(&src).expect("mkdir");
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "mounts": [{"destination": "/data", "type": "bind", "source": src, "options": ["rbind", "ro", "nosuid", "rslave"]}],
+            "linux": {}
+        }))
+        .expect("spec");
+        let sys = RecordingSyscall::default();
+        prepare_rootfs(&sys, &spec, &rootfs).expect("prepare");
+        let m = mounts_of(&sys.calls.borrow());
+        let data: Vec<_> = m.iter().filter(|x| x.0 == rootfs.join("data")).collect();
+        assert_eq!(data.len(), 3, "bind, remount, propagation: {data:?}");
+        assert_eq!(data[0].2, MsFlags::MS_BIND | MsFlags::MS_REC);
+        assert_eq!(data[0].3.as_deref(), Some(src.as_path()));
+        assert!(data[1].2.contains(
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID
+        ));
+        assert_eq!(data[2].2, MsFlags::MS_SLAVE | MsFlags::MS_REC);
+        // A directory source gets a directory mount point (a file source gets a file).
+        assert!(rootfs.join("data").is_dir());
+    }
+
+    #[test]
+    fn masked_and_readonly_paths_and_readonly_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("proc/sys")).expect("mkdir");
+        std::fs::create_dir_all(root.join("proc/acpi")).expect("mkdir");
+        std::fs::write(root.join("proc/kcore"), "").expect("file");
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs", "readonly": true},
+            "linux": {"maskedPaths": ["/proc/kcore", "/proc/acpi", "/proc/absent"], "readonlyPaths": ["/proc/sys", "/proc/absent2"]}
+        }))
+        .expect("spec");
+        let sys = RecordingSyscall::default();
+        finish_rootfs(&sys, &spec, root).expect("finish");
+        let m = mounts_of(&sys.calls.borrow());
+        // read-only path: bind onto itself, then remount read-only.
+        assert_eq!(m[0].0, root.join("proc/sys"));
+        assert_eq!(m[0].2, MsFlags::MS_BIND | MsFlags::MS_REC);
+        assert!(m[1].2.contains(MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY));
+        // masked file: /dev/null bound over it; masked dir: read-only tmpfs; absent: skipped.
+        assert_eq!(
+            (m[2].0.clone(), m[2].3.clone()),
+            (root.join("proc/kcore"), Some(PathBuf::from("/dev/null")))
+        );
+        assert_eq!(
+            (m[3].0.clone(), m[3].1.as_deref(), m[3].2),
+            (root.join("proc/acpi"), Some("tmpfs"), MsFlags::MS_RDONLY)
+        );
+        // read-only root last.
+        assert_eq!(m[4].0, root);
+        assert!(m[4]
+            .2
+            .contains(MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_BIND));
+        assert_eq!(m.len(), 5);
+    }
 }
