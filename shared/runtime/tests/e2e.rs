@@ -705,3 +705,36 @@ fn default_mounts_devices_and_links_are_in_place() {
         assert!(s.lines().any(|l| l == line), "missing {line:?} in:\n{s}");
     }
 }
+
+#[test]
+fn kill_all_signals_every_process_in_the_container() {
+    if !require_root("kill_all_signals_every_process_in_the_container") {
+        return;
+    }
+    let id = cid("killall");
+    let b = Bundle::new(
+        &["sh", "-c", "sleep 100 & sleep 100 & touch /tmp/ready; wait"],
+        |_| {},
+    );
+    assert!(b.cli(&["run", "--detach", &id]).status.success());
+    let ready = b.path().join("rootfs/tmp/ready");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "container never got ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pids: Vec<i32> =
+        serde_json::from_slice(&b.cli(&["ps", "--format", "json", &id]).stdout).expect("ps");
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    assert!(b.cli(&["kill", "--all", &id, "9"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = Container::load(b.root.path(), &id).expect("load");
+        if c.status() == ContainerStatus::Stopped && c.pids().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "processes survived kill --all");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(b.cli(&["delete", &id]).status.success());
+}
