@@ -73,3 +73,25 @@ print(f"crun / berth-runtime = {med['crun'] / b:.2f}x   (crun includes its unsha
 base = med["baseline (unshare -m sh, no runtime)"]
 print(f"  wrapper alone is {base:.2f} ms, so crun itself ~ {med['crun'] - base:.2f} ms -> {(med['crun'] - base) / b:.2f}x)")
 PY
+
+# Cross-check robust to load drift (other builds on the same host): the same commands
+# interleaved round-robin, so every runtime sees the same background load.
+python3 - "$RUNS" "$bundle" "$BR" "$work" <<'PY2'
+import statistics, subprocess, sys, time
+runs, bundle, br, work = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+cmds = {
+    "berth-runtime": [br, "--root", f"{work}/root-berth", "run", "il-b"],
+    "runc": ["runc", "--root", f"{work}/root-runc", "run", "il-r"],
+    "crun": ["unshare", "-m", "sh", "-c", f"umount /sys/fs/cgroup/unified 2>/dev/null; crun --root {work}/root-crun run il-c"],
+}
+times = {k: [] for k in cmds}
+for _ in range(runs):
+    for k, c in cmds.items():
+        t = time.perf_counter()
+        subprocess.run(c, cwd=bundle, check=True)
+        times[k].append((time.perf_counter() - t) * 1000)
+med = {k: statistics.median(v) for k, v in times.items()}
+print()
+print("interleaved medians (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in med.items()))
+print(f"interleaved: runc/berth = {med['runc'] / med['berth-runtime']:.2f}x, crun/berth = {med['crun'] / med['berth-runtime']:.2f}x")
+PY2
