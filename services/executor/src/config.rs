@@ -13,6 +13,9 @@ pub struct Config {
     /// Milliseconds between node record updates (default 1000).
     #[serde(default)]
     pub heartbeat_ms: Option<u64>,
+    /// The `berth-monitor` binary (default: beside the executor's own binary).
+    #[serde(default)]
+    pub monitor_binary: Option<std::path::PathBuf>,
 }
 
 impl Config {

@@ -1,20 +1,57 @@
-//! berth-executor: owns the containers of one node. Serves `berth.v1.exec.<node>.*` and
-//! keeps the node's record in the `berth-nodes` KV bucket current with a heartbeat.
+//! berth-executor: owns the containers of one node. Serves `berth.v1.exec.<node>.*`,
+//! publishes container events and live logs, and keeps the node's record in the
+//! `berth-nodes` KV bucket current with a heartbeat. Each container runs under its own
+//! `berth-monitor` process, so the executor can restart without disturbing them.
 
 pub mod config;
-pub mod containers;
+pub mod crilog;
+pub mod lifecycle;
+pub mod monitor;
 pub mod node;
+pub mod overlay;
+pub mod runspec;
+pub mod state;
+pub mod users;
 
 use async_nats::jetstream;
 use berth_bus::bootstrap::Shutdown;
 use berth_bus::jetstream::{ensure_events_stream, ensure_kv, with_retry};
 use berth_bus::settings::Settings;
 use berth_bus::{ServiceHandle, ServiceIdentity};
-use berth_proto::messages::exec::ContainerListRequest;
+use berth_proto::messages::exec::{
+    ContainerCreateRequest, ContainerKillRequest, ContainerListRequest, ContainerRef,
+    ContainerRemoveRequest, ContainerStopRequest, LogsRequest,
+};
 use berth_proto::subjects::{self, jetstream as names, queue_groups, service_names, ExecVerb};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use config::Config;
+
+/// `<data_dir>/containers`
+pub fn containers_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("containers")
+}
+
+/// The monitor binary: configured, else `berth-monitor` beside the running executable.
+fn monitor_binary(config: &Config) -> anyhow::Result<PathBuf> {
+    if let Some(path) = &config.monitor_binary {
+        return Ok(path.clone());
+    }
+    let exe = std::env::current_exe()
+        .map_err(|err| anyhow::anyhow!("cannot find the executor's own binary: {err}"))?;
+    let path = exe
+        .parent()
+        .map(|dir| dir.join("berth-monitor"))
+        .ok_or_else(|| anyhow::anyhow!("{} has no parent directory", exe.display()))?;
+    if !path.is_file() {
+        anyhow::bail!(
+            "monitor binary {} not found: build it (cargo build -p berth-executor) or set monitor_binary in the executor config",
+            path.display()
+        );
+    }
+    Ok(path)
+}
 
 /// Runs the executor until `shutdown` resolves.
 pub async fn run(
@@ -24,13 +61,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let node_id = settings.node_id.clone();
     let data_dir = settings.data_dir.clone();
-    let containers_dir = containers::containers_dir(&data_dir);
-    std::fs::create_dir_all(&containers_dir).map_err(|err| {
-        anyhow::anyhow!(
-            "cannot create containers dir {}: {err}",
-            containers_dir.display()
-        )
-    })?;
+    let paths = lifecycle::Paths {
+        containers_dir: containers_dir(&data_dir),
+        runtime_root: data_dir.join("runtime"),
+        monitor_bin: monitor_binary(&settings.service)?,
+    };
 
     let js = jetstream::new(client.clone());
     let Some(nodes) = with_retry(names::NODES_BUCKET, &shutdown, || {
@@ -49,6 +84,13 @@ pub async fn run(
         return Ok(());
     }
 
+    let executor = Arc::new(lifecycle::Executor::new(
+        node_id.clone(),
+        paths,
+        client.clone(),
+    )?);
+    executor.adopt().await;
+
     let mut service = ServiceHandle::start(
         &client,
         ServiceIdentity {
@@ -62,25 +104,30 @@ pub async fn run(
     )
     .await?;
 
-    let list_node = Arc::new(node_id.clone());
-    let list_dir = Arc::new(containers_dir);
-    service
-        .endpoint(
-            ExecVerb::List.as_str(),
-            subjects::exec(&node_id, ExecVerb::List),
-            move |request: ContainerListRequest, _context| {
-                let node_id = Arc::clone(&list_node);
-                let dir = Arc::clone(&list_dir);
-                async move {
-                    tokio::task::spawn_blocking(move || {
-                        containers::list(&dir, &node_id, request.all)
-                    })
-                    .await
-                    .map_err(|err| berth_proto::ErrorEnvelope::internal(err.to_string()))?
-                }
-            },
-        )
-        .await?;
+    macro_rules! serve {
+        ($verb:expr, $request:ty, |$exec:ident, $req:ident| $body:expr) => {{
+            let executor = Arc::clone(&executor);
+            service
+                .endpoint(
+                    $verb.as_str(),
+                    subjects::exec(&node_id, $verb),
+                    move |$req: $request, _context| {
+                        let $exec = Arc::clone(&executor);
+                        async move { $body.await }
+                    },
+                )
+                .await?;
+        }};
+    }
+    serve!(ExecVerb::Create, ContainerCreateRequest, |e, r| e.create(r));
+    serve!(ExecVerb::Start, ContainerRef, |e, r| e.start(r));
+    serve!(ExecVerb::Kill, ContainerKillRequest, |e, r| e.kill(r));
+    serve!(ExecVerb::Stop, ContainerStopRequest, |e, r| e.stop(r));
+    serve!(ExecVerb::Remove, ContainerRemoveRequest, |e, r| e.remove(r));
+    serve!(ExecVerb::Wait, ContainerRef, |e, r| e.wait(r));
+    serve!(ExecVerb::Inspect, ContainerRef, |e, r| e.inspect(r));
+    serve!(ExecVerb::List, ContainerListRequest, |e, r| e.list(r.all));
+    serve!(ExecVerb::Logs, LogsRequest, |e, r| e.logs(r));
 
     let heartbeat = tokio::spawn(node::heartbeat_loop(
         nodes,

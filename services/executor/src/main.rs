@@ -11,6 +11,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Containers are created by berth-monitor; this guard only matters if a future
+    // change lets the runtime re-execute this binary as an init.
+    berth_runtime::init_if_requested();
     let args = Args::parse();
     berth_bus::bootstrap::run_service(
         berth_proto::subjects::service_names::EXECUTOR,

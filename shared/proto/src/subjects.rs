@@ -88,6 +88,8 @@ verbs!(
         List => "list",
         Stats => "stats",
         Logs => "logs",
+        Stop => "stop",
+        Wait => "wait",
     }
 );
 

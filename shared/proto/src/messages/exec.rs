@@ -1,6 +1,7 @@
-//! `berth.v1.exec.<node>.*`
+//! `berth.v1.exec.<node>.*`, `berth.v1.logs.<id>` and `berth.v1.events.container.*`.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// `list`: containers on this node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +23,20 @@ pub enum ContainerStatus {
     Dead,
 }
 
+impl ContainerStatus {
+    /// Docker's spelling (`created`, `running`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerStatus::Created => "created",
+            ContainerStatus::Running => "running",
+            ContainerStatus::Paused => "paused",
+            ContainerStatus::Restarting => "restarting",
+            ContainerStatus::Exited => "exited",
+            ContainerStatus::Dead => "dead",
+        }
+    }
+}
+
 /// One row of `berth ps`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSummary {
@@ -33,6 +48,9 @@ pub struct ContainerSummary {
     pub exit_code: Option<i32>,
     /// RFC 3339.
     pub created: String,
+    /// The process as run (entrypoint + cmd).
+    #[serde(default)]
+    pub command: Vec<String>,
 }
 
 /// Reply to `list`.
@@ -40,4 +58,281 @@ pub struct ContainerSummary {
 pub struct ContainerList {
     pub node_id: String,
     pub containers: Vec<ContainerSummary>,
+}
+
+/// `-v /host:/ctr[:ro]`: a host path bind-mounted into the container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    /// Absolute host path.
+    pub source: String,
+    /// Absolute path in the container.
+    pub destination: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// `--network`: which network namespace the container gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// Its own network namespace with only loopback (bridge comes with networking).
+    #[default]
+    None,
+    /// The host's network namespace.
+    Host,
+}
+
+/// `--restart`: what the node does when the container exits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartPolicy {
+    #[default]
+    No,
+    /// Restart on a non-zero exit, at most `max_retries` times (0 = unlimited).
+    OnFailure {
+        max_retries: u32,
+    },
+    Always,
+    UnlessStopped,
+}
+
+/// `create`: everything `berth run`/`create` decides about a container. Fields left
+/// empty take the image's value (entrypoint, cmd, env, workdir, user, stop signal).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerCreateRequest {
+    /// Image reference or manifest digest.
+    pub image: String,
+    /// Unique name on the node; generated when empty.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Replaces the image's entrypoint; `Some(vec![])` clears it (`--entrypoint ""`).
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image's cmd when non-empty.
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// `KEY=value`, added to (and overriding) the image's env.
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// `user[:group]` by name or number, resolved in the image's /etc/passwd and /etc/group.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Memory limit in bytes.
+    #[serde(default)]
+    pub memory_bytes: Option<i64>,
+    /// CPU limit in billionths of a CPU (`--cpus 0.5` = 500_000_000), as Docker's NanoCpus.
+    #[serde(default)]
+    pub nano_cpus: Option<u64>,
+    #[serde(default)]
+    pub pids_limit: Option<i64>,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default)]
+    pub network: NetworkMode,
+    #[serde(default)]
+    pub binds: Vec<BindMount>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// Signal name or number `stop` sends first; default the image's, else SIGTERM.
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+    /// Seconds `stop` waits before SIGKILL; default 10.
+    #[serde(default)]
+    pub stop_timeout: Option<u32>,
+    /// Remove the container once it exits (`--rm`).
+    #[serde(default)]
+    pub auto_remove: bool,
+}
+
+/// Reply to `create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerCreated {
+    pub id: String,
+    pub name: String,
+    pub image_digest: String,
+}
+
+/// A request naming one container (by full id, unique id prefix, or name).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRef {
+    pub id: String,
+}
+
+/// Reply to `start`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStarted {
+    pub id: String,
+    /// Host pid of the container's process.
+    pub pid: i32,
+}
+
+/// `kill`: send a signal to the container's process.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerKillRequest {
+    pub id: String,
+    /// Name (`TERM`, `SIGTERM`) or number; default SIGKILL.
+    #[serde(default)]
+    pub signal: Option<String>,
+}
+
+/// `stop`: the stop signal, up to `timeout_seconds` of grace, then SIGKILL.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStopRequest {
+    pub id: String,
+    /// Default: the container's stop timeout (10 s unless set at create).
+    #[serde(default)]
+    pub timeout_seconds: Option<u32>,
+}
+
+/// `remove`: delete a container, its writable layer and its log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRemoveRequest {
+    pub id: String,
+    /// Kill it first if it runs.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Reply to `kill`, `stop` and `remove`: the full id acted on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerDone {
+    pub id: String,
+}
+
+/// How a container's process ended (reply to `wait`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerExit {
+    pub id: String,
+    /// 128+signal when killed by a signal; 126/127 when the command could not be run.
+    pub exit_code: i32,
+    pub oom_killed: bool,
+    /// Why it did not run, when it did not.
+    pub error: Option<String>,
+}
+
+/// Reply to `inspect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInspect {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub image_digest: String,
+    pub node_id: String,
+    pub status: ContainerStatus,
+    /// Host pid while running, else 0.
+    pub pid: i32,
+    pub exit_code: Option<i32>,
+    pub oom_killed: bool,
+    pub error: Option<String>,
+    /// RFC 3339 times.
+    pub created: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// The process as run.
+    pub command: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub hostname: String,
+    /// What was asked at create.
+    pub config: ContainerCreateRequest,
+    /// Node paths: the merged root, the CRI log.
+    pub rootfs: String,
+    pub log_path: String,
+    /// Times the node restarted it under its restart policy.
+    pub restart_count: u32,
+}
+
+/// `logs`: a page of the container's CRI log (`<RFC3339Nano> stdout|stderr F|P <text>`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsRequest {
+    pub id: String,
+    /// Start at this byte offset of the log (for paging); overrides `tail`.
+    #[serde(default)]
+    pub from_offset: Option<u64>,
+    /// Only the last N lines.
+    #[serde(default)]
+    pub tail: Option<u64>,
+}
+
+/// Reply to `logs`: whole CRI lines from `start` to `end` (byte offsets in the log).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsPage {
+    pub id: String,
+    pub start: u64,
+    pub end: u64,
+    pub data: Vec<u8>,
+    /// More complete lines follow `end` already: ask again from `end`.
+    pub more: bool,
+    /// The container still runs: live lines will follow on `berth.v1.logs.<id>`.
+    pub running: bool,
+}
+
+/// One message on `berth.v1.logs.<id>` (bincode): whole CRI lines starting at `offset`.
+/// The last one of a run has `eof` set (and may carry no data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    pub id: String,
+    pub offset: u64,
+    pub data: Vec<u8>,
+    pub eof: bool,
+}
+
+/// Body of `berth.v1.events.container.<id>.<action>` (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerEvent {
+    /// `create`, `start`, `die`, `stop`, `kill`, `destroy` or `oom`.
+    pub action: String,
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub node_id: String,
+    /// `die`: the exit code.
+    pub exit_code: Option<i32>,
+    /// `kill`: the signal sent.
+    pub signal: Option<String>,
+    pub oom_killed: bool,
+    /// RFC 3339.
+    pub time: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Encoding;
+
+    #[test]
+    fn create_request_takes_json_with_only_the_image() {
+        let request: ContainerCreateRequest = Encoding::Json
+            .decode(br#"{"image":"busybox"}"#)
+            .expect("decodes");
+        assert_eq!(request.image, "busybox");
+        assert_eq!(request.network, NetworkMode::None);
+        assert_eq!(request.restart, RestartPolicy::No);
+    }
+
+    #[test]
+    fn create_request_round_trips_in_bincode() {
+        let request = ContainerCreateRequest {
+            image: "busybox".into(),
+            entrypoint: Some(vec![]),
+            binds: vec![BindMount {
+                source: "/a".into(),
+                destination: "/b".into(),
+                read_only: true,
+            }],
+            restart: RestartPolicy::OnFailure { max_retries: 2 },
+            ..Default::default()
+        };
+        let bytes = Encoding::Bincode.encode(&request).expect("encodes");
+        let back: ContainerCreateRequest = Encoding::Bincode.decode(&bytes).expect("decodes");
+        assert_eq!(back, request);
+    }
 }

@@ -1,0 +1,46 @@
+//! `berth-monitor`: one per container (see `berth_executor::monitor`). A separate small
+//! binary rather than the executor re-executed: berth-runtime copies the calling binary
+//! into a sealed memfd to become the container's init, once per process, and every
+//! monitor is a fresh process — copying a few MB instead of the executor with its async
+//! runtime and NATS client keeps `run` fast and the monitor's footprint small.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    // In init mode this never returns: the binary is the container's init as well.
+    berth_runtime::init_if_requested();
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("run") if args.len() == 5 => {
+            let code = berth_executor::monitor::run(
+                Path::new(&args[2]),
+                Path::new(&args[3]),
+                &args[4],
+                std::io::stdout(),
+            );
+            ExitCode::from(code as u8)
+        }
+        // Overlay with relative lowerdirs: needs its own cwd, which a single-threaded
+        // helper can change without disturbing anyone.
+        Some("mount-overlay") if args.len() == 5 => {
+            if let Err(err) = std::env::set_current_dir(&args[2]) {
+                eprintln!("berth-monitor: chdir {}: {err}", args[2]);
+                return ExitCode::from(1);
+            }
+            match berth_executor::overlay::mount_here(&args[4], Path::new(&args[3])) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("berth-monitor: {err}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        _ => {
+            eprintln!(
+                "usage: berth-monitor run <container dir> <runtime root> <id>\n       berth-monitor mount-overlay <cwd> <target> <options>"
+            );
+            ExitCode::from(2)
+        }
+    }
+}

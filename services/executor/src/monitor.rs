@@ -1,0 +1,247 @@
+//! The per-container monitor: a small single-threaded-at-heart process (no async runtime)
+//! that creates and starts the container through berth-runtime, owns its stdout/stderr
+//! pipes, writes them to the CRI log, waits for the exit and records it in `state.json`.
+//! It outlives executor restarts: it runs in its own process group and needs nothing
+//! from the executor after reporting "started" on its stdout.
+//!
+//! Report protocol (one line on the monitor's stdout, then stdout is closed):
+//! `ok <pid>` or `err <exit code> <message>`.
+
+use crate::crilog::{self, LineSplitter, Stream};
+use crate::state::{self, files, ContainerState};
+use berth_proto::messages::exec::ContainerStatus;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Docker's code for a command that was found but cannot be run, and for one not found.
+pub const CANNOT_INVOKE: i32 = 126;
+pub const NOT_FOUND: i32 = 127;
+/// Any other failure to start.
+pub const START_FAILED: i32 = 125;
+
+/// Exit code Docker reports when a container failed to start with `message`.
+pub fn start_failure_code(message: &str) -> i32 {
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("permission denied") || lower.contains("is a directory") {
+        CANNOT_INVOKE
+    } else if lower.contains("not found")
+        || lower.contains("no such file")
+        || lower.contains("executable file")
+    {
+        NOT_FOUND
+    } else {
+        START_FAILED
+    }
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)
+}
+
+/// Copies one stream into the log as CRI records until EOF.
+fn pump(reader: OwnedFd, stream: Stream, log: Arc<Mutex<std::fs::File>>) {
+    let mut reader = std::fs::File::from(reader);
+    let mut splitter = LineSplitter::new(crilog::MAX_RECORD_TEXT);
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut reported = false;
+    let mut emit = |text: &[u8], partial: bool| {
+        let ts = crilog::timestamp(std::time::SystemTime::now());
+        let record = crilog::format_record(&ts, stream, partial, text);
+        // One write per record under the lock: records of two streams never interleave.
+        let result = match log.lock() {
+            Ok(mut file) => file.write_all(&record),
+            Err(_) => Ok(()),
+        };
+        // A full disk must not stop the container: report once, keep draining the pipe.
+        if let Err(err) = result {
+            if !reported {
+                eprintln!("berth-monitor: writing the log failed (lines are dropped): {err}");
+                reported = true;
+            }
+        }
+    };
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => splitter.push(&buf[..n], &mut emit),
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => {
+                eprintln!("berth-monitor: reading {}: {err}", stream.as_str());
+                break;
+            }
+        }
+    }
+    splitter.finish(&mut emit);
+}
+
+fn record_failure(dir: &Path, code: i32, message: &str) {
+    let mut st = state::read_state(dir).unwrap_or_else(|_| ContainerState::created());
+    st.status = ContainerStatus::Exited;
+    st.pid = 0;
+    st.pid_start = 0;
+    st.exit_code = Some(code);
+    st.error = Some(message.to_string());
+    st.finished_at = Some(state::now_rfc3339());
+    if let Err(err) = state::write_state(dir, &st) {
+        eprintln!("berth-monitor: {err}");
+    }
+}
+
+/// Runs the monitor for the container in `dir`; returns the monitor's exit status.
+/// `report` is where the one-line start report goes (the executor reads it).
+pub fn run(dir: &Path, runtime_root: &Path, id: &str, mut report: impl Write) -> i32 {
+    let fail = |report: &mut dyn Write, code: i32, message: String| {
+        record_failure(dir, code, &message);
+        let _ = writeln!(report, "err {code} {}", message.replace('\n', " "));
+        let _ = report.flush();
+        1
+    };
+    let spec_path = dir.join(files::SPEC);
+    let spec = match oci_spec::runtime::Spec::load(&spec_path) {
+        Ok(spec) => spec,
+        Err(err) => {
+            return fail(
+                &mut report,
+                START_FAILED,
+                format!("{}: {err}", spec_path.display()),
+            )
+        }
+    };
+    let log_path = dir.join(files::LOG);
+    let log = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+    {
+        Ok(file) => Arc::new(Mutex::new(file)),
+        Err(err) => {
+            return fail(
+                &mut report,
+                START_FAILED,
+                format!("{}: {err}", log_path.display()),
+            )
+        }
+    };
+    let pipes = pipe().and_then(|out| Ok((out, pipe()?)));
+    let ((out_r, out_w), (err_r, err_w)) = match pipes {
+        Ok(p) => p,
+        Err(err) => return fail(&mut report, START_FAILED, format!("pipes: {err}")),
+    };
+    let stdin = match std::fs::File::open("/dev/null") {
+        Ok(f) => OwnedFd::from(f),
+        Err(err) => return fail(&mut report, START_FAILED, format!("/dev/null: {err}")),
+    };
+    // A container of a previous run (start after exit) leaves no runtime state: the
+    // monitor deletes it on exit. One left by a crashed monitor is removed here.
+    if let Ok(old) = berth_runtime::Container::load(runtime_root, id) {
+        let _ = old.delete(true);
+    }
+    let created = berth_runtime::Container::create(berth_runtime::CreateOptions {
+        id: id.to_string(),
+        bundle: dir.to_path_buf(),
+        spec: Some(spec),
+        state_root: runtime_root.to_path_buf(),
+        stdio: berth_runtime::Stdio {
+            stdin: Some(stdin),
+            stdout: Some(out_w),
+            stderr: Some(err_w),
+        },
+        init_binary: None,
+    });
+    let mut container = match created {
+        Ok(c) => c,
+        Err(err) => {
+            let message = err.to_string();
+            return fail(&mut report, start_failure_code(&message), message);
+        }
+    };
+    let out_log = Arc::clone(&log);
+    let out_thread = std::thread::spawn(move || pump(out_r, Stream::Stdout, out_log));
+    let err_log = Arc::clone(&log);
+    let err_thread = std::thread::spawn(move || pump(err_r, Stream::Stderr, err_log));
+    if let Err(err) = container.start() {
+        let message = err.to_string();
+        let _ = container.delete(true);
+        let _ = out_thread.join();
+        let _ = err_thread.join();
+        return fail(&mut report, start_failure_code(&message), message);
+    }
+    let pid = container.pid();
+    let mut st = state::read_state(dir).unwrap_or_else(|_| ContainerState::created());
+    let me = std::process::id() as i32;
+    st.status = ContainerStatus::Running;
+    st.pid = pid;
+    st.pid_start = state::proc_start_time(pid).unwrap_or(0);
+    st.monitor_pid = me;
+    st.monitor_start = state::proc_start_time(me).unwrap_or(0);
+    st.exit_code = None;
+    st.oom_killed = false;
+    st.error = None;
+    st.started_at = Some(state::now_rfc3339());
+    st.finished_at = None;
+    if let Err(err) = state::write_state(dir, &st) {
+        // Without a state file nobody could find the container again: do not run it.
+        let _ = container.kill(nix::sys::signal::Signal::SIGKILL, true);
+        let _ = container.wait();
+        let _ = container.delete(true);
+        return fail(&mut report, START_FAILED, err.to_string());
+    }
+    let _ = writeln!(report, "ok {pid}");
+    let _ = report.flush();
+    drop(report);
+
+    let exit = container.wait();
+    // The pid namespace is gone with its init, so the pipes reach EOF soon; wait for
+    // the last lines before recording the exit, so a reader who sees "exited" sees them.
+    let _ = out_thread.join();
+    let _ = err_thread.join();
+    if let Ok(file) = log.lock() {
+        let _ = file.sync_data();
+    }
+    let (code, oom) = match exit {
+        Ok(info) => (info.code.unwrap_or(START_FAILED), info.oom_killed),
+        Err(err) => {
+            eprintln!("berth-monitor: waiting for {id}: {err}");
+            (START_FAILED, false)
+        }
+    };
+    st.status = ContainerStatus::Exited;
+    st.exit_code = Some(code);
+    st.oom_killed = oom;
+    st.finished_at = Some(state::now_rfc3339());
+    let written = state::write_state(dir, &st);
+    if let Err(err) = container.delete(true) {
+        eprintln!("berth-monitor: cleaning up {id}: {err}");
+    }
+    match written {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("berth-monitor: recording the exit of {id}: {err}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_failures_map_to_docker_codes() {
+        assert_eq!(
+            start_failure_code("init failed: exec: \"nope\": executable file not found in $PATH"),
+            NOT_FOUND
+        );
+        assert_eq!(
+            start_failure_code("exec: \"/x\": no such file or executable"),
+            NOT_FOUND
+        );
+        assert_eq!(
+            start_failure_code("exec /etc: Permission denied"),
+            CANNOT_INVOKE
+        );
+        assert_eq!(start_failure_code("cgroup: EBUSY"), START_FAILED);
+    }
+}

@@ -1,0 +1,347 @@
+//! The OCI runtime spec of a container: Docker-equivalent defaults from berth-runtime,
+//! the image config (Entrypoint, Cmd, Env, WorkingDir, User, StopSignal), then the
+//! request's overrides. Pure: the caller reads the image's passwd/group files.
+
+use crate::users::ExecUser;
+use berth_proto::messages::exec::{ContainerCreateRequest, NetworkMode};
+use oci_spec::runtime::Spec;
+use serde::Deserialize;
+use std::path::Path;
+
+/// The parts of an OCI image config (`config` object) a container uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageRunConfig {
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default)]
+    pub env: Option<Vec<String>>,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ImageConfigFile {
+    #[serde(default)]
+    config: Option<ImageRunConfig>,
+}
+
+/// Parses the raw image config JSON (the whole document, as the image-store returns it).
+pub fn parse_image_config(json: &str) -> Result<ImageRunConfig, String> {
+    let file: ImageConfigFile =
+        serde_json::from_str(json).map_err(|err| format!("image config is not valid: {err}"))?;
+    Ok(file.config.unwrap_or_default())
+}
+
+/// argv: Docker's rule — an overridden entrypoint drops the image's cmd.
+pub fn command(image: &ImageRunConfig, request: &ContainerCreateRequest) -> Vec<String> {
+    let (entrypoint, image_cmd) = match &request.entrypoint {
+        Some(e) => (e.clone(), Vec::new()),
+        None => (
+            image.entrypoint.clone().unwrap_or_default(),
+            image.cmd.clone().unwrap_or_default(),
+        ),
+    };
+    let cmd = if request.cmd.is_empty() {
+        image_cmd
+    } else {
+        request.cmd.clone()
+    };
+    entrypoint.into_iter().chain(cmd).collect()
+}
+
+/// The image's env with the request's on top (same key: the request wins).
+pub fn merge_env(image: &[String], request: &[String]) -> Vec<String> {
+    let key = |e: &str| e.split_once('=').map_or(e, |(k, _)| k).to_string();
+    let mut out: Vec<String> = Vec::new();
+    for entry in image.iter().chain(request) {
+        let k = key(entry);
+        if let Some(slot) = out.iter_mut().find(|e| key(e) == k) {
+            *slot = entry.clone();
+        } else {
+            out.push(entry.clone());
+        }
+    }
+    out
+}
+
+/// The user spec that applies: the request's, else the image's (empty = root).
+pub fn user_spec(image: &ImageRunConfig, request: &ContainerCreateRequest) -> String {
+    request
+        .user
+        .clone()
+        .or_else(|| image.user.clone())
+        .unwrap_or_default()
+}
+
+/// What the spec builder decided, also recorded in `container.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunPlan {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub hostname: String,
+    pub stop_signal: String,
+}
+
+/// Everything the spec needs besides the request and the image config.
+pub struct SpecInputs<'a> {
+    pub id: &'a str,
+    pub rootfs: &'a Path,
+    pub user: &'a ExecUser,
+}
+
+/// Builds the plan and the runtime spec.
+pub fn build(
+    request: &ContainerCreateRequest,
+    image: &ImageRunConfig,
+    inputs: &SpecInputs<'_>,
+) -> Result<(RunPlan, Spec), String> {
+    let args = command(image, request);
+    if args.is_empty() {
+        return Err("no command specified: the image has no Entrypoint or Cmd".into());
+    }
+    let mut env = merge_env(image.env.as_deref().unwrap_or_default(), &request.env);
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", inputs.user.home));
+    }
+    let cwd = request
+        .workdir
+        .clone()
+        .or_else(|| image.working_dir.clone())
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".to_string());
+    if !cwd.starts_with('/') {
+        return Err(format!("working directory {cwd:?} is not absolute"));
+    }
+    let short: String = inputs.id.chars().take(12).collect();
+    let hostname = request.hostname.clone().unwrap_or(short);
+    let stop_signal = request
+        .stop_signal
+        .clone()
+        .or_else(|| image.stop_signal.clone())
+        .unwrap_or_else(|| "SIGTERM".to_string());
+    let mut options = berth_runtime::DefaultSpecOptions::new(args.clone());
+    options.env = env.clone();
+    options.cwd = cwd.clone();
+    options.uid = inputs.user.uid;
+    options.gid = inputs.user.gid;
+    options.additional_gids = inputs.user.additional_gids.clone();
+    options.hostname = Some(hostname.clone());
+    options.rootfs = inputs.rootfs.to_path_buf();
+    options.readonly_rootfs = request.read_only;
+    options.memory = request.memory_bytes;
+    options.cpus = request.nano_cpus.map(|n| n as f64 / 1e9);
+    options.pids_limit = request.pids_limit;
+    options.cgroups_path = Some(format!("/berth/{}", inputs.id));
+    options.host_network = request.network == NetworkMode::Host;
+    let spec = berth_runtime::default_spec(&options).map_err(|err| err.to_string())?;
+    let spec = add_binds(spec, request)?;
+    Ok((
+        RunPlan {
+            args,
+            env,
+            cwd,
+            hostname,
+            stop_signal,
+        },
+        spec,
+    ))
+}
+
+/// Appends `-v` bind mounts. Edited as JSON: the spec's mount list is plain data.
+fn add_binds(spec: Spec, request: &ContainerCreateRequest) -> Result<Spec, String> {
+    if request.binds.is_empty() {
+        return Ok(spec);
+    }
+    let mut value = serde_json::to_value(&spec).map_err(|err| err.to_string())?;
+    let mounts = value
+        .get_mut("mounts")
+        .and_then(|m| m.as_array_mut())
+        .ok_or("the default spec has no mount list")?;
+    for bind in &request.binds {
+        if !bind.source.starts_with('/') || !bind.destination.starts_with('/') {
+            return Err(format!(
+                "bind mount {}:{}: both paths must be absolute",
+                bind.source, bind.destination
+            ));
+        }
+        let mut options = vec!["rbind", "rprivate"];
+        options.push(if bind.read_only { "ro" } else { "rw" });
+        mounts.push(serde_json::json!({
+            "destination": bind.destination,
+            "type": "bind",
+            "source": bind.source,
+            "options": options,
+        }));
+    }
+    serde_json::from_value(value).map_err(|err| err.to_string())
+}
+
+/// A signal by name (`TERM`, `SIGTERM`, `sigkill`) or number.
+pub fn parse_signal(text: &str) -> Result<nix::sys::signal::Signal, String> {
+    let trimmed = text.trim();
+    if let Ok(n) = trimmed.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n).map_err(|_| format!("unknown signal {n}"));
+    }
+    let upper = trimmed.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse()
+        .map_err(|_| format!("unknown signal {trimmed:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_proto::messages::exec::BindMount;
+
+    const IMAGE_CONFIG: &str = r#"{"architecture":"amd64","os":"linux","config":{
+        "Entrypoint":["/bin/entry"],"Cmd":["serve","--port","80"],
+        "Env":["PATH=/usr/bin:/bin","MODE=prod"],"WorkingDir":"/srv","User":"www",
+        "StopSignal":"SIGQUIT"},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+
+    fn root() -> ExecUser {
+        ExecUser {
+            uid: 33,
+            gid: 33,
+            additional_gids: vec![50],
+            home: "/var/www".into(),
+        }
+    }
+
+    #[test]
+    fn image_config_gives_the_process() {
+        let image = parse_image_config(IMAGE_CONFIG).expect("parses");
+        let request = ContainerCreateRequest {
+            image: "web".into(),
+            ..Default::default()
+        };
+        assert_eq!(user_spec(&image, &request), "www");
+        let user = root();
+        let inputs = SpecInputs {
+            id: "0123456789abcdef",
+            rootfs: Path::new("/data/containers/x/rootfs"),
+            user: &user,
+        };
+        let (plan, spec) = build(&request, &image, &inputs).expect("builds");
+        assert_eq!(plan.args, ["/bin/entry", "serve", "--port", "80"]);
+        assert_eq!(plan.cwd, "/srv");
+        assert_eq!(plan.hostname, "0123456789ab");
+        assert_eq!(plan.stop_signal, "SIGQUIT");
+        assert!(plan.env.contains(&"MODE=prod".to_string()));
+        assert!(plan.env.contains(&"HOME=/var/www".to_string()));
+        let process = spec.process().as_ref().expect("process");
+        assert_eq!(process.user().uid(), 33);
+        assert_eq!(process.user().additional_gids().as_deref(), Some(&[50][..]));
+        assert_eq!(spec.hostname().as_deref(), Some("0123456789ab"));
+        let json = serde_json::to_value(&spec).expect("json");
+        assert_eq!(json["linux"]["cgroupsPath"], "/berth/0123456789abcdef");
+        let namespaces = json["linux"]["namespaces"].to_string();
+        assert!(namespaces.contains("network"), "{namespaces}");
+    }
+
+    #[test]
+    fn request_overrides_win() {
+        let image = parse_image_config(IMAGE_CONFIG).expect("parses");
+        let request = ContainerCreateRequest {
+            image: "web".into(),
+            entrypoint: Some(vec!["/bin/sh".into()]),
+            cmd: vec!["-c".into(), "exit 3".into()],
+            env: vec!["MODE=dev".into(), "EXTRA=1".into()],
+            workdir: Some("/tmp".into()),
+            user: Some("0".into()),
+            hostname: Some("box".into()),
+            memory_bytes: Some(64 << 20),
+            nano_cpus: Some(500_000_000),
+            pids_limit: Some(64),
+            read_only: true,
+            network: NetworkMode::Host,
+            binds: vec![BindMount {
+                source: "/host/data".into(),
+                destination: "/data".into(),
+                read_only: true,
+            }],
+            stop_signal: Some("SIGINT".into()),
+            ..Default::default()
+        };
+        assert_eq!(user_spec(&image, &request), "0");
+        let user = root();
+        let inputs = SpecInputs {
+            id: "abc",
+            rootfs: Path::new("/r"),
+            user: &user,
+        };
+        let (plan, spec) = build(&request, &image, &inputs).expect("builds");
+        assert_eq!(plan.args, ["/bin/sh", "-c", "exit 3"]);
+        assert_eq!(plan.cwd, "/tmp");
+        assert_eq!(plan.stop_signal, "SIGINT");
+        assert_eq!(
+            plan.env
+                .iter()
+                .filter(|e| e.starts_with("MODE="))
+                .collect::<Vec<_>>(),
+            ["MODE=dev"]
+        );
+        let json = serde_json::to_value(&spec).expect("json");
+        assert_eq!(json["hostname"], "box");
+        assert_eq!(json["root"]["readonly"], true);
+        assert_eq!(json["linux"]["resources"]["memory"]["limit"], 64 << 20);
+        assert_eq!(json["linux"]["resources"]["cpu"]["quota"], 50_000);
+        assert_eq!(json["linux"]["resources"]["pids"]["limit"], 64);
+        assert!(!json["linux"]["namespaces"].to_string().contains("network"));
+        let mounts = json["mounts"].as_array().expect("mounts");
+        let bind = mounts.last().expect("bind");
+        assert_eq!(bind["destination"], "/data");
+        assert_eq!(bind["type"], "bind");
+        assert!(bind["options"].to_string().contains("\"ro\""));
+    }
+
+    #[test]
+    fn entrypoint_reset_and_missing_command() {
+        let image = parse_image_config(r#"{"config":{"Cmd":["sh"]}}"#).expect("parses");
+        let reset = ContainerCreateRequest {
+            entrypoint: Some(vec![]),
+            cmd: vec!["echo".into(), "hi".into()],
+            ..Default::default()
+        };
+        assert_eq!(command(&image, &reset), ["echo", "hi"]);
+        let empty = parse_image_config("{}").expect("parses");
+        let user = root();
+        let inputs = SpecInputs {
+            id: "abc",
+            rootfs: Path::new("/r"),
+            user: &user,
+        };
+        let err = build(&ContainerCreateRequest::default(), &empty, &inputs).expect_err("no cmd");
+        assert!(err.contains("no command"), "{err}");
+        assert!(parse_image_config("not json").is_err());
+    }
+
+    #[test]
+    fn signals_parse_by_name_and_number() {
+        use nix::sys::signal::Signal;
+        assert_eq!(parse_signal("TERM"), Ok(Signal::SIGTERM));
+        assert_eq!(parse_signal("sigkill"), Ok(Signal::SIGKILL));
+        assert_eq!(parse_signal("2"), Ok(Signal::SIGINT));
+        assert!(parse_signal("NOPE").is_err());
+    }
+
+    #[test]
+    fn env_merge_keeps_order_and_overrides() {
+        let merged = merge_env(
+            &["A=1".into(), "B=2".into()],
+            &["B=3".into(), "C=4".into(), "A".into()],
+        );
+        assert_eq!(merged, ["A", "B=3", "C=4"]);
+    }
+}
