@@ -9,16 +9,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file-system operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Io {
         context: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A system call failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Sys {
         context: String,
-        source: nix::errno::Errno,
+        cause: nix::errno::Errno,
     },
     /// The spec (config.json or process.json) is invalid or unsupported.
     #[error("invalid spec: {0}")]
@@ -56,10 +56,10 @@ pub enum Error {
     #[error("{0}")]
     Rlimit(String),
     /// Reading or writing JSON (spec, state, init protocol) failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Json {
         context: String,
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
 }
 
@@ -71,27 +71,27 @@ pub trait Context<T> {
 
 impl<T> Context<T> for std::result::Result<T, std::io::Error> {
     fn ctx<F: FnOnce() -> String>(self, f: F) -> Result<T> {
-        self.map_err(|source| Error::Io {
+        self.map_err(|cause| Error::Io {
             context: f(),
-            source,
+            cause,
         })
     }
 }
 
 impl<T> Context<T> for std::result::Result<T, nix::errno::Errno> {
     fn ctx<F: FnOnce() -> String>(self, f: F) -> Result<T> {
-        self.map_err(|source| Error::Sys {
+        self.map_err(|cause| Error::Sys {
             context: f(),
-            source,
+            cause,
         })
     }
 }
 
 impl<T> Context<T> for std::result::Result<T, serde_json::Error> {
     fn ctx<F: FnOnce() -> String>(self, f: F) -> Result<T> {
-        self.map_err(|source| Error::Json {
+        self.map_err(|cause| Error::Json {
             context: f(),
-            source,
+            cause,
         })
     }
 }
@@ -100,8 +100,8 @@ impl Error {
     /// The errno behind this error, if it came from a system call.
     pub fn errno(&self) -> Option<nix::errno::Errno> {
         match self {
-            Error::Sys { source, .. } => Some(*source),
-            Error::Io { source, .. } => source.raw_os_error().map(nix::errno::Errno::from_raw),
+            Error::Sys { cause, .. } => Some(*cause),
+            Error::Io { cause, .. } => cause.raw_os_error().map(nix::errno::Errno::from_raw),
             _ => None,
         }
     }

@@ -573,7 +573,7 @@ fn finalize_and_exec(cfg: &InitConfig, p: &Process) -> Result<Never> {
     let e = nix::unistd::execve(&c_exe, &c_args, &c_env).unwrap_err();
     Err(Error::Sys {
         context: format!("exec {}", exe.display()),
-        source: e,
+        cause: e,
     })
 }
 
