@@ -327,6 +327,11 @@ impl Ctx {
     }
 
     async fn load(&self, a: LoadArgs) -> Result<ExitCode, Failure> {
+        if a.input.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            return Err(Failure::berth(
+                "requested load from stdin, but stdin is a terminal: use -i FILE or a pipe",
+            ));
+        }
         let upload = self.upload(a.input.as_ref()).await?;
         let body = ImageLoadRequest {
             upload: upload.clone(),

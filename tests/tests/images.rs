@@ -279,6 +279,38 @@ async fn wait_for_instances(stack: &Stack, count: usize) -> anyhow::Result<()> {
     bail!("{count} image-store instances did not come up")
 }
 
+/// Every image event in `BERTH_EVENTS`: (subject, JSON body), oldest first.
+async fn image_events(stack: &Stack) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    let js = jetstream::new(stack.nats.client().await?);
+    let stream = js.get_stream(names::EVENTS_STREAM).await?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            filter_subject: berth_proto::subjects::events_of_kind(
+                berth_proto::subjects::EventKind::Image,
+            ),
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer
+        .fetch()
+        .max_messages(10_000)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await?;
+    let mut out = Vec::new();
+    while let Some(message) = messages
+        .try_next()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    {
+        out.push((
+            message.subject.to_string(),
+            serde_json::from_slice(&message.payload)?,
+        ));
+    }
+    Ok(out)
+}
+
 /// Every object name and KV key: equal before and after means "store unchanged".
 async fn store_state(stack: &Stack) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     Ok((object_names(stack).await?, kv_keys(stack).await?))
@@ -455,6 +487,28 @@ async fn import_list_inspect_history_tag_save_load_round_trip() -> anyhow::Resul
     let loaded = ok(berth(&stack, &["load"])?.stdin(std::fs::File::open(&again)?))?;
     assert!(loaded.contains("busybox:1"), "{loaded}");
     assert_eq!(inspect(&stack, "busybox:1")?.digest, reloaded.digest);
+
+    // Each change was announced on berth.v1.events.image.<hex>.<action>.
+    let events = image_events(&stack).await?;
+    let import_subject = berth_proto::subjects::event(
+        berth_proto::subjects::EventKind::Image,
+        &digest[7..],
+        "import",
+    );
+    ensure!(
+        events
+            .iter()
+            .any(|(subject, body)| *subject == import_subject
+                && body["digest"] == digest.as_str()
+                && body["reference"] == "busybox:1"),
+        "no import event on {import_subject}: {events:?}"
+    );
+    for action in ["tag", "untag", "delete", "load"] {
+        ensure!(
+            events.iter().any(|(_, body)| body["action"] == action),
+            "no {action} event: {events:?}"
+        );
+    }
     Ok(())
 }
 

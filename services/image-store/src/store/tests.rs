@@ -137,7 +137,7 @@ async fn untagging_one_of_two_references_keeps_the_image() {
 async fn a_bad_blob_leaves_nothing_and_names_the_blob() {
     let s = store();
     let d = Digest::sha256_of(b"right");
-    s.pin(&Digest::sha256_of(b"m"), &[d.clone()])
+    s.pin(&Digest::sha256_of(b"m"), std::slice::from_ref(&d))
         .await
         .expect("pin");
     let err = s
@@ -169,9 +169,12 @@ async fn prune_removes_dangling_images_and_dead_pins_but_not_fresh_ones() {
 
     // An import in flight (pinned, not committed) and one that died long ago.
     let fresh = Digest::sha256_of(b"fresh");
-    s.pin(&Digest::sha256_of(b"in-flight"), &[fresh.clone()])
-        .await
-        .expect("pin");
+    s.pin(
+        &Digest::sha256_of(b"in-flight"),
+        std::slice::from_ref(&fresh),
+    )
+    .await
+    .expect("pin");
     s.put_blob(&fresh, 5, &b"fresh"[..], "fresh")
         .await
         .expect("put");
@@ -214,7 +217,7 @@ async fn a_pin_waits_for_a_deletion_in_progress_and_takes_over_a_stale_one() {
         .await
         .expect("create");
     let err = s
-        .pin(&Digest::sha256_of(b"m"), &[blob.clone()])
+        .pin(&Digest::sha256_of(b"m"), std::slice::from_ref(&blob))
         .await
         .expect_err("waits, then gives up");
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
@@ -233,7 +236,7 @@ async fn a_pin_waits_for_a_deletion_in_progress_and_takes_over_a_stale_one() {
         .await
         .expect("update");
     s.put_blob(&blob, 1, &b"b"[..], "b").await.expect("put");
-    s.pin(&Digest::sha256_of(b"m"), &[blob.clone()])
+    s.pin(&Digest::sha256_of(b"m"), std::slice::from_ref(&blob))
         .await
         .expect("takes over");
     let entry = s.backend().kv_get(&key).await.expect("get").expect("entry");
