@@ -474,7 +474,11 @@ impl Container {
                     rootfs: rootfs.clone(),
                     created: now_rfc3339(),
                     cgroup_path: cg_path,
-                    owner: String::new(),
+                    owner: nix::unistd::User::from_uid(nix::unistd::geteuid())
+                        .ok()
+                        .flatten()
+                        .map(|u| u.name)
+                        .unwrap_or_else(|| nix::unistd::geteuid().to_string()),
                 },
                 dir: dir.clone(),
                 spec: spec.clone(),
