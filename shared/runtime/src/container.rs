@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
@@ -181,10 +181,26 @@ pub fn now_rfc3339() -> String {
 
 /// A sealed memfd holding a copy of the init binary, made once per process.
 fn sealed_init(binary: &Path) -> Result<&'static OwnedFd> {
-    static CACHE: OnceLock<(PathBuf, OwnedFd)> = OnceLock::new();
-    if let Some((p, fd)) = CACHE.get() {
-        if p == binary {
-            return Ok(fd);
+    // One sealed fd per distinct binary for the life of the process (in practice one or two).
+    static CACHE: Mutex<Vec<(PathBuf, &'static OwnedFd)>> = Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, fd)) = cache.iter().find(|(p, _)| p == binary) {
+        return Ok(fd);
+    }
+    let fd: &'static OwnedFd = Box::leak(Box::new(make_sealed(binary)?));
+    cache.push((binary.to_path_buf(), fd));
+    Ok(fd)
+}
+
+fn make_sealed(binary: &Path) -> Result<OwnedFd> {
+    // Already a write-sealed memfd (e.g. `/proc/self/fd/N` inherited from an executor
+    // that sealed one copy for all its monitors): use it as is, no copy.
+    if let Ok(f) = std::fs::File::open(binary) {
+        let seals = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals >= 0 && seals & libc::F_SEAL_WRITE != 0 && seals & libc::F_SEAL_SEAL != 0 {
+            let fd = nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+                .ctx(|| "dup sealed init".into())?;
+            return Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
         }
     }
     use nix::sys::memfd::{memfd_create, MFdFlags};
@@ -209,14 +225,18 @@ fn sealed_init(binary: &Path) -> Result<&'static OwnedFd> {
     let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
     let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) };
     nix::errno::Errno::result(r).ctx(|| "seal init memfd".into())?;
-    let _ = CACHE.set((binary.to_path_buf(), fd));
-    match CACHE.get() {
-        Some((p, fd)) if p == binary => Ok(fd),
-        // Another binary was cached first (only in tests mixing binaries): leak one fd.
-        _ => Err(Error::InvalidSpec(
-            "init binary changed within one process".into(),
-        )),
-    }
+    Ok(fd)
+}
+
+/// Make (once per process) the sealed memfd copy of `binary` that inits are executed from,
+/// and return its `/proc/self/fd/N` path. An executor can call this at startup and pass the
+/// path (the fd is inherited if the executor clears CLOEXEC for its monitors) as
+/// [`CreateOptions::init_binary`], so that no monitor copies the binary again.
+pub fn sealed_init_path(binary: &Path) -> Result<PathBuf> {
+    Ok(PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        sealed_init(binary)?.as_raw_fd()
+    )))
 }
 
 struct Spawned {
@@ -976,6 +996,32 @@ mod tests {
             serde_json::from_value(serde_json::json!({"ociVersion": "1.0.2", "linux": {}}))
                 .expect("spec");
         assert_eq!(host_root_ids(&plain), None);
+    }
+
+    #[test]
+    fn sealed_init_is_copied_once_and_a_sealed_path_is_reused() {
+        let exe = std::env::current_exe().expect("exe");
+        let shared = sealed_init_path(&exe).expect("seal");
+        assert_eq!(sealed_init_path(&exe).expect("again"), shared, "cached");
+        let seals = {
+            let f = std::fs::File::open(&shared).expect("open");
+            unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) }
+        };
+        assert_ne!(seals & libc::F_SEAL_WRITE, 0);
+        let w = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&shared)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"));
+        assert!(w.is_err(), "sealed copy must not be writable");
+        // Passing the sealed copy's path (as an executor would) reuses it without copying.
+        let again = sealed_init(&shared).expect("reuse");
+        let target =
+            std::fs::read_link(format!("/proc/self/fd/{}", again.as_raw_fd())).expect("link");
+        assert!(
+            target.to_string_lossy().starts_with("/memfd:berth-runtime"),
+            "{}",
+            target.display()
+        );
     }
 
     #[test]
