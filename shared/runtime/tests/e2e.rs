@@ -348,10 +348,8 @@ fn cpu_spinner_is_held_to_half_a_cpu() {
     c.delete(false).expect("delete");
     // CFS enforces quota per 100ms period; one period of slack over 3s is < 0.04.
     assert!(share <= 0.58, "spinner used {share:.3} of a core");
-    assert!(
-        share >= 0.1,
-        "spinner barely ran ({share:.3}): counters broken?"
-    );
+    // Only "it ran": a loaded CI host may starve it, and that must not fail the test.
+    assert!(u1 > u0, "cpu counter did not move: counters broken?");
 }
 
 #[test]
