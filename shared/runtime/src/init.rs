@@ -387,6 +387,9 @@ fn stage2(sock: &OwnedFd, cfg: &InitConfig) -> Result<Never> {
     if let Some(h) = hooks.and_then(|h| h.create_container().clone()) {
         crate::hooks::run(&h, &cfg.state_json, "createContainer")?;
     }
+    if new.contains(CloneFlags::CLONE_NEWNET) {
+        loopback_up()?;
+    }
     crate::mounts::pivot_into(&sys, &cfg.rootfs)?;
     if let Some(h) = spec.hostname() {
         if !new.contains(CloneFlags::CLONE_NEWUTS) {
@@ -436,6 +439,27 @@ fn stage2(sock: &OwnedFd, cfg: &InitConfig) -> Result<Never> {
         crate::hooks::run(&h, &cfg.state_json, "startContainer")?;
     }
     finalize_and_exec(cfg, &cfg.process)
+}
+
+/// A new network namespace has only `lo`, and it is down; Docker brings it up, so do we.
+fn loopback_up() -> Result<()> {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .ctx(|| "socket for loopback".into())?;
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };
+    nix::errno::Errno::result(r).ctx(|| "get flags of lo".into())?;
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
+    nix::errno::Errno::result(r).ctx(|| "bring lo up".into())?;
+    Ok(())
 }
 
 /// Namespaced sysctls only (what runc accepts), and only when that namespace is private.

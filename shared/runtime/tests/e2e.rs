@@ -668,7 +668,7 @@ fn default_mounts_devices_and_links_are_in_place() {
     if !require_root("default_mounts_devices_and_links_are_in_place") {
         return;
     }
-    let script = "awk '{print $2, $3, substr($4, 1, 2)}' /proc/mounts; for l in /dev/ptmx /dev/fd /dev/stdin; do readlink $l; done; stat -c '%n %t:%T %a' /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty; echo x > /dev/shm/ok && cat /dev/shm/ok";
+    let script = "awk '{print $2, $3, substr($4, 1, 2)}' /proc/mounts; for l in /dev/ptmx /dev/fd /dev/stdin; do readlink $l; done; stat -c '%n %t:%T %a' /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty; echo x > /dev/shm/ok && cat /dev/shm/ok; ip link show lo | grep -q ',UP' && echo lo-up; ip -o link | wc -l";
     let b = Bundle::new(&["sh", "-c", script], |_| {});
     let out = b.cli(&["run", &cid("mounts")]);
     let s = text(&out.stdout);
@@ -699,6 +699,8 @@ fn default_mounts_devices_and_links_are_in_place() {
         "/dev/urandom 1:9 666",
         "/dev/tty 5:0 666",
         "x",
+        "lo-up", // a new network namespace with only loopback, up (as Docker)
+        "1",
     ] {
         assert!(s.lines().any(|l| l == line), "missing {line:?} in:\n{s}");
     }
