@@ -836,7 +836,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() -> anyhow::Result<()
     expect(&stack, &["load", "-i", &file], &["malformed manifest.json"])?;
 
     // manifest.json pointing outside the archive.
-    let (hand, config_hex, _) = HandArchive::new(dir.path(), "escape")?;
+    let (hand, config_hex, layer) = HandArchive::new(dir.path(), "escape")?;
     hand.manifest(&format!("{config_hex}.json"), &["../../etc/passwd"], "x:1")?;
     std::fs::remove_file(hand.dir.join(&layer))?;
     let file = hand.tar(&dir.path().join("escape.tar"))?;
@@ -1011,14 +1011,17 @@ async fn sigkill_mid_import_leaves_the_store_consistent_and_the_retry_succeeds(
         "at most the small config blob is visible: {objects:?}"
     );
 
-    // The restarted store drops pins of dead imports after 1 s instead of an hour.
+    // The restarted store drops pins of dead imports after 1 s instead of an hour, and
+    // takes over the dead instance's claim on the layer it was writing after 3 s.
     let config = dir.path().join("image-store.toml");
-    std::fs::write(&config, "pin_grace_seconds = 1\n")?;
+    std::fs::write(&config, "pin_grace_seconds = 1\nwriter_grace_seconds = 3\n")?;
     let _store2 = ExtraStore::start_with(&stack, &dir.path().join("store2.log"), Some(&config))?;
     wait_for_instances(&stack, 1).await?;
     let listed = images(&stack)?;
     ensure!(listed.is_empty(), "{listed:?}");
+    let started = std::time::Instant::now();
     ok(&mut berth(&stack, &["import", &rootfs_str, "big:1"])?)?;
+    eprintln!("retry of the import took {:?}", started.elapsed());
     let image = inspect(&stack, "big:1")?;
     verify_image(&stack, &image, dir.path()).await?;
     // Deleting it keeps the layer: the dead import pinned the same layer (same rootfs,

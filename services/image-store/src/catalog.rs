@@ -74,6 +74,28 @@ pub struct BlobRecord {
     pub users: BTreeMap<String, u64>,
     /// Unix seconds when a deletion began; the blob must not be used meanwhile.
     pub deleting_since: Option<u64>,
+    /// The one writer of the blob's bytes right now, so that concurrent imports or
+    /// pulls of the same blob write it once (and never replace each other's object
+    /// under a reader).
+    #[serde(default)]
+    pub writer: Option<BlobWriter>,
+}
+
+/// Who is writing a blob, and when it last said so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobWriter {
+    pub id: String,
+    /// Unix seconds of the last heartbeat.
+    pub since: u64,
+}
+
+/// What a would-be writer of a blob should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteDecision {
+    /// The record now names us as the writer; store it and write.
+    Write,
+    /// Someone else is writing it: wait for the blob to appear.
+    WaitForWriter,
 }
 
 /// What adding a user to a blob record decided.
@@ -105,6 +127,33 @@ impl BlobRecord {
     pub fn unpin(&mut self, user: &str) -> bool {
         self.users.remove(user);
         self.users.is_empty() && self.deleting_since.is_none()
+    }
+
+    /// Claims the right to write the blob unless another writer's heartbeat is fresher
+    /// than `writer_grace` seconds (a writer that died loses its claim).
+    pub fn claim_write(&mut self, id: &str, now: u64, writer_grace: u64) -> WriteDecision {
+        match &self.writer {
+            Some(w) if w.id != id && now.saturating_sub(w.since) <= writer_grace => {
+                WriteDecision::WaitForWriter
+            }
+            _ => {
+                self.writer = Some(BlobWriter {
+                    id: id.to_string(),
+                    since: now,
+                });
+                WriteDecision::Write
+            }
+        }
+    }
+
+    /// Drops our claim; false if it was not ours (any more).
+    pub fn release_write(&mut self, id: &str) -> bool {
+        if self.writer.as_ref().is_some_and(|w| w.id == id) {
+            self.writer = None;
+            true
+        } else {
+            false
+        }
     }
 
     /// Users whose image record does not exist and who were added more than `grace`
@@ -231,13 +280,25 @@ mod tests {
     #[test]
     fn pinning_waits_for_a_fresh_deletion_and_finishes_a_stale_one() {
         let mut r = BlobRecord {
-            users: BTreeMap::new(),
             deleting_since: Some(100),
+            ..BlobRecord::default()
         };
         assert_eq!(r.pin("a", 130, 60), PinDecision::WaitForDeletion);
         assert!(r.users.is_empty(), "no user added while deleting");
         assert_eq!(r.pin("a", 200, 60), PinDecision::FinishStaleDeletion);
         assert!(!r.unpin("x"), "a record being deleted is not deleted twice");
+    }
+
+    #[test]
+    fn one_writer_at_a_time_until_its_heartbeat_goes_stale() {
+        let mut r = BlobRecord::default();
+        assert_eq!(r.claim_write("a", 100, 60), WriteDecision::Write);
+        assert_eq!(r.claim_write("b", 150, 60), WriteDecision::WaitForWriter);
+        assert_eq!(r.claim_write("a", 150, 60), WriteDecision::Write, "renewal");
+        assert_eq!(r.claim_write("b", 211, 60), WriteDecision::Write, "a died");
+        assert!(!r.release_write("a"), "a lost its claim");
+        assert!(r.release_write("b"));
+        assert!(r.writer.is_none());
     }
 
     #[test]

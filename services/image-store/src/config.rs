@@ -13,6 +13,11 @@ pub struct Config {
     /// import in flight is never mistaken for a dead one.
     #[serde(default)]
     pub pin_grace_seconds: Option<u64>,
+    /// Seconds after which a blob writer that stopped renewing its claim (its
+    /// image-store died mid-write) is presumed dead, so another may write the blob
+    /// (default 30; claims are renewed every third of it).
+    #[serde(default)]
+    pub writer_grace_seconds: Option<u64>,
 }
 
 #[cfg(test)]

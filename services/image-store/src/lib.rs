@@ -86,6 +86,10 @@ pub async fn run(
                     .service
                     .pin_grace_seconds
                     .unwrap_or(store::GcSettings::default().pin_grace),
+                writer_grace: settings
+                    .service
+                    .writer_grace_seconds
+                    .unwrap_or(store::GcSettings::default().writer_grace),
                 ..store::GcSettings::default()
             },
         ),

@@ -100,6 +100,7 @@ struct Memory {
     revision: u64,
     kv: BTreeMap<String, (Vec<u8>, u64)>,
     blobs: BTreeMap<String, Vec<u8>>,
+    puts: usize,
 }
 
 /// An in-memory backend with the same compare-and-set semantics, for unit tests.
@@ -115,6 +116,11 @@ impl MemoryBackend {
             Err(poisoned) => poisoned.into_inner(),
         };
         f(&mut guard)
+    }
+
+    /// How many blob writes completed (for tests).
+    pub fn put_count(&self) -> usize {
+        self.with(|m| m.puts)
     }
 
     /// Names of the blobs held (for tests).
@@ -195,7 +201,10 @@ impl Backend for MemoryBackend {
             .await
             .map_err(|err| BackendError::Input(err.to_string()))?;
         let size = bytes.len() as u64;
-        self.with(|m| m.blobs.insert(name.to_string(), bytes));
+        self.with(|m| {
+            m.puts += 1;
+            m.blobs.insert(name.to_string(), bytes)
+        });
         Ok(size)
     }
 

@@ -12,7 +12,7 @@ pub mod jetstream;
 
 use crate::catalog::{
     blob_key, digest_of_key, image_key, reference_key, BlobRecord, ImageRecord, PinDecision,
-    ReferenceRecord, BLOB_PREFIX, IMAGE_PREFIX, REFERENCE_PREFIX,
+    ReferenceRecord, WriteDecision, BLOB_PREFIX, IMAGE_PREFIX, REFERENCE_PREFIX,
 };
 use crate::formats::digest::{digest_error_of, AsyncVerifyingReader};
 use crate::formats::{Digest, ImageToStore, Reference};
@@ -65,6 +65,11 @@ pub struct GcSettings {
     pub deleting_grace: u64,
     /// How long a pin waits for a deletion in progress before giving up.
     pub wait_for_deletion: Duration,
+    /// A blob writer that has not renewed its claim for this many seconds is presumed
+    /// dead and another may write the blob; claims are renewed every third of it.
+    pub writer_grace: u64,
+    /// How long a writer waits for another instance writing the same blob.
+    pub wait_for_writer: Duration,
 }
 
 impl Default for GcSettings {
@@ -73,6 +78,8 @@ impl Default for GcSettings {
             pin_grace: 3600,
             deleting_grace: 120,
             wait_for_deletion: Duration::from_secs(60),
+            writer_grace: 30,
+            wait_for_writer: Duration::from_secs(3600),
         }
     }
 }
@@ -98,6 +105,17 @@ pub struct Committed {
 pub struct Store<B> {
     backend: B,
     gc: GcSettings,
+}
+
+/// A writer id unique across instances and calls.
+fn writer_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{}-{nanos}-{n}", std::process::id())
 }
 
 fn now() -> u64 {
@@ -177,7 +195,10 @@ impl<B: Backend> Store<B> {
     /// Streams a blob into the store, verifying digest and size while writing; a
     /// mismatch (or a truncated stream) leaves nothing visible. A no-op returning
     /// `false` when the blob is already stored (then `data` is not read). `subject`
-    /// names the blob in errors ("layer sha256:… of busybox:latest"). Pin first.
+    /// names the blob in errors ("layer sha256:… of busybox:latest").
+    ///
+    /// The blob must be pinned first ([`Store::pin`]). When another instance is writing
+    /// the same blob, this waits for it to finish instead of writing it twice.
     pub async fn put_blob(
         &self,
         digest: &Digest,
@@ -186,23 +207,87 @@ impl<B: Backend> Store<B> {
         subject: &str,
     ) -> Result<bool, StoreError> {
         let name = digest.to_string();
-        if let Some(stored) = self
-            .backend
-            .blob_size(&name)
-            .await
-            .map_err(backend_err(subject))?
-        {
-            if stored == size {
-                return Ok(false);
+        let key = blob_key(digest);
+        let id = writer_id();
+        let give_up = tokio::time::Instant::now() + self.gc.wait_for_writer;
+        loop {
+            if let Some(stored) = self
+                .backend
+                .blob_size(&name)
+                .await
+                .map_err(backend_err(subject))?
+            {
+                if stored == size {
+                    return Ok(false);
+                }
+                tracing::warn!(blob = %name, stored, size, "stored blob has the wrong size; rewriting");
             }
-            tracing::warn!(blob = %name, stored, size, "stored blob has the wrong size; rewriting");
+            let Some(entry) = self.backend.kv_get(&key).await.map_err(backend_err(&key))? else {
+                return Err(StoreError::Internal(format!(
+                    "{subject}: written without a pin (call pin first)"
+                )));
+            };
+            let mut record: BlobRecord = parse(&key, &entry.value)?;
+            if record.deleting_since.is_some() {
+                return Err(StoreError::Internal(format!(
+                    "{subject}: written without a pin (it is being deleted)"
+                )));
+            }
+            match record.claim_write(&id, now(), self.gc.writer_grace) {
+                WriteDecision::WaitForWriter => {
+                    if tokio::time::Instant::now() > give_up {
+                        return Err(StoreError::Unavailable(format!(
+                            "{subject}: another instance has been writing it for too long"
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                WriteDecision::Write => {
+                    match self
+                        .backend
+                        .kv_update(&key, json(&record)?, entry.revision)
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(BackendError::Conflict) => {}
+                        Err(err) => return Err(StoreError::Unavailable(format!("{key}: {err}"))),
+                    }
+                }
+            }
         }
+        let heartbeat = {
+            let store = self.clone();
+            let (key, id) = (key.clone(), id.clone());
+            let every = Duration::from_secs((self.gc.writer_grace / 3).max(1));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if !store.renew_writer(&key, &id, true).await {
+                        return;
+                    }
+                }
+            })
+        };
+        let written = self.write_blob(&name, digest, size, data, subject).await;
+        heartbeat.abort();
+        self.renew_writer(&key, &id, false).await;
+        written.map(|()| true)
+    }
+
+    async fn write_blob(
+        &self,
+        name: &str,
+        digest: &Digest,
+        size: u64,
+        data: impl AsyncRead + Unpin + Send,
+        subject: &str,
+    ) -> Result<(), StoreError> {
         let mut reader = Capture {
             inner: AsyncVerifyingReader::new(data, digest.clone(), Some(size), subject.to_string()),
             error: None,
         };
-        match self.backend.blob_put(&name, &mut reader).await {
-            Ok(_) => Ok(true),
+        match self.backend.blob_put(name, &mut reader).await {
+            Ok(_) => Ok(()),
             Err(err) => Err(match reader.error.take() {
                 Some(message) => StoreError::Invalid(message),
                 None => match err {
@@ -212,6 +297,37 @@ impl<B: Backend> Store<B> {
                     other => StoreError::Unavailable(format!("{subject}: {other}")),
                 },
             }),
+        }
+    }
+
+    /// Renews (`keep`) or drops our writer claim; false once the claim is not ours.
+    async fn renew_writer(&self, key: &str, id: &str, keep: bool) -> bool {
+        loop {
+            let Ok(Some(entry)) = self.backend.kv_get(key).await else {
+                return false;
+            };
+            let Ok(mut record) = parse::<BlobRecord>(key, &entry.value) else {
+                return false;
+            };
+            if keep {
+                if record.writer.as_ref().is_none_or(|w| w.id != id) {
+                    return false;
+                }
+                record.claim_write(id, now(), self.gc.writer_grace);
+            } else if !record.release_write(id) {
+                return false;
+            }
+            let Ok(value) = json(&record) else {
+                return false;
+            };
+            match self.backend.kv_update(key, value, entry.revision).await {
+                Ok(_) => return true,
+                Err(BackendError::Conflict) => continue,
+                Err(err) => {
+                    tracing::warn!(key, error = %err, "cannot update the blob writer claim");
+                    return false;
+                }
+            }
         }
     }
 

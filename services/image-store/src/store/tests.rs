@@ -48,6 +48,8 @@ fn store() -> Store<MemoryBackend> {
             pin_grace: 100,
             deleting_grace: 100,
             wait_for_deletion: Duration::from_millis(300),
+            writer_grace: 60,
+            wait_for_writer: Duration::from_secs(10),
         },
     )
 }
@@ -182,7 +184,7 @@ async fn prune_removes_dangling_images_and_dead_pins_but_not_fresh_ones() {
     let key = blob_key(&dead);
     let record = BlobRecord {
         users: BTreeMap::from([(Digest::sha256_of(b"died").to_string(), 1)]),
-        deleting_since: None,
+        ..BlobRecord::default()
     };
     s.backend()
         .kv_create(&key, serde_json::to_vec(&record).expect("json"))
@@ -209,8 +211,8 @@ async fn a_pin_waits_for_a_deletion_in_progress_and_takes_over_a_stale_one() {
     let blob = Digest::sha256_of(b"b");
     let key = blob_key(&blob);
     let marked = BlobRecord {
-        users: BTreeMap::new(),
         deleting_since: Some(now()),
+        ..BlobRecord::default()
     };
     s.backend()
         .kv_create(&key, serde_json::to_vec(&marked).expect("json"))
@@ -224,8 +226,8 @@ async fn a_pin_waits_for_a_deletion_in_progress_and_takes_over_a_stale_one() {
 
     let entry = s.backend().kv_get(&key).await.expect("get").expect("entry");
     let stale = BlobRecord {
-        users: BTreeMap::new(),
         deleting_since: Some(1),
+        ..BlobRecord::default()
     };
     s.backend()
         .kv_update(
@@ -235,7 +237,10 @@ async fn a_pin_waits_for_a_deletion_in_progress_and_takes_over_a_stale_one() {
         )
         .await
         .expect("update");
-    s.put_blob(&blob, 1, &b"b"[..], "b").await.expect("put");
+    s.backend()
+        .blob_put(&blob.to_string(), &mut &b"b"[..])
+        .await
+        .expect("put");
     s.pin(&Digest::sha256_of(b"m"), std::slice::from_ref(&blob))
         .await
         .expect("takes over");
@@ -277,4 +282,44 @@ async fn names_resolve_by_reference_digest_and_id_prefix() {
         s.tag("busybox", "bad tag!").await,
         Err(StoreError::Invalid(_))
     ));
+}
+
+#[tokio::test]
+async fn concurrent_writers_of_one_blob_write_it_once() {
+    let s = store();
+    let content = vec![7u8; 300_000];
+    let d = Digest::sha256_of(&content);
+    s.pin(&Digest::sha256_of(b"m1"), std::slice::from_ref(&d))
+        .await
+        .expect("pin");
+    // The first writer's bytes arrive slowly, so the second finds it at work.
+    let (mut tx, rx) = tokio::io::duplex(1024);
+    let first = {
+        let (s, d) = (s.clone(), d.clone());
+        tokio::spawn(async move { s.put_blob(&d, 300_000, rx, "first").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = {
+        let (s, d, content) = (s.clone(), d.clone(), content.clone());
+        tokio::spawn(async move { s.put_blob(&d, 300_000, &content[..], "second").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::io::AsyncWriteExt::write_all(&mut tx, &content)
+        .await
+        .expect("feed");
+    drop(tx);
+    assert!(first.await.expect("join").expect("first writes"));
+    assert!(
+        !second.await.expect("join").expect("second waits"),
+        "the second writer found the blob written"
+    );
+    assert_eq!(s.backend().put_count(), 1);
+
+    // A blob written without a pin is a caller bug, not silently accepted.
+    let other = Digest::sha256_of(b"x");
+    let err = s
+        .put_blob(&other, 1, &b"x"[..], "x")
+        .await
+        .expect_err("no pin");
+    assert!(err.to_string().contains("pin"), "{err}");
 }
