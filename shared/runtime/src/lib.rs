@@ -45,6 +45,7 @@ pub mod mounts;
 pub mod path;
 pub mod rlimits;
 pub mod seccomp;
+pub mod spawn;
 pub mod spec;
 pub mod sys;
 
