@@ -1,5 +1,6 @@
 //! `berth`: the operator CLI. It owns nothing; every verb is a request on the bus.
 
+mod containers;
 mod discovery;
 mod exit;
 mod images;
@@ -47,6 +48,8 @@ enum Command {
     },
     #[command(flatten)]
     Images(images::ImagesCommand),
+    #[command(flatten)]
+    Containers(containers::ContainersCommand),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::System { command } => system::run(command, &nats, timeout).await,
             Command::Images(command) => images::run(command, &nats, timeout).await,
+            Command::Containers(command) => containers::run(command, &nats, timeout).await,
         }
     });
     match outcome {
