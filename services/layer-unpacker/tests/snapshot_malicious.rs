@@ -575,3 +575,68 @@ fn fixture_count_is_at_least_twenty() {
     let n = src.matches("\nrefused!(").count() + src.matches("expect_refused(\n        \"").count();
     assert!(n >= 20, "only {n} fixtures");
 }
+
+const ENV_USERNS: &str = "BERTH_USERNS_CHILD_DIR";
+
+#[test]
+#[ignore = "child process of device_nodes_refused_by_default_in_a_real_user_namespace"]
+fn userns_child() {
+    let Ok(dir) = std::env::var(ENV_USERNS) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    assert!(berth_layer_unpacker::snapshot::in_user_namespace());
+    let defaults = Limits::default();
+    assert!(
+        !defaults.allow_devices,
+        "devices allowed inside a user namespace"
+    );
+    let l = gz_layer(&[Ent::chardev("mem", 1, 1), Ent::blockdev("sda", 8, 0)]);
+    let e = unpack_layer(
+        Cursor::new(&l.blob),
+        &dir,
+        &l.spec,
+        &defaults,
+        ExtractMode::Overlay,
+    )
+    .expect_err("device accepted");
+    assert!(matches!(e.source, LayerError::DeviceNotAllowed(_)), "{e}");
+    std::fs::write(dir.join("child-ok"), b"ok").expect("marker");
+}
+
+#[test]
+fn device_nodes_refused_by_default_in_a_real_user_namespace() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let out = match std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user"])
+        .arg(std::env::current_exe().expect("exe"))
+        .args(["userns_child", "--exact", "--ignored", "--nocapture"])
+        .env(ENV_USERNS, t.path())
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!(
+                "SKIP device_nodes_refused_by_default_in_a_real_user_namespace: no unshare ({e})"
+            );
+            return;
+        }
+    };
+    if !out.status.success() && !t.path().join("child-ok").exists() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("unshare failed") || err.contains("Operation not permitted") {
+            eprintln!("SKIP device_nodes_refused_by_default_in_a_real_user_namespace: user namespaces unavailable ({err})");
+            return;
+        }
+        panic!(
+            "child failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            err
+        );
+    }
+    assert!(
+        t.path().join("child-ok").exists(),
+        "child did not run its checks"
+    );
+    assert!(!t.path().join("mem").exists() && !t.path().join("sda").exists());
+}
