@@ -311,6 +311,38 @@ async fn image_events(stack: &Stack) -> anyhow::Result<Vec<(String, serde_json::
     Ok(out)
 }
 
+/// Chunk subjects of `berth-blobs` that no object's metadata refers to.
+async fn orphan_chunk_subjects(stack: &Stack) -> anyhow::Result<Vec<String>> {
+    let js = jetstream::new(stack.nats.client().await?);
+    let store = js.get_object_store(names::BLOBS_BUCKET).await?;
+    let live: Vec<String> = store
+        .list()
+        .await?
+        .try_collect::<Vec<_>>()
+        .await?
+        .into_iter()
+        .map(|i| i.nuid)
+        .collect();
+    let prefix = format!("$O.{}.C.", names::BLOBS_BUCKET);
+    let stream = js
+        .get_stream(format!("OBJ_{}", names::BLOBS_BUCKET))
+        .await?;
+    let subjects: Vec<(String, usize)> = stream
+        .info_with_subjects(format!("{prefix}>"))
+        .await?
+        .try_collect()
+        .await?;
+    Ok(subjects
+        .into_iter()
+        .map(|(subject, _)| subject)
+        .filter(|s| {
+            !live
+                .iter()
+                .any(|nuid| s.strip_prefix(&prefix) == Some(nuid.as_str()))
+        })
+        .collect())
+}
+
 /// Every object name and KV key: equal before and after means "store unchanged".
 async fn store_state(stack: &Stack) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     Ok((object_names(stack).await?, kv_keys(stack).await?))
@@ -991,9 +1023,16 @@ async fn sigkill_mid_import_leaves_the_store_consistent_and_the_retry_succeeds(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     ensure!(pinned, "the import never pinned its blobs");
+    // Let some of the layer's chunks land before the kill.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     store.kill().await?;
     let _ = cli.kill();
     let _ = cli.wait();
+    let orphans = orphan_chunk_subjects(&stack).await?;
+    eprintln!(
+        "chunk subjects of unfinished writes after the kill: {}",
+        orphans.len()
+    );
 
     // Consistent: no image, no reference, and the half-written layer is not visible.
     let keys = kv_keys(&stack).await?;
@@ -1044,5 +1083,12 @@ async fn sigkill_mid_import_leaves_the_store_consistent_and_the_retry_succeeds(
     ensure!(digests.is_empty(), "blobs left after prune: {digests:?}");
     let keys = kv_keys(&stack).await?;
     ensure!(keys.is_empty(), "records left after prune: {keys:?}");
+    // The chunks the killed store had written for its half-finished layer are gone
+    // too: every chunk subject left belongs to an object (the leftover upload).
+    let orphans = orphan_chunk_subjects(&stack).await?;
+    ensure!(
+        orphans.is_empty(),
+        "unfinished writes left chunks: {orphans:?}"
+    );
     Ok(())
 }

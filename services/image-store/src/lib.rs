@@ -55,6 +55,11 @@ pub async fn run(
     else {
         return Ok(());
     };
+    let chunk_stream = format!("OBJ_{}", names::BLOBS_BUCKET);
+    let Some(chunks) = with_retry(&chunk_stream, &shutdown, || js.get_stream(&chunk_stream)).await
+    else {
+        return Ok(());
+    };
     if with_retry(names::EVENTS_STREAM, &shutdown, || {
         ensure_events_stream(&js)
     })
@@ -80,7 +85,7 @@ pub async fn run(
     prepare_spool(&spool)?;
     let verbs = verbs::Verbs {
         store: store::Store::new(
-            store::jetstream::JetStreamBackend::new(images, blobs),
+            store::jetstream::JetStreamBackend::new(images, blobs, chunks, names::BLOBS_BUCKET),
             store::GcSettings {
                 pin_grace: settings
                     .service

@@ -93,6 +93,13 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn blob_delete(&self, name: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Every blob.
     fn blob_list(&self) -> impl Future<Output = Result<Vec<BlobInfo>, BackendError>> + Send;
+    /// Removes the stored parts of writes that never completed (the writer failed
+    /// verification or died) and are older than `older_than` seconds; returns how
+    /// many such writes were removed.
+    fn purge_unfinished(
+        &self,
+        older_than: u64,
+    ) -> impl Future<Output = Result<usize, BackendError>> + Send;
 }
 
 #[derive(Default)]
@@ -218,6 +225,11 @@ impl Backend for MemoryBackend {
     async fn blob_delete(&self, name: &str) -> Result<(), BackendError> {
         self.with(|m| m.blobs.remove(name));
         Ok(())
+    }
+
+    async fn purge_unfinished(&self, _older_than: u64) -> Result<usize, BackendError> {
+        // A failed write here never stored anything.
+        Ok(0)
     }
 
     async fn blob_list(&self) -> Result<Vec<BlobInfo>, BackendError> {

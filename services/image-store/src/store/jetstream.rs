@@ -1,8 +1,9 @@
 //! The JetStream backend: KV `berth-images` and Object Store `berth-blobs`.
 
 use super::backend::{Backend, BackendError, BlobInfo, BlobReader, KvEntry};
-use async_nats::jetstream::{kv, object_store};
+use async_nats::jetstream::{kv, object_store, stream};
 use futures::TryStreamExt;
+use std::collections::BTreeSet;
 use tokio::io::AsyncRead;
 
 /// KV bucket plus Object Store; cheap to clone.
@@ -10,12 +11,25 @@ use tokio::io::AsyncRead;
 pub struct JetStreamBackend {
     kv: kv::Store,
     blobs: object_store::ObjectStore,
+    /// The stream under the Object Store, to find chunks no object refers to.
+    chunks: stream::Stream,
+    bucket: String,
 }
 
 impl JetStreamBackend {
-    /// Wraps the two buckets.
-    pub fn new(kv: kv::Store, blobs: object_store::ObjectStore) -> Self {
-        JetStreamBackend { kv, blobs }
+    /// Wraps the two buckets; `chunks` is the Object Store's stream (`OBJ_<bucket>`).
+    pub fn new(
+        kv: kv::Store,
+        blobs: object_store::ObjectStore,
+        chunks: stream::Stream,
+        bucket: &str,
+    ) -> Self {
+        JetStreamBackend {
+            kv,
+            blobs,
+            chunks,
+            bucket: bucket.to_string(),
+        }
     }
 }
 
@@ -132,6 +146,10 @@ impl Backend for JetStreamBackend {
         }
     }
 
+    async fn purge_unfinished(&self, older_than: u64) -> Result<usize, BackendError> {
+        self.purge_unfinished_chunks(older_than).await
+    }
+
     async fn blob_list(&self) -> Result<Vec<BlobInfo>, BackendError> {
         let list = self
             .blobs
@@ -153,6 +171,59 @@ impl Backend for JetStreamBackend {
                     .map(|m| u64::try_from(m.unix_timestamp()).unwrap_or(0)),
             })
             .collect())
+    }
+}
+
+impl JetStreamBackend {
+    async fn purge_unfinished_chunks(&self, older_than: u64) -> Result<usize, BackendError> {
+        // An Object Store write publishes chunks under `$O.<bucket>.C.<nuid>` and the
+        // object's metadata last; chunks of a write that failed or died stay behind
+        // with no metadata naming their nuid.
+        let live: BTreeSet<String> = {
+            let list = self
+                .blobs
+                .list()
+                .await
+                .map_err(|err| unavailable("list blobs", err))?;
+            let infos: Vec<object_store::ObjectInfo> = list
+                .try_collect()
+                .await
+                .map_err(|err| unavailable("list blobs", err))?;
+            infos.into_iter().map(|i| i.nuid).collect()
+        };
+        let prefix = format!("$O.{}.C.", self.bucket);
+        let subjects: Vec<(String, usize)> = self
+            .chunks
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .map_err(|err| unavailable("list chunk subjects", err))?
+            .try_collect()
+            .await
+            .map_err(|err| unavailable("list chunk subjects", err))?;
+        let now = time::OffsetDateTime::now_utc();
+        let mut purged = 0;
+        for (subject, _) in subjects {
+            let Some(nuid) = subject.strip_prefix(&prefix) else {
+                continue;
+            };
+            if live.contains(nuid) {
+                continue;
+            }
+            // A write in flight has no metadata yet either: only old chunks are debris.
+            let Ok(last) = self.chunks.get_last_raw_message_by_subject(&subject).await else {
+                continue;
+            };
+            if (now - last.time).whole_seconds() < i64::try_from(older_than).unwrap_or(i64::MAX) {
+                continue;
+            }
+            self.chunks
+                .purge()
+                .filter(&subject)
+                .await
+                .map_err(|err| unavailable(&format!("purge {subject}"), err))?;
+            purged += 1;
+        }
+        Ok(purged)
     }
 }
 

@@ -890,6 +890,12 @@ impl<B: Backend> Store<B> {
                 }
             }
         }
+        // Same grace as pins: a write younger than that may still be in flight.
+        match self.backend.purge_unfinished(self.gc.pin_grace).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(writes = n, "removed the parts of unfinished blob writes"),
+            Err(err) => tracing::warn!(error = %err, "cannot look for unfinished blob writes"),
+        }
         Ok(reply)
     }
 
