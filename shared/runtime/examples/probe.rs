@@ -168,6 +168,16 @@ fn probes() -> i32 {
             libc::mknod(c("/dev/probe-sda").as_ptr(), libc::S_IFBLK | 0o600, dev) as _,
             &mut n,
         );
+        // c 4:1 is the host's tty1: a char node the device cgroup (v1) would only stop at open.
+        sys(
+            "mknod char device",
+            libc::mknod(
+                c("/dev/probe-tty1").as_ptr(),
+                libc::S_IFCHR | 0o600,
+                libc::makedev(4, 1),
+            ) as _,
+            &mut n,
+        );
         let mut handle = [0u8; 136];
         handle[0..4].copy_from_slice(&128u32.to_ne_bytes());
         sys(

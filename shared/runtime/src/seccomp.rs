@@ -582,6 +582,11 @@ mod tests {
                 {
                     bad |= 8;
                 }
+                if libc::mknod(c"/nonexistent/chr".as_ptr(), libc::S_IFCHR | 0o600, 0) != -1
+                    || err() != libc::EPERM
+                {
+                    bad |= 128;
+                }
                 if libc::mknod(c"/nonexistent/fifo".as_ptr(), libc::S_IFIFO | 0o600, 0) != -1
                     || err() == libc::EPERM
                 {

@@ -602,6 +602,7 @@ pub fn docker_seccomp_profile() -> Value {
     const CLONE_NS_FLAGS: u64 = 0x7E02_0000; // NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET
     const S_IFMT: u64 = 0o170000;
     const S_IFBLK: u64 = 0o060000;
+    const S_IFCHR: u64 = 0o020000;
     let personality: Vec<Value> = [0u64, 8, 0x20000, 0x20008, 0xffff_ffff]
         .iter()
         .map(|p| json!({"names": ["personality"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": p, "op": "SCMP_CMP_EQ"}]}))
@@ -615,9 +616,13 @@ pub fn docker_seccomp_profile() -> Value {
         // makes libc fall back to clone.
         json!({"names": ["clone"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": CLONE_NS_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]}),
         json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS}),
-        // berth addition: no block-device nodes, whatever the cgroup version.
+        // berth addition: no device nodes (block or char), whatever the cgroup version.
+        // cgroup v2 has no device controller without eBPF, so there the device cgroup
+        // cannot stop a container with CAP_MKNOD from creating and opening a host device.
         json!({"names": ["mknod"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM, "args": [{"index": 1, "value": S_IFMT, "valueTwo": S_IFBLK, "op": "SCMP_CMP_MASKED_EQ"}]}),
         json!({"names": ["mknodat"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM, "args": [{"index": 2, "value": S_IFMT, "valueTwo": S_IFBLK, "op": "SCMP_CMP_MASKED_EQ"}]}),
+        json!({"names": ["mknod"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM, "args": [{"index": 1, "value": S_IFMT, "valueTwo": S_IFCHR, "op": "SCMP_CMP_MASKED_EQ"}]}),
+        json!({"names": ["mknodat"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM, "args": [{"index": 2, "value": S_IFMT, "valueTwo": S_IFCHR, "op": "SCMP_CMP_MASKED_EQ"}]}),
     ]);
     json!({
         "defaultAction": "SCMP_ACT_ERRNO",

@@ -30,25 +30,21 @@ fn v2_hierarchy_places_cleans_up_and_refuses_missing_controllers() {
         return;
     }
     let id = cid("v2");
-    let b = Bundle::new(
-        &[
-            "sh",
-            "-c",
-            "cat /proc/self/cgroup; grep -c cgroup2 /proc/self/mounts",
-        ],
-        |_| {},
-    );
+    // No device cgroup on v2 (without eBPF): the seccomp profile must stop device nodes.
+    let script = "mknod /dev/t1 c 4 1 2>/dev/null && echo MKNOD-ALLOWED || echo mknod-blocked; grep -c cgroup2 /proc/self/mounts";
+    let b = Bundle::new(&["sh", "-c", script], |_| {});
     let out = in_v2_namespace(
         &b,
         &format!(
-            "$R create {id} >/dev/null 2>&1 </dev/null
+            "$R create {id} >container.out 2>&1 </dev/null
              pid=$($R state {id} | sed -n 's/.*\"pid\": \\([0-9]*\\).*/\\1/p')
              echo host-view: $(grep '^0::' /proc/$pid/cgroup)
              test -d /sys/fs/cgroup/berth/{id} && echo dir-created
              $R start {id}
              sleep 0.3
              $R delete {id}
-             test ! -d /sys/fs/cgroup/berth/{id} && echo dir-removed"
+             test ! -d /sys/fs/cgroup/berth/{id} && echo dir-removed
+             cat container.out"
         ),
     );
     let stdout = text(&out.stdout);
@@ -61,6 +57,10 @@ fn v2_hierarchy_places_cleans_up_and_refuses_missing_controllers() {
     assert!(
         stdout.contains("dir-created") && stdout.contains("dir-removed"),
         "{stdout}"
+    );
+    assert!(
+        stdout.contains("mknod-blocked\n1\n"),
+        "one cgroup2 mount, no device nodes: {stdout}"
     );
 
     // Limits need controllers this v2 hierarchy may not offer: error, not silent no-limit.

@@ -260,6 +260,7 @@ fn escape_probes_all_fail_in_a_default_container() {
         "keyctl",
         "ptrace host process",
         "mknod block device",
+        "mknod char device",
         "open_by_handle_at",
         "unshare(CLONE_NEWUSER)",
         "clone(CLONE_NEWNET)",
