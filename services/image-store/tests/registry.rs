@@ -313,6 +313,7 @@ struct FakeRequest {
     method: String,
     target: String,
     headers: BTreeMap<String, String>,
+    body: Vec<u8>,
 }
 
 enum FakeResponse {
@@ -363,17 +364,34 @@ impl FakeServer {
                             Ok(n) => head.extend_from_slice(&buf[..n]),
                         }
                     }
-                    let text = String::from_utf8_lossy(&head).to_string();
+                    let end = head
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .unwrap_or(head.len());
+                    let text = String::from_utf8_lossy(&head[..end]).to_string();
                     let mut lines = text.split("\r\n");
                     let first: Vec<&str> = lines.next().unwrap_or("").split(' ').collect();
-                    let headers = lines
+                    let headers: BTreeMap<String, String> = lines
                         .filter_map(|l| l.split_once(':'))
                         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
                         .collect();
+                    // Small bodies only (token forms): read what Content-Length promises.
+                    let want: usize = headers
+                        .get("content-length")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = head[(end + 4).min(head.len())..].to_vec();
+                    while body.len() < want {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => body.extend_from_slice(&buf[..n]),
+                        }
+                    }
                     let req = FakeRequest {
                         method: first.first().unwrap_or(&"").to_string(),
                         target: first.get(1).unwrap_or(&"").to_string(),
                         headers,
+                        body,
                     };
                     if let Ok(mut s) = seen.lock() {
                         s.push(req.clone());
@@ -1185,4 +1203,116 @@ async fn registry_bearer_token_flow_with_basic_credentials_and_cache() -> Result
         "one token, cached for its scope"
     );
     Ok(())
+}
+
+#[tokio::test]
+async fn registry_bearer_token_from_an_identity_token() -> Result<()> {
+    let img = small_manifest()?;
+    let body = img.manifest.bytes.clone();
+    let s = FakeServer::start(move |req, port| {
+        if req.target.starts_with("/token") {
+            let form = String::from_utf8_lossy(&req.body);
+            let ok = req.method == "POST"
+                && form.contains("grant_type=refresh_token")
+                && form.contains("refresh_token=refresh-xyz")
+                && form.contains("scope=repository%3Ax%2Fy%3Apull");
+            return if ok {
+                full(200, &[], r#"{"access_token":"oauth-tok"}"#)
+            } else {
+                full(400, &[], "bad form")
+            };
+        }
+        if req.headers.get("authorization").map(String::as_str) == Some("Bearer oauth-tok") {
+            return full(200, &[("Content-Type", media::OCI_MANIFEST)], body.clone());
+        }
+        let challenge = format!(r#"Bearer realm="http://127.0.0.1:{port}/token",service="fake""#);
+        full(401, &[("WWW-Authenticate", challenge.as_str())], "")
+    })
+    .await?;
+    let r = s.reference("x/y:1");
+    let mut creds = BTreeMap::new();
+    creds.insert(
+        r.domain().to_string(),
+        berth_image_store::formats::auth::Credentials::IdentityToken("refresh-xyz".into()),
+    );
+    let c = RegistryClient::new(RegistryConfig {
+        credentials: creds,
+        ..client_config()
+    })?;
+    let resolved = c.resolve(&r, &amd64()).await?;
+    assert_eq!(resolved.manifest.digest, img.manifest.digest);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- bench/pull.sh helpers
+
+fn bench_reference() -> Result<Reference> {
+    let r = std::env::var("BERTH_BENCH_REF").context("set BERTH_BENCH_REF (bench/pull.sh does)")?;
+    Ok(Reference::parse(&r)?)
+}
+
+/// Not a test: pushes the ~100 MB, 4-layer gzip image that bench/pull.sh pulls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper of bench/pull.sh"]
+async fn registry_bench_push_image() -> Result<()> {
+    let r = bench_reference()?;
+    let mut layers = Vec::new();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..4 {
+        // Incompressible content, so the gzip layers really weigh ~25 MB each.
+        let mut data = vec![0u8; 25 << 20];
+        for chunk in data.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let b = state.to_le_bytes();
+            chunk.copy_from_slice(&b[..chunk.len()]);
+        }
+        let name = format!("data/layer{i}.bin");
+        layers.push(layer(&[(name.as_str(), &data, 0o644)])?);
+    }
+    let img = TestImage::build("amd64", layers)?;
+    let c = client();
+    push_image(&c, &r, &img).await?;
+    let total: usize = img.layers.iter().map(|b| b.bytes.len()).sum();
+    println!("pushed {r}: {} layers, {total} bytes", img.layers.len());
+    Ok(())
+}
+
+/// Not a test: the berth side of bench/pull.sh — resolve, then every blob to a sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper of bench/pull.sh"]
+async fn registry_bench_pull() -> Result<()> {
+    let r = bench_reference()?;
+    let started = Instant::now();
+    let c = client();
+    let resolved = c.resolve(&r, &PlatformSpec::host()).await?;
+    let mut blobs = vec![resolved.parsed.config.clone()];
+    blobs.extend(resolved.parsed.layers.iter().cloned());
+    let fetched = fetch_all_to_sink(&c, &r, &blobs).await?;
+    println!(
+        "BENCH berth-client {} bytes in {:.3} s",
+        fetched,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn fetch_all_to_sink(
+    c: &RegistryClient,
+    r: &Reference,
+    blobs: &[Descriptor],
+) -> Result<u64, RegistryError> {
+    let image = r.familiar();
+    let sizes = c
+        .fetch_blobs(r, blobs, None, |_, mut reader| {
+            let image = image.clone();
+            async move {
+                tokio::io::copy(&mut reader, &mut tokio::io::sink())
+                    .await
+                    .map_err(|e| RegistryError::from_read_error(&image, "blob", e))
+            }
+        })
+        .await?;
+    Ok(sizes.iter().sum())
 }
