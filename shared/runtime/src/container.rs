@@ -586,6 +586,16 @@ impl Container {
         }
     }
 
+    /// A pidfd for the container process: it becomes readable when the process exits, so
+    /// an async caller can await exit (e.g. tokio `AsyncFd`) and then call [`wait`](Self::wait)
+    /// without blocking a thread.
+    pub fn pidfd(&self) -> Result<OwnedFd> {
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.state.pid, 0) };
+        let fd =
+            nix::errno::Errno::result(fd).ctx(|| format!("pidfd_open for {}", self.state.id))?;
+        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+    }
+
     /// Usage counters of the container's cgroup (cpu, memory, pids, OOM kills).
     pub fn stats(&self) -> CgroupStats {
         self.cgroup().stats()
@@ -730,6 +740,13 @@ pub fn wait_pid(pid: i32) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handles_can_move_between_threads() {
+        fn send<T: Send>() {}
+        send::<Container>();
+        send::<CreateOptions>();
+    }
 
     #[test]
     fn ids_are_validated() {

@@ -7,6 +7,15 @@ use std::time::{Duration, Instant};
 use berth_runtime::{Container, ContainerStatus, CreateOptions, Stdio};
 use common::*;
 
+fn readable(fd: &impl std::os::fd::AsRawFd, timeout_ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    unsafe { libc::poll(&mut p, 1, timeout_ms) == 1 }
+}
+
 fn lib_opts(b: &Bundle, id: &str) -> CreateOptions {
     let mut o = CreateOptions::new(id, b.path(), b.root.path());
     o.init_binary = Some(runtime());
@@ -217,8 +226,11 @@ fn killed_by_signal_reports_128_plus_signal() {
     let b = Bundle::new(&["sleep", "100"], |_| {});
     let mut c = Container::create(lib_opts(&b, &id)).expect("create");
     c.start().expect("start");
+    let pidfd = c.pidfd().expect("pidfd");
+    assert!(!readable(&pidfd, 0), "running: pidfd not readable");
     c.kill(nix::sys::signal::Signal::SIGKILL, false)
         .expect("kill");
+    assert!(readable(&pidfd, 5000), "exit makes the pidfd readable");
     let e = c.wait().expect("wait");
     assert_eq!((e.code, e.signal), (Some(137), Some(9)));
     c.delete(false).expect("delete");
