@@ -8,6 +8,7 @@
 //! import expire and are swept by [`Store::prune`].
 
 pub mod backend;
+pub mod conformance;
 pub mod jetstream;
 
 use crate::catalog::{
