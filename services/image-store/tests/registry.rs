@@ -590,6 +590,20 @@ async fn registry_chunked_upload_in_patches() -> Result<()> {
         assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
         assert_eq!(c.blob_exists(&r, &wrong).await?, None);
     }
+    // The chunked attempt failed after its PATCHes (the digest is only known at the
+    // end): its upload session was deleted rather than left to the registry's purge.
+    let cancelled = reg
+        .log()
+        .lines()
+        .filter(|l| {
+            l.contains("\"DELETE /v2/berth/chunked/blobs/uploads/") && l.contains("\" 204 ")
+        })
+        .count();
+    assert!(
+        cancelled >= 1,
+        "no upload session was cancelled:\n{}",
+        reg.log()
+    );
     Ok(())
 }
 

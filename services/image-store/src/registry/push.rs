@@ -86,17 +86,33 @@ impl RegistryClient {
             StatusCode::ACCEPTED => {}
             _ => return Err(self.status_error(&t, &what, resp).await),
         }
-        let location = self.location(&t, &what, &resp)?;
+        let mut location = self.location(&t, &what, &resp)?;
         let reader = Verified::new(reader, digest, size, &t, opts.progress.clone());
-        if size <= self.inner.config.monolithic_limit {
-            self.put_monolithic(&t, &what, location, digest, size, reader)
-                .await?;
-            Ok(BlobPushOutcome::Uploaded { chunks: 0 })
+        let result = if size <= self.inner.config.monolithic_limit {
+            self.put_monolithic(&t, &what, location.clone(), digest, size, reader)
+                .await
+                .map(|()| BlobPushOutcome::Uploaded { chunks: 0 })
         } else {
-            let chunks = self
-                .put_chunked(&t, &what, location, digest, size, reader)
-                .await?;
-            Ok(BlobPushOutcome::Uploaded { chunks })
+            self.put_chunked(&t, &what, &mut location, digest, size, reader)
+                .await
+                .map(|chunks| BlobPushOutcome::Uploaded { chunks })
+        };
+        if result.is_err() {
+            self.cancel_upload(&t, &what, location).await;
+        }
+        result
+    }
+
+    /// Best effort: tells the registry to drop a failed upload session now rather than
+    /// keep its partial data until its own purge (a week by default in distribution).
+    async fn cancel_upload(&self, t: &Target, what: &str, location: Url) {
+        let mut req = Req::new(Method::DELETE, location, what);
+        req.timeout = Some(self.inner.config.request_timeout);
+        match self.send(t, req).await {
+            Ok(resp) => {
+                tracing::debug!(image = %t.image, what, status = %resp.status(), "upload cancelled")
+            }
+            Err(e) => tracing::debug!(image = %t.image, what, error = %e, "upload cancel failed"),
         }
     }
 
@@ -157,7 +173,7 @@ impl RegistryClient {
         &self,
         t: &Target,
         what: &str,
-        mut location: Url,
+        location: &mut Url,
         digest: &Digest,
         size: u64,
         mut reader: Verified<R>,
@@ -183,7 +199,7 @@ impl RegistryClient {
                 return Err(self.status_error(t, what, resp).await);
             }
             // Each answer carries the URL for the next request (its state token moves on).
-            location = self.location(t, what, &resp)?;
+            *location = self.location(t, what, &resp)?;
             offset = end + 1;
             chunks += 1;
         }
@@ -202,10 +218,10 @@ impl RegistryClient {
                 ),
             ));
         }
-        location
-            .query_pairs_mut()
+        let mut done = location.clone();
+        done.query_pairs_mut()
             .append_pair("digest", &digest.to_string());
-        let mut req = Req::new(Method::PUT, location, what).header(CONTENT_LENGTH, "0");
+        let mut req = Req::new(Method::PUT, done, what).header(CONTENT_LENGTH, "0");
         req.timeout = Some(self.inner.config.request_timeout);
         let resp = self.send(t, req).await?;
         self.finish_upload(t, what, digest, resp).await?;
