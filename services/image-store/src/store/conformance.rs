@@ -31,7 +31,8 @@ impl AsyncRead for FailingReader {
             return Poll::Ready(Err(std::io::Error::other("verification failed")));
         }
         self.sent = true;
-        buf.put_slice(&[1u8; 1000]);
+        let n = buf.remaining().min(1000);
+        buf.put_slice(&vec![1u8; n]);
         Poll::Ready(Ok(()))
     }
 }
