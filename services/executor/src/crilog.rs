@@ -1,6 +1,7 @@
 //! The CRI log format (`<RFC3339Nano> stdout|stderr F|P <text>\n`), as containerd and
 //! CRI-O write it: one record per line of output; a line longer than the buffer is cut
-//! into `P` (partial) records ended by an `F` record.
+//! into `P` (partial) records ended by an `F` record; output that ends without a newline
+//! ends with a `P` record.
 
 use std::time::SystemTime;
 
@@ -44,7 +45,7 @@ pub fn format_record(ts: &str, stream: Stream, partial: bool, text: &[u8]) -> Ve
 
 /// Cuts a byte stream into records: whole lines become `F` records, a line that grows
 /// past `max` is emitted as `P` records, and what is left at the end of the stream is a
-/// final `F` record.
+/// last `P` record.
 #[derive(Debug)]
 pub struct LineSplitter {
     buf: Vec<u8>,
@@ -88,10 +89,11 @@ impl LineSplitter {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// End of stream: the unterminated rest, if any, as a final record.
+    /// End of stream: the unterminated rest, if any, as a partial record, so that a
+    /// reader reproduces the output byte for byte (`printf abc` prints no newline).
     pub fn finish(&mut self, emit: &mut dyn FnMut(&[u8], bool)) {
         if !self.buf.is_empty() {
-            emit(&self.buf, false);
+            emit(&self.buf, true);
             self.buf.clear();
         }
     }
@@ -151,14 +153,14 @@ mod tests {
     }
 
     #[test]
-    fn long_lines_become_partial_records_and_the_rest_is_final() {
+    fn long_lines_and_an_unterminated_end_are_partial_records() {
         assert_eq!(
             split(4, &[b"abcdefghij\nxy"]),
             vec![
                 ("abcd".into(), true),
                 ("efgh".into(), true),
                 ("ij".into(), false),
-                ("xy".into(), false)
+                ("xy".into(), true)
             ]
         );
     }

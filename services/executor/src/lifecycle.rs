@@ -553,7 +553,8 @@ impl Executor {
             let code: i32 = code.parse().unwrap_or(monitor::START_FAILED);
             let st = state::read_state(&dir).ok();
             self.publish_event(&record, "die", st.as_ref(), None).await;
-            let message = format!("container {id}: {message}");
+            // The runtime's message names the container already.
+            let message = message.to_string();
             return Err(
                 if code == monitor::NOT_FOUND || code == monitor::CANNOT_INVOKE {
                     ErrorEnvelope::invalid(message)

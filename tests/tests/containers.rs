@@ -1,0 +1,470 @@
+//! Containers end to end, as root: real nats-server, image-store, layer-unpacker and
+//! executor binaries, the real CLI, and a busybox image built here from Debian's
+//! busybox-static and imported with `berth import`.
+
+use berth_tests::{bin_path, Stack};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const NODE: &str = "node-c";
+const IMAGE: &str = "busybox:test";
+const SERVICES: [&str; 3] = [
+    "berth-image-store",
+    "berth-layer-unpacker",
+    "berth-executor",
+];
+
+/// Containers need root (namespaces, cgroups, overlay). Says so instead of passing.
+fn can_run_containers() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: container tests need root (namespaces, cgroups, overlay mounts)");
+        return false;
+    }
+    if !Path::new("/bin/busybox").is_file() {
+        eprintln!("SKIPPED: /bin/busybox (Debian busybox-static) is not installed");
+        return false;
+    }
+    true
+}
+
+/// A rootfs tarball: /bin/busybox with its applet links, passwd and group with a `www` user.
+fn busybox_tar(dir: &Path) -> anyhow::Result<PathBuf> {
+    let root = dir.join("rootfs");
+    for sub in ["bin", "etc", "tmp", "root", "var/www"] {
+        std::fs::create_dir_all(root.join(sub))?;
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))?;
+    let list = Command::new("/bin/busybox").arg("--list").output()?;
+    for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+        }
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/var/www:/bin/sh\n",
+    )?;
+    std::fs::write(
+        root.join("etc/group"),
+        "root:x:0:\nwww:x:33:\nstaff:x:50:www\n",
+    )?;
+    let tar = dir.join("busybox.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()?;
+    anyhow::ensure!(status.success(), "tar failed: {status}");
+    Ok(tar)
+}
+
+/// A stack with the busybox image imported, and a guard that removes every container
+/// (and with it its overlay mount) when the test ends, passed or not.
+struct Env {
+    stack: Stack,
+    _scratch: tempfile::TempDir,
+}
+
+impl Env {
+    async fn start() -> anyhow::Result<Env> {
+        let stack = Stack::start(&SERVICES, NODE).await?;
+        let scratch = tempfile::tempdir()?;
+        let tar = busybox_tar(scratch.path())?;
+        let env = Env {
+            stack,
+            _scratch: scratch,
+        };
+        let import = env.berth(&["import", &tar.display().to_string(), IMAGE])?;
+        anyhow::ensure!(
+            import.status.success(),
+            "berth import failed: {}",
+            String::from_utf8_lossy(&import.stderr)
+        );
+        Ok(env)
+    }
+
+    fn berth(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(self.stack.berth()?.args(args).output()?)
+    }
+
+    /// `berth run --rm IMAGE args…` → (exit code, stdout, stderr).
+    fn run(&self, options: &[&str], command: &[&str]) -> anyhow::Result<(i32, String, String)> {
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(options);
+        args.push(IMAGE);
+        args.extend_from_slice(command);
+        let output = self.berth(&args)?;
+        Ok((
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    }
+
+    /// Runs a CLI verb that must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = self.berth(args)?;
+        anyhow::ensure!(
+            output.status.success(),
+            "berth {args:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    fn inspect(&self, id: &str) -> anyhow::Result<serde_json::Value> {
+        let text = self.ok(&["inspect", id])?;
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&text)?;
+        rows.into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("inspect {id} returned nothing"))
+    }
+
+    /// Polls until `probe` holds or `within` passes.
+    fn eventually(&self, within: Duration, mut probe: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if probe() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        probe()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let Ok(output) = self.berth(&["ps", "-a", "-q"]) else {
+            return;
+        };
+        let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids.iter().map(String::as_str));
+            let _ = self.berth(&args);
+        }
+    }
+}
+
+#[tokio::test]
+async fn run_streams_output_and_propagates_exit_codes() -> anyhow::Result<()> {
+    if !can_run_containers() {
+        return Ok(());
+    }
+    let env = Env::start().await?;
+    let (code, out, _) = env.run(&[], &["echo", "hello from berth"])?;
+    assert_eq!((code, out.as_str()), (0, "hello from berth\n"));
+
+    let (code, out, err) = env.run(&[], &["sh", "-c", "echo out; echo err >&2; exit 3"])?;
+    assert_eq!(code, 3);
+    assert_eq!(out, "out\n");
+    assert!(err.contains("err\n"), "{err}");
+
+    let (code, _, err) = env.run(&[], &["no-such-command"])?;
+    assert_eq!(code, 127, "{err}");
+    assert!(err.contains("no-such-command"), "{err}");
+    let (code, _, err) = env.run(&[], &["/etc/passwd"])?;
+    assert!(code == 126 || code == 127, "{code}: {err}");
+
+    // A long line arrives whole (partial CRI records are joined again).
+    let (code, out, _) = env.run(&[], &["sh", "-c", "head -c 40000 /dev/zero | tr '\\0' x"])?;
+    assert_eq!((code, out.len()), (0, 40_000));
+
+    // --rm left nothing behind.
+    let left = env.ok(&["ps", "-a", "-q"])?;
+    assert!(left.trim().is_empty(), "{left}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn env_workdir_user_hostname_and_limits_apply() -> anyhow::Result<()> {
+    if !can_run_containers() {
+        return Ok(());
+    }
+    let env = Env::start().await?;
+    let (code, out, err) = env.run(
+        &[
+            "-e",
+            "FOO=bar",
+            "-w",
+            "/tmp",
+            "-u",
+            "www",
+            "--hostname",
+            "box",
+        ],
+        &[
+            "sh",
+            "-c",
+            "echo $FOO; pwd; id -u; id -g; id -G; hostname; echo $HOME",
+        ],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "bar\n/tmp\n33\n33\n33 50\nbox\n/var/www\n");
+
+    let (code, out, _) = env.run(&["-u", "1234:50"], &["sh", "-c", "id -u; id -g"])?;
+    assert_eq!((code, out.as_str()), (0, "1234\n50\n"));
+    let (code, _, err) = env.run(&["-u", "nobody-here"], &["true"])?;
+    assert_eq!(code, 125);
+    assert!(err.contains("unable to find user nobody-here"), "{err}");
+
+    let (code, _, err) = env.run(&["--read-only"], &["touch", "/x"])?;
+    assert_eq!(code, 1);
+    assert!(err.contains("Read-only"), "{err}");
+
+    let (code, out, _) = env.run(
+        &["--pids-limit", "32", "--cpus", "0.5", "--network", "none"],
+        &["sh", "-c", "ls /sys/class/net"],
+    )?;
+    assert_eq!((code, out.as_str()), (0, "lo\n"));
+
+    // A memory limit the process exceeds: OOM-killed, reported as such.
+    let output = env.berth(&[
+        "run",
+        "--name",
+        "hog",
+        "--memory",
+        "16m",
+        IMAGE,
+        "sh",
+        "-c",
+        "x=aaaaaaaa; while true; do x=\"$x$x\"; done",
+    ])?;
+    assert_eq!(output.status.code(), Some(137));
+    let hog = env.inspect("hog")?;
+    assert_eq!(hog["oom_killed"], true, "{hog}");
+    assert_eq!(hog["exit_code"], 137, "{hog}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bind_mounts_are_read_only_or_writable() -> anyhow::Result<()> {
+    if !can_run_containers() {
+        return Ok(());
+    }
+    let env = Env::start().await?;
+    let host = tempfile::tempdir()?;
+    std::fs::write(host.path().join("in"), "from the host\n")?;
+    let ro = format!("{}:/data:ro", host.path().display());
+    let (code, out, err) = env.run(
+        &["-v", &ro],
+        &["sh", "-c", "cat /data/in; echo x > /data/out"],
+    )?;
+    assert_eq!(code, 1);
+    assert_eq!(out, "from the host\n");
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(!host.path().join("out").exists());
+
+    let rw = format!("{}:/data", host.path().display());
+    let (code, _, err) = env.run(&["-v", &rw], &["sh", "-c", "echo written > /data/out"])?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("out"))?,
+        "written\n"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn detached_containers_log_stop_kill_and_remove() -> anyhow::Result<()> {
+    if !can_run_containers() {
+        return Ok(());
+    }
+    let env = Env::start().await?;
+    // Handles SIGTERM: stop ends it within the grace period with its own code.
+    let polite = env.ok(&[
+        "run", "-d", "--name", "polite", IMAGE, "sh", "-c",
+        "trap 'echo got TERM; exit 7' TERM; echo line 1; echo line 2; while true; do sleep 0.1; done",
+    ])?;
+    let polite = polite.trim().to_string();
+    assert_eq!(polite.len(), 64, "{polite}");
+    // PID 1 ignores SIGTERM by default: stop must fall back to SIGKILL after the grace.
+    env.ok(&["run", "-d", "--name", "stubborn", IMAGE, "sleep", "600"])?;
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "target",
+        IMAGE,
+        "sh",
+        "-c",
+        "trap 'exit 42' USR1; while true; do sleep 0.1; done",
+    ])?;
+
+    assert!(env.eventually(Duration::from_secs(10), || {
+        env.ok(&["logs", "polite"])
+            .is_ok_and(|out| out == "line 1\nline 2\n")
+    }));
+    assert_eq!(env.ok(&["logs", "--tail", "1", "polite"])?, "line 2\n");
+
+    let ps: Vec<serde_json::Value> = serde_json::from_str(&env.ok(&["ps", "--json"])?)?;
+    let mut names: Vec<&str> = ps.iter().filter_map(|c| c["name"].as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["polite", "stubborn", "target"]);
+    assert!(ps.iter().all(|c| c["status"] == "running"), "{ps:?}");
+
+    // A running container is not removed without force.
+    let refused = env.berth(&["rm", "polite"])?;
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("running"));
+
+    let started = Instant::now();
+    env.ok(&["stop", "polite"])?;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(env.ok(&["wait", "polite"])?, "7\n");
+    assert_eq!(env.ok(&["logs", "polite"])?, "line 1\nline 2\ngot TERM\n");
+
+    let started = Instant::now();
+    env.ok(&["stop", "-t", "1", "stubborn"])?;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    assert_eq!(env.inspect("stubborn")?["exit_code"], 137);
+
+    env.ok(&["kill", "-s", "USR1", "target"])?;
+    assert_eq!(env.ok(&["wait", "target"])?, "42\n");
+    let killing_stopped = env.berth(&["kill", "target"])?;
+    assert_eq!(killing_stopped.status.code(), Some(1));
+
+    // Exited containers show in ps -a only; rm removes them.
+    let running = env.ok(&["ps", "-q"])?;
+    assert!(running.trim().is_empty(), "{running}");
+    let all = env.ok(&["ps", "-a"])?;
+    assert!(
+        all.contains("Exited (7)") && all.contains("Exited (137)"),
+        "{all}"
+    );
+    env.ok(&["rm", "polite", "stubborn", "target"])?;
+    assert!(env.ok(&["ps", "-a", "-q"])?.trim().is_empty());
+
+    // rm -f on a running one; start of a created one.
+    let id = env.ok(&[
+        "create",
+        "--name",
+        "later",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo started late; sleep 600",
+    ])?;
+    assert_eq!(env.inspect("later")?["status"], "created");
+    env.ok(&["start", "later"])?;
+    assert!(env.eventually(Duration::from_secs(10), || {
+        env.ok(&["logs", "later"])
+            .is_ok_and(|out| out == "started late\n")
+    }));
+    env.ok(&["rm", "-f", id.trim()])?;
+    let gone = env.berth(&["inspect", "later"])?;
+    assert!(!gone.status.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn logs_follow_streams_until_the_container_exits() -> anyhow::Result<()> {
+    if !can_run_containers() {
+        return Ok(());
+    }
+    let env = Env::start().await?;
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ticker",
+        IMAGE,
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5; do echo tick $i; sleep 0.3; done",
+    ])?;
+    let follow = env.berth(&["logs", "-f", "ticker"])?;
+    assert!(follow.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&follow.stdout),
+        "tick 1\ntick 2\ntick 3\ntick 4\ntick 5\n"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_sigkilled_executor_readopts_its_containers() -> anyhow::Result<()> {
+    if !can_run_containers() {
+        return Ok(());
+    }
+    let mut env = Env::start().await?;
+    let short = env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "short",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo before; sleep 1; echo after; exit 5",
+    ])?;
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "long",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo up; sleep 600",
+    ])?;
+
+    let executor = env
+        .stack
+        .services
+        .iter_mut()
+        .find(|s| s.name == "berth-executor")
+        .ok_or_else(|| anyhow::anyhow!("no executor in the stack"))?;
+    let pid = executor
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("executor has no pid"))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    // `short` exits while no executor runs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = env.stack.data_dir().join("executor-restarted.log");
+    let log_file = std::fs::File::create(&log)?;
+    let mut restarted = tokio::process::Command::new(bin_path("berth-executor")?)
+        .env("BERTH_NATS_URL", env.stack.nats.url())
+        .env("BERTH_DATA_DIR", env.stack.data_dir())
+        .env("BERTH_NODE_ID", NODE)
+        .env("RUST_LOG", "info")
+        .env_remove("BERTH_CONFIG")
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()?;
+    env.stack
+        .wait_ready(&["berth-executor"], Duration::from_secs(20))
+        .await?;
+
+    let short_state = env.inspect("short")?;
+    assert_eq!(short_state["status"], "exited", "{short_state}");
+    assert_eq!(short_state["exit_code"], 5, "{short_state}");
+    assert_eq!(env.ok(&["logs", short.trim()])?, "before\nafter\n");
+    let long_state = env.inspect("long")?;
+    assert_eq!(long_state["status"], "running", "{long_state}");
+    let ps = env.ok(&["ps", "-q"])?;
+    assert_eq!(ps.split_whitespace().count(), 1, "{ps}");
+
+    // The re-adopted container's exit is still seen and recorded.
+    env.ok(&["kill", "-s", "KILL", "long"])?;
+    assert_eq!(env.ok(&["wait", "long"])?, "137\n");
+    drop(env);
+    let _ = restarted.kill().await;
+    Ok(())
+}
