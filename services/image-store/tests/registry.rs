@@ -1101,7 +1101,7 @@ async fn registry_oversized_manifest_is_refused_while_streaming() -> Result<()> 
 }
 
 #[tokio::test]
-async fn registry_blob_bodies_that_break_off_or_run_short() -> Result<()> {
+async fn registry_blob_bodies_that_break_off_resume_or_run_short() -> Result<()> {
     let data = b"0123456789abcdef".repeat(1000);
     let digest = Digest::sha256_of(&data);
     // Promises the full length, sends half, closes.
@@ -1154,6 +1154,55 @@ async fn registry_blob_bodies_that_break_off_or_run_short() -> Result<()> {
     .context("short body")?;
     assert!(matches!(err, RegistryError::Digest { .. }), "{err}");
     assert!(err.to_string().contains("size mismatch"), "{err}");
+
+    // Breaks off once, then honours Range: the download resumes where it stopped.
+    let served = data.clone();
+    let s = FakeServer::start(move |req, _| match req.headers.get("range") {
+        Some(range) => {
+            let start: usize = range
+                .trim_start_matches("bytes=")
+                .trim_end_matches('-')
+                .parse()
+                .unwrap_or(0);
+            let content_range = format!("bytes {start}-{}/{}", served.len() - 1, served.len());
+            full(
+                206,
+                &[("Content-Range", content_range.as_str())],
+                served[start..].to_vec(),
+            )
+        }
+        None => {
+            let mut out =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
+                    .into_bytes();
+            out.extend_from_slice(&served[..served.len() / 3]);
+            FakeResponse::Raw(out)
+        }
+    })
+    .await?;
+    let r = s.reference("x/y:1");
+    let fetched = fetch_all(
+        &client(),
+        &r,
+        &[Descriptor::new(
+            media::OCI_LAYER_GZIP,
+            digest.clone(),
+            len as u64,
+        )],
+    )
+    .await?;
+    assert_eq!(fetched[0].1, digest);
+    let ranges: Vec<String> = s
+        .requests
+        .lock()
+        .map(|r| {
+            r.iter()
+                .filter_map(|q| q.headers.get("range").cloned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(ranges.len(), 1, "{ranges:?}");
+    assert_ne!(ranges[0], "bytes=0-", "resumed past what was read");
     Ok(())
 }
 

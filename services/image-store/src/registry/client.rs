@@ -30,6 +30,7 @@ pub(super) struct Inner {
 }
 
 /// One repository on one registry, with the scope its requests need.
+#[derive(Clone)]
 pub(super) struct Target {
     /// The reference as users write it, for errors.
     pub(super) image: String,

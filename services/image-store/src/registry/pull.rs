@@ -275,17 +275,20 @@ impl RegistryClient {
                 });
             }
         }
-        let (image, host, subject) = (t.image.clone(), t.host.clone(), what.clone());
-        let stream = resp.bytes_stream().map_err(move |e| {
-            // A body that breaks off mid-way: the registry or the network failed.
-            io::Error::other(RegistryError::Unavailable {
-                image: image.clone(),
-                what: subject.clone(),
-                registry: host.clone(),
-                reason: format!("blob body broke off: {}", super::client::error_chain(&e)),
-            })
+        let url = t.url(&format!("blobs/{digest}"))?;
+        let stream = resumable_body(BodyState {
+            client: self.clone(),
+            target: t.clone(),
+            url,
+            what: what.clone(),
+            resp: Some(resp),
+            offset: 0,
+            skip: 0,
+            size,
+            resumes_left: self.inner.config.retries,
+            resumed: 0,
         });
-        let reader = tokio_util::io::StreamReader::new(Box::pin(stream) as BodyStream);
+        let reader = tokio_util::io::StreamReader::new(stream);
         let subject = format!("{what} of {}", t.image);
         Ok(BlobReader {
             inner: AsyncVerifyingReader::new(reader, digest.clone(), Some(size), subject),
@@ -354,6 +357,119 @@ impl RegistryClient {
 }
 
 type BodyStream = Pin<Box<dyn futures::Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// Where a blob download stands, so that a body that breaks off can be picked up again.
+struct BodyState {
+    client: RegistryClient,
+    target: Target,
+    /// The registry's blob URL (not a storage redirect's, which may have expired).
+    url: reqwest::Url,
+    what: String,
+    resp: Option<reqwest::Response>,
+    /// Bytes handed out so far.
+    offset: u64,
+    /// Bytes still to drop from a response that ignored our Range and started at 0.
+    skip: u64,
+    size: u64,
+    resumes_left: u32,
+    resumed: u32,
+}
+
+impl BodyState {
+    fn broke_off(&self, reason: String) -> io::Error {
+        io::Error::other(RegistryError::Unavailable {
+            image: self.target.image.clone(),
+            what: self.what.clone(),
+            registry: self.target.host.clone(),
+            reason: format!(
+                "blob body broke off after {} of {} bytes ({} resumes): {reason}",
+                self.offset, self.size, self.resumed
+            ),
+        })
+    }
+
+    /// GET with `Range: bytes=<offset>-`. A 206 continues where we stopped; a 200
+    /// (registries may ignore Range) is read from the start with the known part dropped.
+    async fn resume(&mut self) -> io::Result<()> {
+        let range = format!("bytes={}-", self.offset);
+        let req = Req::new(Method::GET, self.url.clone(), &self.what)
+            .header(reqwest::header::RANGE, &range);
+        let resp = self
+            .client
+            .send(&self.target, req)
+            .await
+            .map_err(io::Error::other)?;
+        match resp.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                let start = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split('-').next())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if start != Some(self.offset) {
+                    return Err(io::Error::other(self.client.protocol(
+                        &self.target,
+                        &self.what,
+                        format!("asked for {range}, got Content-Range {start:?}"),
+                    )));
+                }
+                self.skip = 0;
+            }
+            StatusCode::OK => self.skip = self.offset,
+            _ => {
+                return Err(io::Error::other(
+                    self.client
+                        .status_error(&self.target, &self.what, resp)
+                        .await,
+                ))
+            }
+        }
+        self.resp = Some(resp);
+        Ok(())
+    }
+}
+
+/// The blob body as a byte stream that resumes (bounded by `retries`) when the
+/// connection breaks mid-way, so a reset near the end of a big layer does not
+/// restart the whole download. Verification happens above, over the joined bytes.
+fn resumable_body(state: BodyState) -> BodyStream {
+    Box::pin(futures::stream::try_unfold(state, |mut st| async move {
+        loop {
+            let Some(resp) = st.resp.as_mut() else {
+                st.resume().await?;
+                continue;
+            };
+            match resp.chunk().await {
+                Ok(Some(mut b)) => {
+                    if st.skip > 0 {
+                        let drop = usize::try_from(st.skip).unwrap_or(usize::MAX).min(b.len());
+                        st.skip -= drop as u64;
+                        b = b.slice(drop..);
+                        if b.is_empty() {
+                            continue;
+                        }
+                    }
+                    st.offset += b.len() as u64;
+                    return Ok(Some((b, st)));
+                }
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    let reason = super::client::error_chain(&e);
+                    if st.resumes_left == 0 || st.offset >= st.size {
+                        return Err(st.broke_off(reason));
+                    }
+                    tracing::debug!(image = %st.target.image, what = %st.what, offset = st.offset, %reason, "resuming blob");
+                    st.resumes_left -= 1;
+                    st.resumed += 1;
+                    st.resp = None;
+                    tokio::time::sleep(st.client.inner.config.retry_delay).await;
+                }
+            }
+        }
+    }))
+}
 
 /// A blob's body being streamed: verified against digest and size, reporting progress.
 pub struct BlobReader {
