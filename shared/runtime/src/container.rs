@@ -302,9 +302,20 @@ impl Container {
             c.state.start_time = proc_stat(pid).map(|s| s.0).unwrap_or(0);
             c.sock = Some(sock);
             c.console = console;
-            spec.save(dir.join("config.json"))
-                .map_err(|e| Error::InvalidSpec(format!("save config: {e}")))?;
-            c.persist()?;
+            let saved = spec
+                .save(dir.join("config.json"))
+                .map_err(|e| Error::Io {
+                    context: format!("save config of {}", opts.id),
+                    cause: std::io::Error::other(e.to_string()),
+                })
+                .and_then(|()| c.persist());
+            if let Err(e) = saved {
+                // Do not leave a waiting init and its cgroup behind a failed create.
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = waitpid(Pid::from_raw(pid), None);
+                let _ = cg.destroy();
+                return Err(e);
+            }
             Ok(c)
         })();
         if result.is_err() {

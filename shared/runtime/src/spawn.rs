@@ -188,9 +188,43 @@ pub(crate) fn handshake(
     console: &mut Option<OwnedFd>,
     state_for_hooks: impl Fn(i32) -> String,
 ) -> Result<i32> {
+    let mut pid = None;
+    let r = handshake_inner(
+        id,
+        sp,
+        spec,
+        cfg,
+        until_created,
+        console,
+        state_for_hooks,
+        &mut pid,
+    );
+    if r.is_err() {
+        // The container process is our child (CLONE_PARENT): reap it, never leave a zombie
+        // or a process stuck in setup behind a failed create/exec.
+        if let Some(p) = pid {
+            let _ = nix::sys::signal::kill(Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(p), None);
+        }
+        let _ = sp.stage1.kill();
+        let _ = sp.stage1.wait();
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn handshake_inner(
+    id: &str,
+    sp: &mut Spawned,
+    spec: &Spec,
+    cfg: InitConfig,
+    until_created: bool,
+    console: &mut Option<OwnedFd>,
+    state_for_hooks: impl Fn(i32) -> String,
+    pid: &mut Option<i32>,
+) -> Result<i32> {
     let stage1_pid = sp.stage1.id();
     send_msg(&sp.sock, &Msg::Config(Box::new(cfg)))?;
-    let mut pid = None;
     loop {
         let (msg, fd) = recv_msg_fd(&sp.sock)?;
         match msg {
@@ -200,7 +234,7 @@ pub(crate) fn handshake(
                 send_msg(&sp.sock, &Msg::UsernsMapped)?;
             }
             Some(Msg::Pid(p)) => {
-                pid = Some(p);
+                *pid = Some(p);
                 let _ = sp.stage1.wait();
                 if !until_created {
                     return Ok(p);
@@ -222,7 +256,7 @@ pub(crate) fn handshake(
             }
             Some(Msg::Created) => {
                 // Pid may arrive after Created: stage 1 and 2 race on the socket.
-                if let Some(p) = pid {
+                if let Some(p) = *pid {
                     return Ok(p);
                 }
                 match recv_msg(&sp.sock)? {
@@ -240,7 +274,7 @@ pub(crate) fn handshake(
             }
             Some(Msg::Error(message)) => {
                 let _ = sp.stage1.wait();
-                if let Some(p) = pid {
+                if let Some(p) = pid.take() {
                     let _ = waitpid(Pid::from_raw(p), None);
                 }
                 return Err(Error::Init {

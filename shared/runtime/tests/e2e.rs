@@ -751,3 +751,25 @@ fn kill_all_signals_every_process_in_the_container() {
     }
     assert!(b.cli(&["delete", &id]).status.success());
 }
+
+#[test]
+fn failing_hook_fails_create_and_leaves_nothing_behind() {
+    if !require_root("failing_hook_fails_create_and_leaves_nothing_behind") {
+        return;
+    }
+    let id = cid("badhook");
+    let b = Bundle::new(&["true"], |_| {});
+    b.edit(|v| v["hooks"] = serde_json::json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]}]}));
+    let out = b.cli(&["run", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("createRuntime hook /bin/sh"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&b.cli(&["list", "-q"]).stdout), "");
+    assert!(
+        !std::path::Path::new(&format!("/sys/fs/cgroup/pids/berth/{id}")).exists(),
+        "cgroup left behind"
+    );
+}
