@@ -166,9 +166,9 @@ pub struct RmArgs {
 #[derive(clap::Subcommand, Debug)]
 pub enum ContainersCommand {
     /// Create and start a container; attached, exits with its exit code.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Create a container without starting it; prints its id.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Start created or exited containers.
     Start(RefsArgs),
     /// List containers.
@@ -361,7 +361,7 @@ pub async fn run(
     timeout: Duration,
 ) -> Result<ExitCode, Failure> {
     match command {
-        ContainersCommand::Run(args) => run_container(args, nats, timeout).await,
+        ContainersCommand::Run(args) => run_container(*args, nats, timeout).await,
         ContainersCommand::Create(args) => {
             let target = Target::connect(nats, &args.node, timeout).await?;
             let created: ContainerCreated = target
