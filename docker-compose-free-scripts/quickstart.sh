@@ -25,4 +25,8 @@ log "importing busybox:latest from /bin/busybox"
   --change 'CMD ["/bin/sh"]' --change 'ENV PATH=/bin' --message 'busybox-static from the host'
 "$berth" images
 "$berth" history busybox:latest
+
+# The point of it all: a container from that image, attached, removed when it exits.
+log "berth run --rm busybox:latest echo hello from berth"
+"$berth" run --rm busybox:latest echo hello from berth
 log "stop the stack with docker-compose-free-scripts/down.sh"
