@@ -773,3 +773,62 @@ fn failing_hook_fails_create_and_leaves_nothing_behind() {
         "cgroup left behind"
     );
 }
+
+#[test]
+fn console_socket_receives_the_pty_master_like_runc() {
+    if !require_root("console_socket_receives_the_pty_master_like_runc") {
+        return;
+    }
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let id = cid("csock");
+    let b = Bundle::new(&["sh", "-c", "echo on-$(tty)"], |o| o.terminal = true);
+    let sock_path = b.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock_path).expect("bind");
+    let receiver = std::thread::spawn(move || -> OwnedFd {
+        let (conn, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 64];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = nix::sys::socket::recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .expect("recvmsg");
+        for c in msg.cmsgs().expect("cmsgs") {
+            if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+                return unsafe { OwnedFd::from_raw_fd(fds[0]) };
+            }
+        }
+        panic!("no fd received on the console socket");
+    });
+    let out = b.cli(&[
+        "create",
+        "--console-socket",
+        sock_path.to_str().expect("utf8"),
+        &id,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let master = receiver.join().expect("receiver");
+    assert!(b.cli(&["start", &id]).status.success());
+    let mut f = std::fs::File::from(master);
+    let mut got = String::new();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = std::io::Read::read(&mut f, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if got.contains('\n') {
+            break;
+        }
+    }
+    assert!(got.starts_with("on-/dev/pts/0"), "{got:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Container::load(b.root.path(), &id).expect("load").status() != ContainerStatus::Stopped {
+        assert!(Instant::now() < deadline, "container did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(b.cli(&["delete", &id]).status.success());
+}
