@@ -109,6 +109,14 @@ fn lifecycle_create_start_state_kill_delete_via_cli() {
         "{}",
         text(&e.stderr)
     );
+    // exec -t: a pty from the container's devpts, attached to our stdio.
+    let e = b.cli(&["exec", "-t", &id, "tty"]);
+    assert_eq!(e.status.code(), Some(0), "{}", text(&e.stderr));
+    assert!(
+        text(&e.stdout).starts_with("/dev/pts/"),
+        "{:?}",
+        text(&e.stdout)
+    );
     let proc_json = b.path().join("proc.json");
     std::fs::write(&proc_json, serde_json::json!({"user": {"uid": 1000, "gid": 1000}, "args": ["id", "-u"], "cwd": "/tmp", "env": ["PATH=/bin"]}).to_string()).expect("proc.json");
     let e = b.cli(&["exec", "--process", proc_json.to_str().expect("utf8"), &id]);
