@@ -46,3 +46,59 @@ pub async fn gather<T: DeserializeOwned>(
     }
     Ok(gathered)
 }
+
+#[derive(serde::Deserialize)]
+struct InfoWithMetadata {
+    name: String,
+    #[serde(default)]
+    metadata: Option<std::collections::HashMap<String, String>>,
+}
+
+/// Node ids of every running instance of a node service (`berth-layer-unpacker`,
+/// `berth-executor`), sorted and deduplicated.
+pub async fn service_nodes(
+    client: &Client,
+    service: &str,
+    deadline: Duration,
+) -> Result<Vec<String>, String> {
+    let infos: Vec<InfoWithMetadata> = gather(
+        client,
+        &berth_proto::subjects::micro::info(service),
+        Duration::from_millis(200),
+        deadline,
+    )
+    .await?;
+    let mut nodes: Vec<String> = infos
+        .into_iter()
+        .filter(|info| info.name == service)
+        .filter_map(|info| {
+            info.metadata?
+                .remove(berth_proto::subjects::metadata_keys::NODE_ID)
+        })
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    Ok(nodes)
+}
+
+/// The node to address: the one given, or the only node running `service`.
+pub async fn pick_node(
+    client: &Client,
+    service: &str,
+    given: Option<String>,
+    deadline: Duration,
+) -> Result<String, String> {
+    if let Some(node) = given {
+        return Ok(node);
+    }
+    let nodes = service_nodes(client, service, deadline.min(Duration::from_secs(2))).await?;
+    match nodes.as_slice() {
+        [only] => Ok(only.clone()),
+        [] => Err(format!("no {service} is running on the bus")),
+        many => Err(format!(
+            "{} nodes run {service} ({}): choose one with --node",
+            many.len(),
+            many.join(", ")
+        )),
+    }
+}

@@ -80,6 +80,20 @@ pub enum ImageCommand {
     Load(LoadArgs),
     /// Save images to a docker-archive.
     Save(SaveArgs),
+    /// Unpack an image's layers on a node ahead of use (prints the overlay lowerdirs).
+    Unpack(UnpackArgs),
+}
+
+#[derive(Args)]
+pub struct UnpackArgs {
+    /// Image name or digest.
+    pub name: String,
+    /// Node whose layer-unpacker does the work (default: the only one on the bus).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -211,6 +225,9 @@ pub async fn run(
             ImageCommand::Import(a) => ctx.import(a).await,
             ImageCommand::Load(a) => ctx.load(a).await,
             ImageCommand::Save(a) => ctx.save(a).await,
+            ImageCommand::Unpack(a) => {
+                crate::snapshots::image_unpack(nats, timeout, a.name, a.node, a.json).await
+            }
         },
     }
 }

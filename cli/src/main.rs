@@ -1,9 +1,11 @@
 //! `berth`: the operator CLI. It owns nothing; every verb is a request on the bus.
 
 mod containers;
+mod df;
 mod discovery;
 mod exit;
 mod images;
+mod snapshots;
 mod system;
 
 use berth_bus::NatsSettings;

@@ -20,6 +20,12 @@ pub enum SystemCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Disk usage: images in the store, snapshots per node, containers, reclaimable space.
+    Df {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Deserialize)]
@@ -74,6 +80,7 @@ pub async fn run(
 ) -> Result<ExitCode, Failure> {
     match command {
         SystemCommand::Info { json } => info(nats, timeout, json).await,
+        SystemCommand::Df { json } => crate::df::run(nats, timeout, json).await,
     }
 }
 

@@ -3,6 +3,8 @@
 //! cleans everything up on drop. Every step returns an error instead of panicking, so a
 //! test failure says what did not come up and where its log is.
 
+pub mod fixtures;
+
 use async_nats::Client;
 use berth_proto::subjects::{micro, service_names};
 use futures::StreamExt;

@@ -137,6 +137,32 @@ async fn malformed_bodies_get_invalid_and_the_service_keeps_serving() -> anyhow:
             DEADLINE,
         )
         .await?;
+        let snapshots: SnapshotList = request(
+            &client,
+            &subjects::unpack(NODE, UnpackVerb::List),
+            &SnapshotListRequest::default(),
+            encoding,
+            DEADLINE,
+        )
+        .await?;
+        assert_eq!(snapshots.node_id, NODE);
+        assert!(snapshots.snapshots.is_empty());
+        // A well-formed request for something absent is `not_found`, not `invalid`.
+        let missing: Result<serde_json::Value, _> = request(
+            &client,
+            &unpack_remove,
+            &SnapshotRemoveRequest {
+                chain_id: format!("sha256:{}", "0".repeat(64)),
+                force: false,
+            },
+            encoding,
+            DEADLINE,
+        )
+        .await;
+        assert_eq!(
+            missing.err().and_then(|e| e.kind()),
+            Some(ErrorKind::NotFound)
+        );
     }
 
     // A JSON caller with any NATS client gets a JSON reply.

@@ -1,0 +1,232 @@
+//! The layer-unpacker end to end: images loaded into a real image-store, unpacked by the
+//! real `berth-layer-unpacker` through `berth image unpack`, mounted as overlay and
+//! compared file by file with `umoci unpack` of the same image.
+//!
+//! Needs root (overlay mounts, ownership) and busybox, umoci, skopeo on PATH.
+
+use anyhow::{ensure, Context};
+use berth_proto::subjects::service_names;
+use berth_tests::fixtures::{need, need_root, ok, skopeo_archive, umoci_layout};
+use berth_tests::Stack;
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const NODE: &str = "node-unpack";
+
+fn berth(stack: &Stack, args: &[&str]) -> anyhow::Result<String> {
+    let mut command = stack.berth()?;
+    command.args(args);
+    ok(&mut command)
+}
+
+fn unpack(stack: &Stack, image: &str) -> anyhow::Result<serde_json::Value> {
+    let out = berth(stack, &["image", "unpack", image, "--json"])?;
+    serde_json::from_str(&out).with_context(|| format!("unpack output: {out}"))
+}
+
+/// What is compared of each file: type, mode (incl. setuid/setgid/sticky), owner, link
+/// target or content digest, and mtime for non-directories.
+#[derive(Debug, PartialEq, Eq)]
+struct Entry {
+    kind: &'static str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    detail: String,
+    mtime: Option<i64>,
+}
+
+fn describe_tree(root: &Path) -> anyhow::Result<BTreeMap<PathBuf, Entry>> {
+    let mut out = BTreeMap::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for item in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+            let path = item?.path();
+            let meta = std::fs::symlink_metadata(&path)?;
+            let file_type = meta.file_type();
+            let (kind, detail, mtime) = if file_type.is_symlink() {
+                (
+                    "symlink",
+                    std::fs::read_link(&path)?.display().to_string(),
+                    Some(meta.mtime()),
+                )
+            } else if file_type.is_dir() {
+                pending.push(path.clone());
+                ("dir", String::new(), None)
+            } else if file_type.is_file() {
+                let bytes = std::fs::read(&path)?;
+                let digest = format!("{}:{:x}", bytes.len(), fxhash(&bytes));
+                ("file", digest, Some(meta.mtime()))
+            } else {
+                ("other", format!("rdev {}", meta.rdev()), Some(meta.mtime()))
+            };
+            let relative = path.strip_prefix(root)?.to_path_buf();
+            out.insert(
+                relative,
+                Entry {
+                    kind,
+                    mode: meta.permissions().mode() & 0o7777,
+                    uid: meta.uid(),
+                    gid: meta.gid(),
+                    detail,
+                    mtime,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// A cheap content fingerprint (FNV-1a); collisions are irrelevant at this scale.
+fn fxhash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// Mounts `lowerdirs` (top first) read-only at `target` and unmounts on drop.
+struct OverlayMount(PathBuf);
+
+impl OverlayMount {
+    fn new(lowerdirs: &[String], target: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(target)?;
+        ok(Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!("ro,lowerdir={}", lowerdirs.join(":")))
+            .arg(target))?;
+        Ok(OverlayMount(target.to_path_buf()))
+    }
+}
+
+impl Drop for OverlayMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn strings(value: &serde_json::Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn layers_are_unpacked_once_per_node_and_match_umoci_unpack() -> anyhow::Result<()> {
+    need_root("overlay mounts and file ownership")?;
+    need("umoci")?;
+    need("skopeo")?;
+    let stack = Stack::start(
+        &[service_names::IMAGE_STORE, service_names::LAYER_UNPACKER],
+        NODE,
+    )
+    .await?;
+    let scratch = tempfile::tempdir()?;
+    let layout = umoci_layout(scratch.path())?;
+    for tag in ["a", "b"] {
+        let archive = scratch.path().join(format!("{tag}.tar"));
+        skopeo_archive(&layout, tag, &archive, &format!("unpack/{tag}:1"))?;
+        berth(&stack, &["load", "-i", &archive.display().to_string()])?;
+    }
+
+    // a: base + its own layer, both new. b: shares the base layer, so only one is new.
+    let a = unpack(&stack, "unpack/a:1")?;
+    assert_eq!(
+        (a["unpacked"].as_u64(), a["reused"].as_u64()),
+        (Some(2), Some(0)),
+        "{a}"
+    );
+    let b = unpack(&stack, "unpack/b:1")?;
+    assert_eq!(
+        (b["unpacked"].as_u64(), b["reused"].as_u64()),
+        (Some(1), Some(1)),
+        "{b}"
+    );
+    let again = unpack(&stack, "unpack/a:1")?;
+    assert_eq!(again["unpacked"].as_u64(), Some(0), "{again}");
+    let lowerdirs_a = strings(&a["lowerdirs"]);
+    let lowerdirs_b = strings(&b["lowerdirs"]);
+    assert_eq!(lowerdirs_a.len(), 2);
+    assert_eq!(
+        lowerdirs_a.last(),
+        lowerdirs_b.last(),
+        "the base snapshot is shared"
+    );
+    for dir in lowerdirs_a.iter().chain(&lowerdirs_b) {
+        ensure!(Path::new(dir).is_dir(), "{dir} is not a directory");
+        ensure!(
+            dir.starts_with(&stack.data_dir().join("snapshots").display().to_string()),
+            "{dir} is outside the node's snapshots dir"
+        );
+    }
+    let snapshots: serde_json::Value =
+        serde_json::from_str(&berth(&stack, &["system", "df", "--json"])?)?;
+    let row = snapshots
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["kind"] == "Snapshots"))
+        .context("no snapshot row in system df")?;
+    assert_eq!(row["total"].as_u64(), Some(3), "{snapshots}");
+
+    // The overlay of berth's snapshots equals what umoci unpacks, file by file.
+    for (tag, lowerdirs) in [("a", &lowerdirs_a), ("b", &lowerdirs_b)] {
+        let bundle = scratch.path().join(format!("umoci-{tag}"));
+        ok(Command::new("umoci")
+            .args(["unpack", "--image", &format!("{}:{tag}", layout.display())])
+            .arg(&bundle))?;
+        let mount = OverlayMount::new(lowerdirs, &scratch.path().join(format!("mnt-{tag}")))?;
+        let ours = describe_tree(&mount.0)?;
+        let theirs = describe_tree(&bundle.join("rootfs"))?;
+        let only_ours: Vec<_> = ours.keys().filter(|k| !theirs.contains_key(*k)).collect();
+        let only_theirs: Vec<_> = theirs.keys().filter(|k| !ours.contains_key(*k)).collect();
+        ensure!(
+            only_ours.is_empty() && only_theirs.is_empty(),
+            "image {tag}: only in berth: {only_ours:?}; only in umoci: {only_theirs:?}"
+        );
+        for (path, entry) in &ours {
+            assert_eq!(
+                Some(entry),
+                theirs.get(path),
+                "image {tag}: {}",
+                path.display()
+            );
+        }
+        assert!(
+            !ours.contains_key(Path::new("bin/sh")),
+            "whiteout of bin/sh must hide it"
+        );
+        assert_eq!(ours[Path::new(&format!("home/{tag}/owned"))].uid, 1000);
+        assert_eq!(ours[Path::new(&format!("bin/suid-{tag}"))].mode, 0o4755);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn unpacking_an_unknown_image_is_a_clear_error_and_leaves_no_snapshot() -> anyhow::Result<()>
+{
+    let stack = Stack::start(
+        &[service_names::IMAGE_STORE, service_names::LAYER_UNPACKER],
+        NODE,
+    )
+    .await?;
+    let output = stack
+        .berth()?
+        .args(["image", "unpack", "no/such-image:1"])
+        .output()?;
+    assert_eq!(output.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no/such-image"), "{stderr}");
+    let df: serde_json::Value = serde_json::from_str(&berth(&stack, &["system", "df", "--json"])?)?;
+    let row = df
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["kind"] == "Snapshots"))
+        .context("no snapshot row")?;
+    assert_eq!(row["total"].as_u64(), Some(0));
+    Ok(())
+}
