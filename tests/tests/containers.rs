@@ -2,7 +2,10 @@
 //! executor binaries, the real CLI, and a busybox image built here from Debian's
 //! busybox-static and imported with `berth import`.
 
+use berth_proto::messages::exec::ContainerEvent;
+use berth_proto::subjects::{self, EventKind};
 use berth_tests::{bin_path, Stack};
+use futures::StreamExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -160,8 +163,35 @@ async fn run_streams_output_and_propagates_exit_codes() -> anyhow::Result<()> {
         return Ok(());
     }
     let env = Env::start().await?;
+    let client = env.stack.nats.client().await?;
+    let mut events = client
+        .subscribe(subjects::events_of_kind(EventKind::Container))
+        .await?;
+    client.flush().await?;
     let (code, out, _) = env.run(&[], &["echo", "hello from berth"])?;
     assert_eq!((code, out.as_str()), (0, "hello from berth\n"));
+    // create, start, die (with the exit code), destroy: in order, on the container's subjects.
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let message = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("event subscription ended"))?;
+        let event: ContainerEvent = serde_json::from_slice(&message.payload)?;
+        assert_eq!(
+            message.subject.as_str(),
+            subjects::event(EventKind::Container, &event.id, &event.action)
+        );
+        seen.push((event.action, event.exit_code));
+    }
+    assert_eq!(
+        seen,
+        [
+            ("create".to_string(), None),
+            ("start".to_string(), None),
+            ("die".to_string(), Some(0)),
+            ("destroy".to_string(), None)
+        ]
+    );
 
     let (code, out, err) = env.run(&[], &["sh", "-c", "echo out; echo err >&2; exit 3"])?;
     assert_eq!(code, 3);
