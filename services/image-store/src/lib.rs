@@ -148,3 +148,4 @@ fn prepare_spool(spool: &std::path::Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+pub mod registry;
