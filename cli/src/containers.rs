@@ -8,8 +8,8 @@ use berth_bus::{connect_once, BusError, NatsSettings};
 use berth_proto::messages::exec::{
     BindMount, ContainerCreateRequest, ContainerCreated, ContainerDone, ContainerExit,
     ContainerInspect, ContainerKillRequest, ContainerList, ContainerListRequest, ContainerRef,
-    ContainerRemoveRequest, ContainerStarted, ContainerStopRequest, LogChunk, LogsPage,
-    LogsRequest, NetworkMode, RestartPolicy,
+    ContainerRemoveRequest, ContainerStarted, ContainerStats, ContainerStopRequest, ExecExit,
+    ExecOutput, ExecRequest, LogChunk, LogsPage, LogsRequest, NetworkMode, RestartPolicy,
 };
 use berth_proto::subjects::{self, service_names, ExecVerb};
 use berth_proto::{Encoding, ErrorKind};
@@ -162,6 +162,36 @@ pub struct RmArgs {
     force: bool,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    node: NodeArg,
+    /// Environment variable KEY=value (repeatable).
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    /// user[:group], by name or number.
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    container: String,
+    /// Command and arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    node: NodeArg,
+    /// Print one sample and exit.
+    #[arg(long)]
+    no_stream: bool,
+    /// Containers (default: every running one).
+    containers: Vec<String>,
+}
+
 /// Container verbs, flattened into the CLI's top level.
 #[derive(clap::Subcommand, Debug)]
 pub enum ContainersCommand {
@@ -185,6 +215,10 @@ pub enum ContainersCommand {
     Inspect(RefsArgs),
     /// Wait for containers to exit; prints their exit codes.
     Wait(RefsArgs),
+    /// Run a command in a running container; exits with its exit code.
+    Exec(ExecArgs),
+    /// CPU, memory and pids of running containers.
+    Stats(StatsArgs),
 }
 
 /// `64m` → 67108864.
@@ -389,6 +423,8 @@ pub async fn run(
             .await
         }
         ContainersCommand::Ps(args) => ps(args, nats, timeout).await,
+        ContainersCommand::Exec(args) => exec(args, nats, timeout).await,
+        ContainersCommand::Stats(args) => stats(args, nats, timeout).await,
         ContainersCommand::Logs(args) => logs(args, nats, timeout).await,
         ContainersCommand::Stop(args) => {
             let grace = args.time;
@@ -792,6 +828,136 @@ async fn logs(args: LogsArgs, nats: &NatsSettings, timeout: Duration) -> Result<
     }
 }
 
+async fn exec(args: ExecArgs, nats: &NatsSettings, timeout: Duration) -> Result<ExitCode, Failure> {
+    let target = Target::connect(nats, &args.node, timeout).await?;
+    let output = format!("{}.exec", target.client.new_inbox());
+    let mut pieces = target
+        .client
+        .subscribe(output.clone())
+        .await
+        .map_err(|err| Failure::berth(format!("cannot subscribe for exec output: {err}")))?;
+    let request = ExecRequest {
+        id: args.container.clone(),
+        cmd: args.command.clone(),
+        env: args.env.clone(),
+        user: args.user.clone(),
+        workdir: args.workdir.clone(),
+        output,
+    };
+    let reply = target.call::<_, ExecExit>(ExecVerb::Exec, &request, Some(WAIT_DEADLINE));
+    tokio::pin!(reply);
+    let mut eof = false;
+    let exit = loop {
+        tokio::select! {
+            exit = &mut reply => break exit.map_err(failure)?,
+            message = pieces.next(), if !eof => {
+                let Some(message) = message else { eof = true; continue };
+                if let Ok(piece) = Encoding::Bincode.decode::<ExecOutput>(&message.payload) {
+                    write_piece(&piece);
+                    eof = piece.eof;
+                }
+            }
+        }
+    };
+    // Output is published before the reply; take what is still queued.
+    while !eof {
+        match tokio::time::timeout(Duration::from_secs(2), pieces.next()).await {
+            Ok(Some(message)) => {
+                if let Ok(piece) = Encoding::Bincode.decode::<ExecOutput>(&message.payload) {
+                    write_piece(&piece);
+                    eof = piece.eof;
+                }
+            }
+            _ => break,
+        }
+    }
+    if let Some(error) = &exit.error {
+        eprintln!("berth: {error}");
+    }
+    Ok(ExitCode::from(exit.exit_code.clamp(0, 255) as u8))
+}
+
+fn write_piece(piece: &ExecOutput) {
+    if piece.stderr {
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(&piece.data);
+        let _ = err.flush();
+    } else {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&piece.data);
+        let _ = out.flush();
+    }
+}
+
+/// Docker's CPU %: container CPU time over wall time between two samples, times 100.
+pub fn cpu_percent(before: &ContainerStats, after: &ContainerStats) -> f64 {
+    let cpu = after.cpu_usage_ns.saturating_sub(before.cpu_usage_ns) as f64;
+    let wall = after.read_ns.saturating_sub(before.read_ns) as f64;
+    if wall <= 0.0 {
+        return 0.0;
+    }
+    cpu / wall * 100.0
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1}MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+async fn stats(
+    args: StatsArgs,
+    nats: &NatsSettings,
+    timeout: Duration,
+) -> Result<ExitCode, Failure> {
+    let target = Target::connect(nats, &args.node, timeout).await?;
+    let ids = if args.containers.is_empty() {
+        let list: ContainerList = target
+            .call(ExecVerb::List, &ContainerListRequest { all: false }, None)
+            .await
+            .map_err(failure)?;
+        list.containers.into_iter().map(|c| c.id).collect()
+    } else {
+        args.containers.clone()
+    };
+    let sample = |ids: Vec<String>| {
+        let target = &target;
+        async move {
+            let mut out = Vec::new();
+            for id in ids {
+                let stats: ContainerStats = target
+                    .call(ExecVerb::Stats, &ContainerRef { id }, None)
+                    .await
+                    .map_err(failure)?;
+                out.push(stats);
+            }
+            Ok::<_, Failure>(out)
+        }
+    };
+    let mut before = sample(ids.clone()).await?;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = sample(ids.clone()).await?;
+        println!(
+            "{:<12}  {:<20}  {:>7}  {:>22}  {:>5}",
+            "CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "PIDS"
+        );
+        for (b, a) in before.iter().zip(&after) {
+            let limit = a.memory_limit.map_or_else(|| "-".to_string(), mib);
+            println!(
+                "{:<12}  {:<20}  {:>6.2}%  {:>22}  {:>5}",
+                &a.id[..a.id.len().min(12)],
+                a.name,
+                cpu_percent(b, a),
+                format!("{} / {limit}", mib(a.memory_usage)),
+                a.pids
+            );
+        }
+        if args.no_stream {
+            return Ok(ExitCode::SUCCESS);
+        }
+        before = after;
+    }
+}
+
 fn status_text(
     status: berth_proto::messages::exec::ContainerStatus,
     exit_code: Option<i32>,
@@ -884,6 +1050,23 @@ mod tests {
         );
         assert_eq!(parse_restart("always"), Ok(RestartPolicy::Always));
         assert!(parse_restart("sometimes").is_err());
+    }
+
+    #[test]
+    fn cpu_percent_is_cpu_time_over_wall_time() {
+        let at = |read_ns, cpu_usage_ns| ContainerStats {
+            id: "x".into(),
+            name: "x".into(),
+            read_ns,
+            cpu_usage_ns,
+            online_cpus: 2,
+            memory_usage: 0,
+            memory_limit: None,
+            pids: 1,
+        };
+        let pct = cpu_percent(&at(0, 0), &at(1_000_000_000, 500_000_000));
+        assert!((pct - 50.0).abs() < 1e-9, "{pct}");
+        assert_eq!(cpu_percent(&at(5, 0), &at(5, 10)), 0.0);
     }
 
     #[test]

@@ -498,3 +498,56 @@ async fn a_sigkilled_executor_readopts_its_containers() -> anyhow::Result<()> {
     let _ = restarted.kill().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn exec_runs_in_the_container_with_its_own_exit_code_and_stats_count() -> anyhow::Result<()> {
+    if !can_run_containers() {
+        return Ok(());
+    }
+    let env = Env::start().await?;
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "host",
+        "--memory",
+        "64m",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo marker > /tmp/inside; sleep 600",
+    ])?;
+    assert!(env.eventually(Duration::from_secs(10), || {
+        env.berth(&["exec", "host", "cat", "/tmp/inside"])
+            .is_ok_and(|o| o.status.success() && o.stdout == b"marker\n")
+    }));
+    let output = env.berth(&["exec", "host", "sh", "-c", "echo out; echo err >&2; exit 4"])?;
+    assert_eq!(output.status.code(), Some(4));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "err\n");
+    let output = env.berth(&[
+        "exec",
+        "-u",
+        "www",
+        "-w",
+        "/tmp",
+        "-e",
+        "A=b",
+        "host",
+        "sh",
+        "-c",
+        "id -u; pwd; echo $A",
+    ])?;
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "33\n/tmp\nb\n");
+    let missing = env.berth(&["exec", "host", "no-such-command"])?;
+    assert_eq!(missing.status.code(), Some(127));
+
+    let stats = env.ok(&["stats", "--no-stream", "host"])?;
+    let row = stats
+        .lines()
+        .find(|l| l.contains("host"))
+        .ok_or_else(|| anyhow::anyhow!("no row for host in:\n{stats}"))?;
+    assert!(row.contains("/ 64.0MiB"), "{row}");
+    assert!(row.trim_end().ends_with(" 1"), "one process (sleep): {row}");
+    Ok(())
+}

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod crilog;
+pub mod exec;
 pub mod lifecycle;
 pub mod monitor;
 pub mod node;
@@ -20,7 +21,7 @@ use berth_bus::settings::Settings;
 use berth_bus::{ServiceHandle, ServiceIdentity};
 use berth_proto::messages::exec::{
     ContainerCreateRequest, ContainerKillRequest, ContainerListRequest, ContainerRef,
-    ContainerRemoveRequest, ContainerStopRequest, LogsRequest,
+    ContainerRemoveRequest, ContainerStopRequest, ExecRequest, LogsRequest,
 };
 use berth_proto::subjects::{self, jetstream as names, queue_groups, service_names, ExecVerb};
 use std::path::PathBuf;
@@ -128,6 +129,8 @@ pub async fn run(
     serve!(ExecVerb::Inspect, ContainerRef, |e, r| e.inspect(r));
     serve!(ExecVerb::List, ContainerListRequest, |e, r| e.list(r.all));
     serve!(ExecVerb::Logs, LogsRequest, |e, r| e.logs(r));
+    serve!(ExecVerb::Exec, ExecRequest, |e, r| e.exec(r));
+    serve!(ExecVerb::Stats, ContainerRef, |e, r| e.stats(r));
 
     let heartbeat = tokio::spawn(node::heartbeat_loop(
         nodes,

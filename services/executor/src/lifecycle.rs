@@ -53,9 +53,9 @@ pub struct Paths {
 
 /// The executor's containers.
 pub struct Executor {
-    node_id: String,
-    paths: Paths,
-    client: async_nats::Client,
+    pub(crate) node_id: String,
+    pub(crate) paths: Paths,
+    pub(crate) client: async_nats::Client,
     /// Running containers under supervision: `true` while running.
     tracked: Mutex<HashMap<String, Arc<watch::Sender<bool>>>>,
     /// Names of creates in flight, so two creates cannot take one name.
@@ -70,7 +70,7 @@ fn internal(err: impl std::fmt::Display) -> ErrorEnvelope {
     ErrorEnvelope::internal(err.to_string())
 }
 
-fn state_error(id: &str, err: StateError) -> ErrorEnvelope {
+pub(crate) fn state_error(id: &str, err: StateError) -> ErrorEnvelope {
     if err.is_not_found() {
         ErrorEnvelope::not_found(format!("no such container: {id}"))
     } else {
@@ -78,7 +78,7 @@ fn state_error(id: &str, err: StateError) -> ErrorEnvelope {
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Handled<T> + Send + 'static,
 ) -> Handled<T> {
     tokio::task::spawn_blocking(f)
@@ -125,7 +125,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
 
 /// Reads a file of the image at `relative` inside `rootfs`, refusing symlinks that lead
 /// outside it (the executor runs as root on the host's filesystem).
-fn read_in_root(rootfs: &Path, relative: &str) -> Option<String> {
+pub(crate) fn read_in_root(rootfs: &Path, relative: &str) -> Option<String> {
     let root = std::fs::canonicalize(rootfs).ok()?;
     let path = std::fs::canonicalize(root.join(relative)).ok()?;
     if !path.starts_with(&root) {
@@ -252,7 +252,7 @@ impl Executor {
         })
     }
 
-    fn dir(&self, id: &str) -> PathBuf {
+    pub(crate) fn dir(&self, id: &str) -> PathBuf {
         self.paths.containers_dir.join(id)
     }
 
@@ -262,7 +262,7 @@ impl Executor {
     }
 
     /// The full id of a container named by id, unique id prefix, or name.
-    async fn resolve(&self, reference: &str) -> Handled<String> {
+    pub(crate) async fn resolve(&self, reference: &str) -> Handled<String> {
         if reference.is_empty() {
             return Err(ErrorEnvelope::invalid("a container id or name is required"));
         }

@@ -184,6 +184,39 @@ fn add_binds(spec: Spec, request: &ContainerCreateRequest) -> Result<Spec, Strin
     serde_json::from_value(value).map_err(|err| err.to_string())
 }
 
+/// The process of an `exec`: the container's process (capabilities, rlimits, no_new_privs,
+/// env, cwd, user) with the request's command, extra env, workdir and user.
+pub fn exec_process(
+    base: &oci_spec::runtime::Process,
+    cmd: &[String],
+    env: &[String],
+    workdir: Option<&str>,
+    user: Option<&ExecUser>,
+) -> Result<oci_spec::runtime::Process, String> {
+    if cmd.is_empty() {
+        return Err("exec needs a command".into());
+    }
+    let mut value = serde_json::to_value(base).map_err(|err| err.to_string())?;
+    let base_env: Vec<String> = base.env().clone().unwrap_or_default();
+    value["args"] = serde_json::json!(cmd);
+    value["env"] = serde_json::json!(merge_env(&base_env, env));
+    value["terminal"] = serde_json::json!(false);
+    if let Some(cwd) = workdir {
+        if !cwd.starts_with('/') {
+            return Err(format!("working directory {cwd:?} is not absolute"));
+        }
+        value["cwd"] = serde_json::json!(cwd);
+    }
+    if let Some(user) = user {
+        value["user"] = serde_json::json!({
+            "uid": user.uid,
+            "gid": user.gid,
+            "additionalGids": user.additional_gids,
+        });
+    }
+    serde_json::from_value(value).map_err(|err| err.to_string())
+}
+
 /// A signal by name (`TERM`, `SIGTERM`, `sigkill`) or number.
 pub fn parse_signal(text: &str) -> Result<nix::sys::signal::Signal, String> {
     let trimmed = text.trim();
@@ -325,6 +358,42 @@ mod tests {
         let err = build(&ContainerCreateRequest::default(), &empty, &inputs).expect_err("no cmd");
         assert!(err.contains("no command"), "{err}");
         assert!(parse_image_config("not json").is_err());
+    }
+
+    #[test]
+    fn exec_processes_keep_the_containers_settings() {
+        let image = parse_image_config(IMAGE_CONFIG).expect("parses");
+        let request = ContainerCreateRequest::default();
+        let user = root();
+        let inputs = SpecInputs {
+            id: "abc",
+            rootfs: Path::new("/r"),
+            user: &user,
+        };
+        let (_, spec) = build(&request, &image, &inputs).expect("builds");
+        let base = spec.process().clone().expect("process");
+        let other = ExecUser {
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![],
+            home: "/root".into(),
+        };
+        let process = exec_process(
+            &base,
+            &["id".into()],
+            &["MODE=debug".into()],
+            Some("/tmp"),
+            Some(&other),
+        )
+        .expect("process");
+        assert_eq!(process.args().as_deref(), Some(&["id".to_string()][..]));
+        assert_eq!(process.cwd(), Path::new("/tmp"));
+        assert_eq!(process.user().uid(), 0);
+        let env = process.env().clone().unwrap_or_default();
+        assert!(env.contains(&"MODE=debug".to_string()), "{env:?}");
+        assert_eq!(process.no_new_privileges(), base.no_new_privileges());
+        assert_eq!(process.capabilities(), base.capabilities());
+        assert!(exec_process(&base, &[], &[], None, None).is_err());
     }
 
     #[test]

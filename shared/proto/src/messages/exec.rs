@@ -303,6 +303,56 @@ pub struct ContainerEvent {
     pub time: String,
 }
 
+/// `exec`: run another process in a running container's namespaces and cgroup. Its
+/// output is published on `output` (a subject the caller subscribed to, under its inbox)
+/// as [`ExecOutput`] messages, the last with `eof`; the reply comes after that.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub id: String,
+    pub cmd: Vec<String>,
+    /// `KEY=value` on top of the container's env.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// `user[:group]`; default the container's user.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Default the container's working directory.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Where the output goes.
+    pub output: String,
+}
+
+/// One piece of an exec'd process's output (bincode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecOutput {
+    pub stderr: bool,
+    pub data: Vec<u8>,
+    pub eof: bool,
+}
+
+/// Reply to `exec`: how the process ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecExit {
+    /// 128+signal when killed; 126/127 when it could not be run.
+    pub exit_code: i32,
+    pub error: Option<String>,
+}
+
+/// Reply to `stats`: the container's cgroup counters at one instant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    pub id: String,
+    pub name: String,
+    /// Sample time, Unix nanoseconds (for rates between two samples).
+    pub read_ns: u64,
+    pub cpu_usage_ns: u64,
+    pub online_cpus: u32,
+    pub memory_usage: u64,
+    pub memory_limit: Option<u64>,
+    pub pids: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

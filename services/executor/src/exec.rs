@@ -1,0 +1,228 @@
+//! `exec` and `stats`: a new process in a running container (its own exit code), and the
+//! container's cgroup counters. The exec'd process is the executor's child: unlike the
+//! container's main process it does not outlive an executor restart (as in Docker, where
+//! exec sessions die with the daemon's shim connection).
+
+use crate::lifecycle::{blocking, read_in_root, state_error, Executor};
+use crate::monitor;
+use crate::runspec;
+use crate::state::{self, files};
+use crate::users;
+use berth_proto::messages::exec::{
+    ContainerRef, ContainerStats, ContainerStatus, ExecExit, ExecOutput, ExecRequest,
+};
+use berth_proto::{Encoding, ErrorEnvelope};
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use tracing::Instrument;
+
+type Handled<T> = Result<T, ErrorEnvelope>;
+
+fn pipe() -> Handled<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|err| ErrorEnvelope::internal(format!("pipe: {err}")))
+}
+
+/// Reads `fd` to EOF, sending pieces to `sink`.
+fn pump(fd: OwnedFd, stderr: bool, sink: tokio::sync::mpsc::UnboundedSender<ExecOutput>) {
+    let mut file = std::fs::File::from(fd);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let piece = ExecOutput {
+                    stderr,
+                    data: buf[..n].to_vec(),
+                    eof: false,
+                };
+                if sink.send(piece).is_err() {
+                    break;
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+}
+
+impl Executor {
+    /// `exec`
+    pub async fn exec(self: &Arc<Self>, request: ExecRequest) -> Handled<ExecExit> {
+        let id = self.resolve(&request.id).await?;
+        let span = tracing::info_span!("exec", container_id = %id);
+        self.exec_resolved(id, request).instrument(span).await
+    }
+
+    async fn exec_resolved(
+        self: &Arc<Self>,
+        id: String,
+        request: ExecRequest,
+    ) -> Handled<ExecExit> {
+        if berth_proto::subjects::check_token("output subject", &request.output.replace('.', "_"))
+            .is_err()
+        {
+            return Err(ErrorEnvelope::invalid(format!(
+                "invalid output subject {:?}",
+                request.output
+            )));
+        }
+        let dir = self.dir(&id);
+        let st = state::read_state(&dir).map_err(|err| state_error(&id, err))?;
+        if st.status != ContainerStatus::Running {
+            return Err(ErrorEnvelope::conflict(format!(
+                "container {id} is not running"
+            )));
+        }
+        let runtime_root = self.paths.runtime_root.clone();
+        let init = self.paths.monitor_bin.clone();
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        let exec_id = id.clone();
+        let started = blocking(move || {
+            let container = berth_runtime::Container::load(&runtime_root, &exec_id)
+                .map_err(|err| ErrorEnvelope::conflict(format!("container {exec_id}: {err}")))?;
+            let base = container.spec().process().clone().ok_or_else(|| {
+                ErrorEnvelope::internal(format!("container {exec_id} has no process"))
+            })?;
+            let user = match &request.user {
+                Some(spec) => {
+                    let rootfs = dir.join(files::ROOTFS);
+                    let passwd = read_in_root(&rootfs, "etc/passwd");
+                    let group = read_in_root(&rootfs, "etc/group");
+                    Some(
+                        users::resolve(spec, passwd.as_deref(), group.as_deref())
+                            .map_err(ErrorEnvelope::invalid)?,
+                    )
+                }
+                None => None,
+            };
+            let process = runspec::exec_process(
+                &base,
+                &request.cmd,
+                &request.env,
+                request.workdir.as_deref(),
+                user.as_ref(),
+            )
+            .map_err(ErrorEnvelope::invalid)?;
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            let stdin = std::fs::File::open("/dev/null")
+                .map_err(|err| ErrorEnvelope::internal(format!("/dev/null: {err}")))?;
+            let stdio = berth_runtime::Stdio {
+                stdin: Some(OwnedFd::from(stdin)),
+                stdout: Some(out_w),
+                stderr: Some(err_w),
+            };
+            match container.exec(&process, stdio, Some(&init)) {
+                Ok(process) => {
+                    let pid = process.pid;
+                    let out_sender = sender.clone();
+                    let readers = [
+                        std::thread::spawn(move || pump(out_r, false, out_sender)),
+                        std::thread::spawn(move || pump(err_r, true, sender)),
+                    ];
+                    Ok(Ok((pid, readers)))
+                }
+                Err(err) => {
+                    let message = err.to_string();
+                    Ok(Err(ExecExit {
+                        exit_code: monitor::start_failure_code(&message),
+                        error: Some(message),
+                    }))
+                }
+            }
+        })
+        .await?;
+        let (pid, readers) = match started {
+            Ok(started) => started,
+            Err(failed) => {
+                self.publish_exec_output(
+                    &request.output,
+                    ExecOutput {
+                        stderr: false,
+                        data: Vec::new(),
+                        eof: true,
+                    },
+                )
+                .await;
+                return Ok(failed);
+            }
+        };
+        let waited = tokio::task::spawn_blocking(move || {
+            let code = berth_runtime::container::wait_pid(pid);
+            for reader in readers {
+                let _ = reader.join();
+            }
+            code
+        });
+        while let Some(piece) = receiver.recv().await {
+            self.publish_exec_output(&request.output, piece).await;
+        }
+        let code = waited
+            .await
+            .map_err(|err| ErrorEnvelope::internal(format!("exec wait task: {err}")))?
+            .map_err(|err| ErrorEnvelope::internal(format!("container {id}: {err}")))?;
+        self.publish_exec_output(
+            &request.output,
+            ExecOutput {
+                stderr: false,
+                data: Vec::new(),
+                eof: true,
+            },
+        )
+        .await;
+        tracing::info!(exit_code = code, "exec finished");
+        Ok(ExecExit {
+            exit_code: code,
+            error: None,
+        })
+    }
+
+    async fn publish_exec_output(&self, subject: &str, piece: ExecOutput) {
+        match Encoding::Bincode.encode(&piece) {
+            Ok(body) => {
+                if let Err(err) = self.client.publish(subject.to_string(), body.into()).await {
+                    tracing::warn!(error = %err, "cannot publish exec output");
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot encode exec output"),
+        }
+    }
+
+    /// `stats`
+    pub async fn stats(self: &Arc<Self>, request: ContainerRef) -> Handled<ContainerStats> {
+        let id = self.resolve(&request.id).await?;
+        let dir = self.dir(&id);
+        let record = state::read_record(&dir).map_err(|err| state_error(&id, err))?;
+        let st = state::read_state(&dir).map_err(|err| state_error(&id, err))?;
+        let runtime_root = self.paths.runtime_root.clone();
+        blocking(move || {
+            let read_ns = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            let online_cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+            let mut stats = ContainerStats {
+                id: record.id.clone(),
+                name: record.name.clone(),
+                read_ns,
+                cpu_usage_ns: 0,
+                online_cpus,
+                memory_usage: 0,
+                memory_limit: None,
+                pids: 0,
+            };
+            if st.status == ContainerStatus::Running {
+                if let Ok(container) = berth_runtime::Container::load(&runtime_root, &record.id) {
+                    let counters = container.stats();
+                    stats.cpu_usage_ns = counters.cpu_usage_ns;
+                    stats.memory_usage = counters.memory_usage;
+                    stats.memory_limit = counters.memory_limit;
+                    stats.pids = counters.pids_current;
+                }
+            }
+            Ok(stats)
+        })
+        .await
+    }
+}
