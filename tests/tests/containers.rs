@@ -430,25 +430,26 @@ async fn a_sigkilled_executor_readopts_its_containers() -> anyhow::Result<()> {
         return Ok(());
     }
     let mut env = Env::start().await?;
-    let short = env.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "short",
-        IMAGE,
-        "sh",
-        "-c",
-        "echo before; sleep 1; echo after; exit 5",
-    ])?;
+    // Three exit while no executor runs, each with its own code; eight keep running; one
+    // ticks through the outage so its log shows whether lines were lost.
+    for code in [3, 5, 7] {
+        let name = format!("short-{code}");
+        let script = format!("echo before; sleep 1; echo after; exit {code}");
+        env.ok(&["run", "-d", "--name", &name, IMAGE, "sh", "-c", &script])?;
+    }
+    for n in 0..8 {
+        let name = format!("long-{n}");
+        env.ok(&["run", "-d", "--name", &name, IMAGE, "sleep", "600"])?;
+    }
     env.ok(&[
         "run",
         "-d",
         "--name",
-        "long",
+        "ticker",
         IMAGE,
         "sh",
         "-c",
-        "echo up; sleep 600",
+        "i=0; while [ $i -lt 100 ]; do echo tick $i; i=$((i+1)); sleep 0.1; done",
     ])?;
 
     let executor = env
@@ -464,7 +465,7 @@ async fn a_sigkilled_executor_readopts_its_containers() -> anyhow::Result<()> {
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
     )?;
-    // `short` exits while no executor runs.
+    // The short ones exit while no executor runs.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log = env.stack.data_dir().join("executor-restarted.log");
     let log_file = std::fs::File::create(&log)?;
@@ -482,18 +483,31 @@ async fn a_sigkilled_executor_readopts_its_containers() -> anyhow::Result<()> {
         .wait_ready(&["berth-executor"], Duration::from_secs(20))
         .await?;
 
-    let short_state = env.inspect("short")?;
-    assert_eq!(short_state["status"], "exited", "{short_state}");
-    assert_eq!(short_state["exit_code"], 5, "{short_state}");
-    assert_eq!(env.ok(&["logs", short.trim()])?, "before\nafter\n");
-    let long_state = env.inspect("long")?;
-    assert_eq!(long_state["status"], "running", "{long_state}");
-    let ps = env.ok(&["ps", "-q"])?;
-    assert_eq!(ps.split_whitespace().count(), 1, "{ps}");
+    for code in [3, 5, 7] {
+        let state = env.inspect(&format!("short-{code}"))?;
+        assert_eq!(state["status"], "exited", "{state}");
+        assert_eq!(state["exit_code"], code, "{state}");
+        assert_eq!(
+            env.ok(&["logs", &format!("short-{code}")])?,
+            "before\nafter\n"
+        );
+    }
+    let running = env.ok(&["ps", "-q"])?;
+    assert_eq!(
+        running.split_whitespace().count(),
+        9,
+        "8 sleepers and the ticker: {running}"
+    );
+    // logs -f picks up the ticker across the outage and ends with it.
+    let follow = env.berth(&["logs", "-f", "ticker"])?;
+    let expected: String = (0..100).map(|i| format!("tick {i}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&follow.stdout), expected);
 
-    // The re-adopted container's exit is still seen and recorded.
-    env.ok(&["kill", "-s", "KILL", "long"])?;
-    assert_eq!(env.ok(&["wait", "long"])?, "137\n");
+    // Exits of re-adopted containers are still seen and recorded.
+    env.ok(&["kill", "-s", "KILL", "long-0"])?;
+    assert_eq!(env.ok(&["wait", "long-0"])?, "137\n");
+    env.ok(&["stop", "-t", "1", "long-1"])?;
+    assert_eq!(env.inspect("long-1")?["exit_code"], 137);
     drop(env);
     let _ = restarted.kill().await;
     Ok(())
