@@ -69,6 +69,19 @@ fn time(f: impl FnOnce()) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
+/// CPU seconds (user + sys) of this process (`RUSAGE_SELF`, all threads) or of
+/// its waited-for children (`RUSAGE_CHILDREN`): steadier than wall time on a
+/// loaded machine.
+fn cpu(who: libc::c_int) -> f64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: valid out-pointer.
+    unsafe { libc::getrusage(who, ru.as_mut_ptr()) };
+    // SAFETY: zero-initialized and filled by getrusage.
+    let ru = unsafe { ru.assume_init() };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 fn write_blobs(dir: &Path, img: &[Layer]) -> Vec<std::path::PathBuf> {
     img.iter()
         .enumerate()
@@ -84,6 +97,10 @@ fn write_blobs(dir: &Path, img: &[Layer]) -> Vec<std::path::PathBuf> {
 #[ignore = "benchmark; run with --ignored --nocapture in release"]
 fn bench_prepare_vs_tar_vs_umoci() {
     let runs = 3;
+    // Dropped only at the end: ext4 slows file creation down for minutes after
+    // mass deletes (`recently_deleted` in the inode allocator), which would
+    // penalize whatever runs after a cleanup.
+    let mut keep = Vec::new();
     for (name, comp, tar_flag) in [("gzip", Comp::Gzip, "-xzf"), ("zstd", Comp::Zstd, "--zstd")] {
         let img = bench_image(comp);
         let mb: f64 = img.iter().map(|l| l.tar.len() as f64).sum::<f64>() / 1e6;
@@ -91,6 +108,7 @@ fn bench_prepare_vs_tar_vs_umoci() {
         let files = write_blobs(t.path(), &img);
         let specs: Vec<LayerSpec> = img.iter().map(|l| l.spec.clone()).collect();
         let (mut ours, mut ours_seq, mut tar, mut umoci) = (vec![], vec![], vec![], vec![]);
+        let (mut ours_cpu, mut tar_cpu) = (vec![], vec![]);
         for r in 0..runs {
             for (parallelism, out) in [(0usize, &mut ours), (1, &mut ours_seq)] {
                 let dir = t.path().join(format!("store-{r}-{parallelism}"));
@@ -107,10 +125,15 @@ fn bench_prepare_vs_tar_vs_umoci() {
                     },
                     user: None,
                 };
+                let c0 = cpu(libc::RUSAGE_SELF);
                 out.push(time(|| {
                     store.prepare(&specs, &open, &opts).expect("prepare");
                 }));
+                if parallelism == 1 {
+                    ours_cpu.push(cpu(libc::RUSAGE_SELF) - c0);
+                }
             }
+            let c0 = cpu(libc::RUSAGE_CHILDREN);
             tar.push(time(|| {
                 for (i, f) in files.iter().enumerate() {
                     let d = t.path().join(format!("tar-{r}-{i}"));
@@ -125,6 +148,7 @@ fn bench_prepare_vs_tar_vs_umoci() {
                     assert!(st.success());
                 }
             }));
+            tar_cpu.push(cpu(libc::RUSAGE_CHILDREN) - c0);
             // umoci 0.4 has no zstd support.
             if matches!(comp, Comp::Gzip) {
                 let layout = t.path().join(format!("layout-{r}"));
@@ -145,6 +169,11 @@ fn bench_prepare_vs_tar_vs_umoci() {
             }
         }
         let (o, os, ta, u) = (median(ours), median(ours_seq), median(tar), median(umoci));
+        let (oc, tc) = (median(ours_cpu), median(tar_cpu));
+        println!(
+            "{name}: CPU seconds: prepare {oc:.3}, tar+gzip/zstd {tc:.3}; ratio {:.2}",
+            oc / tc
+        );
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         println!(
             "{name}: load {} | {mb:.0} MB uncompressed, 4 layers; prepare {o:.3}s (sequential {os:.3}s), \
@@ -153,6 +182,7 @@ fn bench_prepare_vs_tar_vs_umoci() {
             o / ta,
             o / u
         );
+        keep.push(t);
     }
 }
 
@@ -189,4 +219,41 @@ fn write_layout(dir: &Path, layers: &[Layer]) {
     )
     .expect("index");
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("layout");
+}
+
+/// Only `prepare` (sequential), for profiling: `BENCH_COMP=zstd perf record …`.
+#[test]
+#[ignore = "profiling aid; run with --ignored in release"]
+fn profile_prepare_only() {
+    let comp = match std::env::var("BENCH_COMP").as_deref() {
+        Ok("zstd") => Comp::Zstd,
+        Ok("none") => Comp::None,
+        _ => Comp::Gzip,
+    };
+    let img = bench_image(comp);
+    let t = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let files = write_blobs(t.path(), &img);
+    let specs: Vec<LayerSpec> = img.iter().map(|l| l.spec.clone()).collect();
+    let store = SnapshotStore::open(t.path().join("store"), limits()).expect("store");
+    let open = |s: &LayerSpec| -> std::io::Result<Box<dyn std::io::Read + Send>> {
+        let i = specs.iter().position(|x| x == s).expect("known");
+        Ok(Box::new(std::fs::File::open(&files[i])?))
+    };
+    let c0 = cpu(libc::RUSAGE_SELF);
+    let wall = time(|| {
+        store
+            .prepare(
+                &specs,
+                &open,
+                &PrepareOptions {
+                    parallelism: 1,
+                    user: None,
+                },
+            )
+            .expect("prepare");
+    });
+    println!(
+        "prepare: {wall:.3}s wall, {:.3}s CPU",
+        cpu(libc::RUSAGE_SELF) - c0
+    );
 }
