@@ -429,6 +429,9 @@ async fn a_sigkilled_executor_readopts_its_containers() -> anyhow::Result<()> {
     if !can_run_containers() {
         return Ok(());
     }
+    // Declared before `env` so it is dropped after it: Env's drop removes the containers
+    // through this executor, even when an assertion fails.
+    let restarted: std::cell::Cell<Option<tokio::process::Child>> = std::cell::Cell::new(None);
     let mut env = Env::start().await?;
     // Three exit while no executor runs, each with its own code; eight keep running; one
     // ticks through the outage so its log shows whether lines were lost.
@@ -469,7 +472,7 @@ async fn a_sigkilled_executor_readopts_its_containers() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log = env.stack.data_dir().join("executor-restarted.log");
     let log_file = std::fs::File::create(&log)?;
-    let mut restarted = tokio::process::Command::new(bin_path("berth-executor")?)
+    let child = tokio::process::Command::new(bin_path("berth-executor")?)
         .env("BERTH_NATS_URL", env.stack.nats.url())
         .env("BERTH_DATA_DIR", env.stack.data_dir())
         .env("BERTH_NODE_ID", NODE)
@@ -479,6 +482,7 @@ async fn a_sigkilled_executor_readopts_its_containers() -> anyhow::Result<()> {
         .stderr(log_file)
         .kill_on_drop(true)
         .spawn()?;
+    restarted.set(Some(child));
     env.stack
         .wait_ready(&["berth-executor"], Duration::from_secs(20))
         .await?;
@@ -509,7 +513,9 @@ async fn a_sigkilled_executor_readopts_its_containers() -> anyhow::Result<()> {
     env.ok(&["stop", "-t", "1", "long-1"])?;
     assert_eq!(env.inspect("long-1")?["exit_code"], 137);
     drop(env);
-    let _ = restarted.kill().await;
+    if let Some(mut child) = restarted.take() {
+        let _ = child.kill().await;
+    }
     Ok(())
 }
 
