@@ -140,6 +140,10 @@ pub async fn run(
             version: env!("CARGO_PKG_VERSION").to_string(),
         },
         settings.service.heartbeat_interval(),
+        {
+            let executor = Arc::clone(&executor);
+            Arc::new(move || executor.usage())
+        },
     ));
     tracing::info!(node_id = %node_id, data_dir = %data_dir.display(), "executor serving");
     let served = service.serve_until(shutdown.wait()).await;

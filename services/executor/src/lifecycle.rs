@@ -1076,9 +1076,28 @@ impl Executor {
         }
     }
 
-    /// Running containers (for the node record).
-    pub fn running_count(&self) -> usize {
-        self.tracked.lock().unwrap_or_else(|p| p.into_inner()).len()
+    /// Running containers and the limits they reserve (for the node record).
+    pub fn usage(&self) -> crate::node::Usage {
+        let ids: Vec<String> = self
+            .tracked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let mut usage = crate::node::Usage {
+            containers: ids.len() as u32,
+            ..Default::default()
+        };
+        for id in ids {
+            if let Ok(record) = state::read_record(&self.dir(&id)) {
+                let config = &record.config;
+                usage.allocated.memory_bytes += config.memory_bytes.unwrap_or(0).max(0) as u64;
+                usage.allocated.cpu_millis += config.nano_cpus.unwrap_or(0) / 1_000_000;
+                usage.allocated.pids += config.pids_limit.unwrap_or(0).max(0) as u64;
+            }
+        }
+        usage
     }
 }
 

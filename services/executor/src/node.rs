@@ -53,16 +53,31 @@ fn unix_millis(now: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// What the node's running containers use: their count and the limits they reserve.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub containers: u32,
+    pub allocated: Resources,
+}
+
+/// Reports the node's current usage at each heartbeat.
+pub type UsageProbe = std::sync::Arc<dyn Fn() -> Usage + Send + Sync>;
+
 /// The record for one heartbeat.
-pub fn record(identity: &NodeIdentity, capacity: Resources, now: SystemTime) -> NodeRecord {
+pub fn record(
+    identity: &NodeIdentity,
+    capacity: Resources,
+    usage: Usage,
+    now: SystemTime,
+) -> NodeRecord {
     NodeRecord {
         node_id: identity.node_id.clone(),
         state: NodeState::Ready,
         capacity,
-        allocated: Resources::default(),
+        allocated: usage.allocated,
         labels: identity.labels.clone(),
         chain_ids: Vec::new(),
-        containers: 0,
+        containers: usage.containers,
         last_heartbeat_ms: unix_millis(now),
         executor_version: identity.version.clone(),
     }
@@ -70,14 +85,19 @@ pub fn record(identity: &NodeIdentity, capacity: Resources, now: SystemTime) -> 
 
 /// Writes the node record every `interval` until aborted. Failures (NATS down) are logged
 /// once per outage and retried on the next beat.
-pub async fn heartbeat_loop(nodes: kv::Store, identity: NodeIdentity, interval: Duration) {
+pub async fn heartbeat_loop(
+    nodes: kv::Store,
+    identity: NodeIdentity,
+    interval: Duration,
+    usage: UsageProbe,
+) {
     let capacity = host_capacity();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
         ticker.tick().await;
-        let record = record(&identity, capacity, SystemTime::now());
+        let record = record(&identity, capacity, usage(), SystemTime::now());
         let body = match serde_json::to_vec(&record) {
             Ok(body) => body,
             Err(err) => {
@@ -120,8 +140,18 @@ mod tests {
             version: "0.1.0".into(),
         };
         let now = UNIX_EPOCH + Duration::from_millis(1_234);
-        let record = record(&identity, host_capacity(), now);
+        let usage = Usage {
+            containers: 2,
+            allocated: Resources {
+                cpu_millis: 500,
+                memory_bytes: 64 << 20,
+                pids: 0,
+            },
+        };
+        let record = record(&identity, host_capacity(), usage, now);
         assert_eq!(record.last_heartbeat_ms, 1_234);
+        assert_eq!(record.containers, 2);
+        assert_eq!(record.allocated, usage.allocated);
         assert_eq!(record.state, NodeState::Ready);
         assert_eq!(record.labels.get("zone").map(String::as_str), Some("a"));
         assert!(record.capacity.cpu_millis >= 1000);
