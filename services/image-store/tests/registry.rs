@@ -541,6 +541,96 @@ async fn registry_push_then_pull_back_digest_by_digest() -> Result<()> {
 }
 
 #[tokio::test]
+async fn registry_whole_image_push_and_resolve() -> Result<()> {
+    let reg = Registry::start().await?;
+    let c = client();
+    let img = TestImage::busybox("amd64")?;
+    let blobs: Arc<BTreeMap<Digest, Vec<u8>>> = Arc::new(
+        img.blobs()
+            .map(|b| (b.digest.clone(), b.bytes.clone()))
+            .collect(),
+    );
+    let opened = Arc::new(AtomicUsize::new(0));
+    let open = |d: &Descriptor| {
+        let bytes = blobs.get(&d.digest).cloned();
+        let opened = opened.clone();
+        let digest = d.digest.clone();
+        async move {
+            opened.fetch_add(1, Ordering::SeqCst);
+            bytes
+                .map(std::io::Cursor::new)
+                .ok_or_else(|| RegistryError::Invalid {
+                    image: "test".into(),
+                    reason: format!("no blob {digest}"),
+                })
+        }
+    };
+    let first = reg.reference("whole/one:v1");
+    let pushed = c
+        .push_image(
+            &first,
+            &img.manifest.bytes,
+            media::OCI_MANIFEST,
+            &PushBlobOptions::default(),
+            open,
+        )
+        .await?;
+    assert_eq!(pushed.digest, img.manifest.digest);
+    assert_eq!(pushed.blobs.len(), 3);
+    assert!(pushed
+        .blobs
+        .iter()
+        .all(|(_, o)| *o == BlobPushOutcome::Uploaded { chunks: 0 }));
+    assert_eq!(opened.load(Ordering::SeqCst), 3);
+
+    // Into a second repository with the first as mount source: nothing is opened.
+    let second = reg.reference("whole/two:v2");
+    let opts = PushBlobOptions {
+        mount_from: Some(first.clone()),
+        progress: None,
+    };
+    let pushed = c
+        .push_image(
+            &second,
+            &img.manifest.bytes,
+            media::OCI_MANIFEST,
+            &opts,
+            open,
+        )
+        .await?;
+    assert!(
+        pushed
+            .blobs
+            .iter()
+            .all(|(_, o)| *o == BlobPushOutcome::Mounted),
+        "{:?}",
+        pushed.blobs
+    );
+    assert_eq!(
+        opened.load(Ordering::SeqCst),
+        3,
+        "mounted blobs are never opened"
+    );
+
+    let resolved = c.resolve_image(&second, &amd64()).await?;
+    assert_eq!(resolved.image.manifest_digest, img.manifest.digest);
+    assert_eq!(resolved.image.config_digest, img.config.digest);
+    assert_eq!(resolved.image.references, vec![second.clone()]);
+    assert_eq!(resolved.image.platform, amd64());
+    let want: Vec<&Digest> = img.layers.iter().map(|b| &b.digest).collect();
+    let got: Vec<&Digest> = resolved.layers().iter().map(|d| &d.digest).collect();
+    assert_eq!(got, want);
+    let by_digest = Reference::parse(&format!("{}@{}", second.name(), img.manifest.digest))?;
+    assert!(c
+        .resolve_image(&by_digest, &amd64())
+        .await?
+        .image
+        .references
+        .is_empty());
+    Ok(())
+}
+
+#[tokio::test]
 async fn registry_chunked_upload_in_patches() -> Result<()> {
     let reg = Registry::start().await?;
     let c = RegistryClient::new(RegistryConfig {

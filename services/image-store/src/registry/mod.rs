@@ -12,18 +12,22 @@
 //! `AsyncRead` that verifies digest and size, retries only where they are safe, and the
 //! push paths (monolithic, chunked with a chosen chunk size, cross-repo mount).
 //!
-//! Layout: [`client`] holds the transport (scheme choice, auth, retries, status →
-//! error); [`auth`] the credential lookup and bearer-token cache; [`pull`] resolve
-//! and blob fetches; [`push`] uploads.
+//! Layout: `client` holds the transport (scheme choice, auth, retries, status →
+//! error); `auth` the credential lookup and bearer-token cache; `pull` resolve and
+//! blob fetches (resumed with Range when a body breaks off); `push` uploads; `image`
+//! the whole-image calls the store's verbs use: [`RegistryClient::resolve_image`] and
+//! [`RegistryClient::push_image`].
 
 mod auth;
 mod client;
 mod error;
+mod image;
 mod pull;
 mod push;
 
 pub use client::RegistryClient;
 pub use error::RegistryError;
+pub use image::{PushedImage, ResolvedImage};
 pub use pull::{BlobReader, RawManifest, ResolvedManifest};
 pub use push::{BlobPushOutcome, PushBlobOptions};
 

@@ -57,6 +57,25 @@ impl RegistryClient {
     where
         R: AsyncRead + Send + Unpin + 'static,
     {
+        self.push_blob_from(reference, digest, size, opts, || async { Ok(reader) })
+            .await
+    }
+
+    /// [`Self::push_blob`] that opens its source only when an upload is needed (not
+    /// when the blob exists or is mounted), e.g. an object-store reader.
+    pub async fn push_blob_from<R, F, Fut>(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        size: u64,
+        opts: &PushBlobOptions,
+        open: F,
+    ) -> Result<BlobPushOutcome, RegistryError>
+    where
+        R: AsyncRead + Send + Unpin + 'static,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<R, RegistryError>>,
+    {
         let from = opts.mount_from.as_ref().filter(|f| {
             f.registry_host() == reference.registry_host() && f.path() != reference.path()
         });
@@ -87,7 +106,13 @@ impl RegistryClient {
             _ => return Err(self.status_error(&t, &what, resp).await),
         }
         let mut location = self.location(&t, &what, &resp)?;
-        let reader = Verified::new(reader, digest, size, &t, opts.progress.clone());
+        let reader = match open().await {
+            Ok(r) => Verified::new(r, digest, size, &t, opts.progress.clone()),
+            Err(e) => {
+                self.cancel_upload(&t, &what, location).await;
+                return Err(e);
+            }
+        };
         let result = if size <= self.inner.config.monolithic_limit {
             self.put_monolithic(&t, &what, location.clone(), digest, size, reader)
                 .await
