@@ -651,6 +651,11 @@ async fn run_container(
     nats: &NatsSettings,
     timeout: Duration,
 ) -> Result<ExitCode, Failure> {
+    if args.rm && args.create.restart != RestartPolicy::No {
+        return Err(Failure::berth(
+            "conflicting options: --rm and --restart cannot be combined",
+        ));
+    }
     let target = Target::connect(nats, &args.create.node, timeout).await?;
     // Attached, the CLI removes the container itself after reading its exit code.
     let request = args.create.request(args.rm && args.detach)?;

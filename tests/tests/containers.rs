@@ -571,3 +571,58 @@ async fn exec_runs_in_the_container_with_its_own_exit_code_and_stats_count() -> 
     assert!(row.trim_end().ends_with(" 1"), "one process (sleep): {row}");
     Ok(())
 }
+
+#[tokio::test]
+async fn on_failure_restarts_exactly_n_times_and_stop_is_remembered() -> anyhow::Result<()> {
+    if !can_run_containers() {
+        return Ok(());
+    }
+    let env = Env::start().await?;
+    env.ok(&[
+        "run",
+        "-d",
+        "--restart",
+        "on-failure:2",
+        "--name",
+        "flaky",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo try; exit 1",
+    ])?;
+    // Backoff 100 ms then 200 ms: three runs well within the wait.
+    assert!(env.eventually(Duration::from_secs(10), || {
+        env.inspect("flaky")
+            .is_ok_and(|c| c["restart_count"] == 2 && c["status"] == "exited")
+    }));
+    std::thread::sleep(Duration::from_secs(1));
+    let flaky = env.inspect("flaky")?;
+    assert_eq!(flaky["restart_count"], 2, "{flaky}");
+    assert_eq!(flaky["exit_code"], 1, "{flaky}");
+    assert_eq!(env.ok(&["logs", "flaky"])?, "try\ntry\ntry\n");
+
+    // `always` restarts a clean exit too, but not after an explicit stop.
+    env.ok(&[
+        "run",
+        "-d",
+        "--restart",
+        "always",
+        "--name",
+        "keeper",
+        IMAGE,
+        "sh",
+        "-c",
+        "sleep 0.2",
+    ])?;
+    assert!(env.eventually(Duration::from_secs(10), || {
+        env.inspect("keeper")
+            .is_ok_and(|c| c["restart_count"].as_u64().is_some_and(|n| n >= 2))
+    }));
+    env.ok(&["stop", "-t", "1", "keeper"])?;
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(env.inspect("keeper")?["status"], "exited");
+
+    let combined = env.berth(&["run", "--rm", "--restart", "always", IMAGE, "true"])?;
+    assert_eq!(combined.status.code(), Some(125));
+    Ok(())
+}

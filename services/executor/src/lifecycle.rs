@@ -359,6 +359,12 @@ impl Executor {
         if request.image.trim().is_empty() {
             return Err(ErrorEnvelope::invalid("an image is required"));
         }
+        if request.auto_remove && request.restart != RestartPolicy::No {
+            // Docker's rule: a container that removes itself cannot also be restarted.
+            return Err(ErrorEnvelope::invalid(
+                "auto-remove (--rm) and a restart policy cannot be combined",
+            ));
+        }
         for bind in &request.binds {
             if !bind.source.starts_with('/') || !bind.destination.starts_with('/') {
                 return Err(ErrorEnvelope::invalid(format!(
