@@ -1300,6 +1300,10 @@ async fn registry_blob_bodies_that_break_off_resume_or_run_short() -> Result<()>
 async fn registry_bearer_token_flow_with_basic_credentials_and_cache() -> Result<()> {
     let img = small_manifest()?;
     let body = img.manifest.bytes.clone();
+    let blobs: Vec<Blob> = (0..4u8)
+        .map(|i| Blob::new(vec![i; 1000 + usize::from(i)], media::OCI_LAYER_GZIP))
+        .collect();
+    let descriptors: Vec<Descriptor> = blobs.iter().map(Blob::descriptor).collect();
     let token_hits = Arc::new(AtomicUsize::new(0));
     let th = token_hits.clone();
     let s = FakeServer::start(move |req, port| {
@@ -1316,6 +1320,9 @@ async fn registry_bearer_token_flow_with_basic_credentials_and_cache() -> Result
             };
         }
         if req.headers.get("authorization").map(String::as_str) == Some("Bearer tok-123") {
+            if let Some(blob) = blobs.iter().find(|b| req.target.ends_with(&b.digest.to_string())) {
+                return full(200, &[], blob.bytes.clone());
+            }
             return full(200, &[("Content-Type", media::OCI_MANIFEST)], body.clone());
         }
         let challenge = format!(
@@ -1354,6 +1361,17 @@ async fn registry_bearer_token_flow_with_basic_credentials_and_cache() -> Result
         token_hits.load(Ordering::SeqCst),
         1,
         "one token, cached for its scope"
+    );
+
+    // A fresh client fetching 4 blobs at once: all are challenged, one token is fetched.
+    let fresh = RegistryClient::new(c.config().clone())?;
+    token_hits.store(0, Ordering::SeqCst);
+    let fetched = fetch_all(&fresh, &r, &descriptors).await?;
+    assert_eq!(fetched.len(), 4);
+    assert_eq!(
+        token_hits.load(Ordering::SeqCst),
+        1,
+        "concurrent challenges share one token fetch"
     );
     Ok(())
 }

@@ -27,6 +27,9 @@ pub(super) struct Inner {
     pub(super) http: reqwest::Client,
     pub(super) config: RegistryConfig,
     auth: AuthState,
+    /// Serializes token fetches, so that concurrent requests challenged at once (the
+    /// first layers of a pull) wait for one token instead of each fetching their own.
+    token_fetch: tokio::sync::Mutex<()>,
 }
 
 /// One repository on one registry, with the scope its requests need.
@@ -118,6 +121,7 @@ impl RegistryClient {
                 http,
                 config,
                 auth: AuthState::default(),
+                token_fetch: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -188,7 +192,8 @@ impl RegistryClient {
             if let Some(timeout) = req.timeout {
                 rb = rb.timeout(timeout);
             }
-            if let Some(h) = self.inner.auth.header(&t.host, &t.scope, t.creds.as_ref()) {
+            let sent_auth = self.inner.auth.header(&t.host, &t.scope, t.creds.as_ref());
+            if let Some(h) = &sent_auth {
                 rb = rb.header(AUTHORIZATION, h);
             }
             let replayable = !matches!(req.body, ReqBody::Stream(_));
@@ -222,7 +227,10 @@ impl RegistryClient {
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED && !answered_challenge && replayable {
                 answered_challenge = true;
-                if self.answer_challenge(t, &resp).await? {
+                if self
+                    .answer_challenge(t, &resp, sent_auth.as_deref())
+                    .await?
+                {
                     continue;
                 }
             }
@@ -245,7 +253,12 @@ impl RegistryClient {
 
     /// Learns the scheme a 401 asks for and gets a token if it is bearer. `Ok(true)`
     /// when the request should be sent again with the new Authorization.
-    async fn answer_challenge(&self, t: &Target, resp: &Response) -> Result<bool, RegistryError> {
+    async fn answer_challenge(
+        &self,
+        t: &Target,
+        resp: &Response,
+        sent_auth: Option<&str>,
+    ) -> Result<bool, RegistryError> {
         let Some(header) = resp
             .headers()
             .get(WWW_AUTHENTICATE)
@@ -269,6 +282,13 @@ impl RegistryClient {
                 Ok(has_basic)
             }
             "bearer" => {
+                let _one_at_a_time = self.inner.token_fetch.lock().await;
+                // Another request may have fetched a token for this scope while we
+                // waited: use it rather than fetch again.
+                let current = self.inner.auth.header(&t.host, &t.scope, t.creds.as_ref());
+                if current.is_some() && current.as_deref() != sent_auth {
+                    return Ok(true);
+                }
                 let (token, lifetime) = self.fetch_token(t, &challenge, header).await?;
                 self.inner.auth.set_scheme(&t.host, Scheme::Bearer);
                 self.inner
