@@ -9,7 +9,7 @@ use berth_proto::messages::exec::{
     BindMount, ContainerCreateRequest, ContainerCreated, ContainerDone, ContainerExit,
     ContainerInspect, ContainerKillRequest, ContainerList, ContainerListRequest, ContainerRef,
     ContainerRemoveRequest, ContainerStarted, ContainerStats, ContainerStopRequest, ExecExit,
-    ExecOutput, ExecRequest, LogChunk, LogsPage, LogsRequest, NetworkMode, RestartPolicy,
+    ExecOutput, ExecRequest, LogChunk, LogsPage, LogsRequest, NetworkMode, RestartPolicy, Ulimit,
 };
 use berth_proto::subjects::{self, service_names, ExecVerb};
 use berth_proto::{Encoding, ErrorKind};
@@ -80,6 +80,30 @@ pub struct CreateArgs {
     /// Seconds `stop` waits before SIGKILL.
     #[arg(long)]
     stop_timeout: Option<u32>,
+    /// Read KEY=value lines from a file (repeatable; -e wins).
+    #[arg(long)]
+    env_file: Vec<std::path::PathBuf>,
+    /// Memory + swap limit (-1: unlimited swap).
+    #[arg(long, value_parser = parse_swap, allow_hyphen_values = true)]
+    memory_swap: Option<i64>,
+    /// CPUs to run on (0-1, 0,2).
+    #[arg(long)]
+    cpuset_cpus: Option<String>,
+    /// Mount a tmpfs: /path[:options] (repeatable).
+    #[arg(long)]
+    tmpfs: Vec<String>,
+    /// Add a capability (repeatable; ALL for every one).
+    #[arg(long)]
+    cap_add: Vec<String>,
+    /// Drop a capability (repeatable; ALL for every one).
+    #[arg(long)]
+    cap_drop: Vec<String>,
+    /// no-new-privileges[=false] or seccomp=unconfined (repeatable).
+    #[arg(long)]
+    security_opt: Vec<String>,
+    /// name=soft[:hard], e.g. nofile=1024:2048 (repeatable).
+    #[arg(long, value_parser = parse_ulimit)]
+    ulimit: Vec<Ulimit>,
     /// Image to run.
     image: String,
     /// Command and arguments (replace the image's Cmd).
@@ -293,8 +317,61 @@ pub fn parse_restart(text: &str) -> Result<RestartPolicy, String> {
     }
 }
 
+/// `--memory-swap`: a size, or -1 for unlimited.
+fn parse_swap(text: &str) -> Result<i64, String> {
+    if text.trim() == "-1" {
+        Ok(-1)
+    } else {
+        parse_size(text)
+    }
+}
+
+/// `nofile=1024[:2048]`
+pub fn parse_ulimit(text: &str) -> Result<Ulimit, String> {
+    let (name, values) = text
+        .split_once('=')
+        .ok_or_else(|| format!("invalid ulimit {text:?}: use name=soft[:hard]"))?;
+    let number = |v: &str| {
+        v.parse::<u64>()
+            .map_err(|_| format!("invalid ulimit {text:?}: {v:?} is not a number"))
+    };
+    let (soft, hard) = match values.split_once(':') {
+        Some((soft, hard)) => (number(soft)?, number(hard)?),
+        None => (number(values)?, number(values)?),
+    };
+    Ok(Ulimit {
+        name: name.to_string(),
+        soft,
+        hard,
+    })
+}
+
+/// KEY=value lines of an env file; blank lines and `#` comments skipped, a bare KEY
+/// takes the value from this environment (Docker's rule).
+pub fn parse_env_file(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            if l.contains('=') {
+                Some(l.to_string())
+            } else {
+                std::env::var(l).ok().map(|v| format!("{l}={v}"))
+            }
+        })
+        .collect()
+}
+
 impl CreateArgs {
     fn request(&self, auto_remove: bool) -> Result<ContainerCreateRequest, Failure> {
+        let mut env = Vec::new();
+        for path in &self.env_file {
+            let text = std::fs::read_to_string(path).map_err(|err| {
+                Failure::berth(format!("cannot read env file {}: {err}", path.display()))
+            })?;
+            env.extend(parse_env_file(&text));
+        }
+        env.extend(self.env.iter().cloned());
         let mut labels = std::collections::BTreeMap::new();
         for label in &self.labels {
             let (k, v) = label.split_once('=').unwrap_or((label.as_str(), ""));
@@ -320,7 +397,7 @@ impl CreateArgs {
                 }
             }),
             cmd: self.command.clone(),
-            env: self.env.clone(),
+            env,
             workdir: self.workdir.clone(),
             user: self.user.clone(),
             hostname: self.hostname.clone(),
@@ -335,6 +412,13 @@ impl CreateArgs {
             stop_signal: self.stop_signal.clone(),
             stop_timeout: self.stop_timeout,
             auto_remove,
+            memory_swap_bytes: self.memory_swap,
+            cpuset_cpus: self.cpuset_cpus.clone(),
+            tmpfs: self.tmpfs.clone(),
+            cap_add: self.cap_add.clone(),
+            cap_drop: self.cap_drop.clone(),
+            security_opt: self.security_opt.clone(),
+            ulimits: self.ulimit.clone(),
         })
     }
 }
@@ -1055,6 +1139,21 @@ mod tests {
         );
         assert_eq!(parse_restart("always"), Ok(RestartPolicy::Always));
         assert!(parse_restart("sometimes").is_err());
+        assert_eq!(
+            parse_ulimit("nofile=10:20"),
+            Ok(Ulimit {
+                name: "nofile".into(),
+                soft: 10,
+                hard: 20
+            })
+        );
+        assert_eq!(parse_ulimit("core=0").map(|u| (u.soft, u.hard)), Ok((0, 0)));
+        assert!(parse_ulimit("nofile").is_err());
+        assert_eq!(parse_swap("-1"), Ok(-1));
+        assert_eq!(
+            parse_env_file("# c\nA=1\n\n B=two words \n"),
+            vec!["A=1".to_string(), "B=two words".to_string()]
+        );
     }
 
     #[test]

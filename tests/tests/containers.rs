@@ -246,6 +246,22 @@ async fn env_workdir_user_hostname_and_limits_apply() -> anyhow::Result<()> {
     assert_eq!(code, 125);
     assert!(err.contains("unable to find user nobody-here"), "{err}");
 
+    let env_file = tempfile::NamedTempFile::new()?;
+    std::fs::write(env_file.path(), "# comment\nFROM_FILE=yes\nFOO=file\n")?;
+    let env_path = env_file.path().display().to_string();
+    let (code, out, err) = env.run(
+        &[
+            "--env-file", &env_path, "-e", "FOO=flag", "--ulimit", "nofile=100:200",
+            "--tmpfs", "/scratch:size=1m", "--cap-drop", "CHOWN",
+        ],
+        &[
+            "sh", "-c",
+            "echo $FROM_FILE $FOO; ulimit -n; grep -c ' /scratch tmpfs' /proc/mounts; chown 1 /tmp || echo no chown",
+        ],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "yes flag\n100\n1\nno chown\n");
+
     let (code, _, err) = env.run(&["--read-only"], &["touch", "/x"])?;
     assert_eq!(code, 1);
     assert!(err.contains("Read-only"), "{err}");

@@ -141,8 +141,11 @@ pub fn build(
     options.pids_limit = request.pids_limit;
     options.cgroups_path = Some(format!("/berth/{}", inputs.id));
     options.host_network = request.network == NetworkMode::Host;
+    options.memory_swap = request.memory_swap_bytes;
+    options.cpuset_cpus = request.cpuset_cpus.clone();
     let spec = berth_runtime::default_spec(&options).map_err(|err| err.to_string())?;
     let spec = add_binds(spec, request)?;
+    let spec = apply_security(spec, request)?;
     Ok((
         RunPlan {
             args,
@@ -182,6 +185,121 @@ fn add_binds(spec: Spec, request: &ContainerCreateRequest) -> Result<Spec, Strin
         }));
     }
     serde_json::from_value(value).map_err(|err| err.to_string())
+}
+
+/// `--tmpfs`, `--cap-add/--cap-drop`, `--security-opt`, `--ulimit`, edited as JSON.
+fn apply_security(spec: Spec, request: &ContainerCreateRequest) -> Result<Spec, String> {
+    if request.tmpfs.is_empty()
+        && request.cap_add.is_empty()
+        && request.cap_drop.is_empty()
+        && request.security_opt.is_empty()
+        && request.ulimits.is_empty()
+    {
+        return Ok(spec);
+    }
+    let mut value = serde_json::to_value(&spec).map_err(|err| err.to_string())?;
+    for entry in &request.tmpfs {
+        let (path, opts) = entry.split_once(':').unwrap_or((entry.as_str(), ""));
+        if !path.starts_with('/') {
+            return Err(format!("--tmpfs {entry}: the path must be absolute"));
+        }
+        let mut options = vec![
+            "nosuid".to_string(),
+            "nodev".to_string(),
+            "noexec".to_string(),
+        ];
+        options.extend(
+            opts.split(',')
+                .filter(|o| !o.is_empty())
+                .map(str::to_string),
+        );
+        if let Some(mounts) = value["mounts"].as_array_mut() {
+            mounts.push(serde_json::json!({
+                "destination": path, "type": "tmpfs", "source": "tmpfs", "options": options,
+            }));
+        }
+    }
+    let caps = capability_set(&request.cap_add, &request.cap_drop)?;
+    for set in ["bounding", "effective", "permitted"] {
+        value["process"]["capabilities"][set] = serde_json::json!(caps);
+    }
+    for opt in &request.security_opt {
+        match opt.as_str() {
+            "no-new-privileges" | "no-new-privileges=true" | "no-new-privileges:true" => {
+                value["process"]["noNewPrivileges"] = serde_json::json!(true)
+            }
+            "no-new-privileges=false" | "no-new-privileges:false" => {
+                value["process"]["noNewPrivileges"] = serde_json::json!(false)
+            }
+            "seccomp=unconfined" | "seccomp:unconfined" => {
+                if let Some(linux) = value["linux"].as_object_mut() {
+                    linux.remove("seccomp");
+                }
+            }
+            other => return Err(format!("unsupported --security-opt {other:?}")),
+        }
+    }
+    if !request.ulimits.is_empty() {
+        let mut rlimits: Vec<serde_json::Value> = value["process"]["rlimits"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for limit in &request.ulimits {
+            if limit.soft > limit.hard {
+                return Err(format!(
+                    "--ulimit {}: soft limit above the hard limit",
+                    limit.name
+                ));
+            }
+            let kind = format!("RLIMIT_{}", limit.name.to_ascii_uppercase());
+            rlimits.retain(|r| r["type"] != kind.as_str());
+            rlimits.push(serde_json::json!({"type": kind, "soft": limit.soft, "hard": limit.hard}));
+        }
+        value["process"]["rlimits"] = serde_json::json!(rlimits);
+    }
+    serde_json::from_value(value).map_err(|err| format!("invalid option: {err}"))
+}
+
+/// Docker's default capabilities with `add` and `drop` applied (`ALL` in either).
+pub fn capability_set(add: &[String], drop: &[String]) -> Result<Vec<String>, String> {
+    let norm = |name: &str| -> Result<String, String> {
+        let upper = name.trim().to_ascii_uppercase();
+        let full = if upper.starts_with("CAP_") || upper == "ALL" {
+            upper
+        } else {
+            format!("CAP_{upper}")
+        };
+        if full == "ALL" || berth_runtime::caps::NAMES.contains(&full.as_str()) {
+            Ok(full)
+        } else {
+            Err(format!("unknown capability {name:?}"))
+        }
+    };
+    let add: Vec<String> = add.iter().map(|c| norm(c)).collect::<Result<_, _>>()?;
+    let drop: Vec<String> = drop.iter().map(|c| norm(c)).collect::<Result<_, _>>()?;
+    let mut caps: Vec<String> = if add.iter().any(|c| c == "ALL") {
+        berth_runtime::caps::NAMES
+            .iter()
+            .map(|c| c.to_string())
+            .collect()
+    } else {
+        let mut caps: Vec<String> = berth_runtime::caps::DOCKER_DEFAULT
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        for cap in add {
+            if !caps.contains(&cap) {
+                caps.push(cap);
+            }
+        }
+        caps
+    };
+    if drop.iter().any(|c| c == "ALL") {
+        caps.clear();
+    } else {
+        caps.retain(|c| !drop.contains(c));
+    }
+    Ok(caps)
 }
 
 /// The process of an `exec`: the container's process (capabilities, rlimits, no_new_privs,
@@ -394,6 +512,70 @@ mod tests {
         assert_eq!(process.no_new_privileges(), base.no_new_privileges());
         assert_eq!(process.capabilities(), base.capabilities());
         assert!(exec_process(&base, &[], &[], None, None).is_err());
+    }
+
+    #[test]
+    fn security_options_edit_the_spec() {
+        use berth_proto::messages::exec::Ulimit;
+        let image = parse_image_config(r#"{"config":{"Cmd":["sh"]}}"#).expect("parses");
+        let request = ContainerCreateRequest {
+            tmpfs: vec!["/run:size=1m".into()],
+            cap_add: vec!["sys_admin".into()],
+            cap_drop: vec!["NET_RAW".into(), "CAP_MKNOD".into()],
+            security_opt: vec![
+                "seccomp=unconfined".into(),
+                "no-new-privileges=false".into(),
+            ],
+            ulimits: vec![Ulimit {
+                name: "nofile".into(),
+                soft: 100,
+                hard: 200,
+            }],
+            memory_swap_bytes: Some(-1),
+            cpuset_cpus: Some("0".into()),
+            ..Default::default()
+        };
+        let user = root();
+        let inputs = SpecInputs {
+            id: "abc",
+            rootfs: Path::new("/r"),
+            user: &user,
+        };
+        let (_, spec) = build(&request, &image, &inputs).expect("builds");
+        let json = serde_json::to_value(&spec).expect("json");
+        let caps = json["process"]["capabilities"]["bounding"].to_string();
+        assert!(
+            caps.contains("CAP_SYS_ADMIN") && !caps.contains("CAP_NET_RAW"),
+            "{caps}"
+        );
+        assert!(!caps.contains("CAP_MKNOD"), "{caps}");
+        assert!(json["linux"]["seccomp"].is_null());
+        assert_eq!(json["process"]["noNewPrivileges"], false);
+        let rlimits = json["process"]["rlimits"].to_string();
+        assert!(rlimits.contains(r#""soft":100"#), "{rlimits}");
+        assert_eq!(json["linux"]["resources"]["memory"]["swap"], -1);
+        assert_eq!(json["linux"]["resources"]["cpu"]["cpus"], "0");
+        let tmpfs = json["mounts"]
+            .as_array()
+            .and_then(|m| m.last())
+            .expect("tmpfs");
+        assert_eq!(tmpfs["destination"], "/run");
+        assert!(tmpfs["options"].to_string().contains("size=1m"));
+
+        assert_eq!(
+            capability_set(&[], &["ALL".into()]).expect("caps"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            capability_set(&["ALL".into()], &[]).expect("caps").len(),
+            41
+        );
+        assert!(capability_set(&["NOPE".into()], &[]).is_err());
+        let bad = ContainerCreateRequest {
+            security_opt: vec!["apparmor=x".into()],
+            ..Default::default()
+        };
+        assert!(build(&bad, &image, &inputs).is_err());
     }
 
     #[test]

@@ -148,6 +148,35 @@ pub struct ContainerCreateRequest {
     /// Remove the container once it exits (`--rm`).
     #[serde(default)]
     pub auto_remove: bool,
+    /// Memory + swap in bytes (`--memory-swap`; -1 unlimited swap).
+    #[serde(default)]
+    pub memory_swap_bytes: Option<i64>,
+    /// CPUs the container may run on (`--cpuset-cpus 0-1`).
+    #[serde(default)]
+    pub cpuset_cpus: Option<String>,
+    /// `--tmpfs /path[:options]`.
+    #[serde(default)]
+    pub tmpfs: Vec<String>,
+    /// Capabilities added to / dropped from Docker's default set (`ALL` allowed).
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    /// `--security-opt`: `no-new-privileges[=true|false]`, `seccomp=unconfined`.
+    #[serde(default)]
+    pub security_opt: Vec<String>,
+    /// `--ulimit name=soft[:hard]`.
+    #[serde(default)]
+    pub ulimits: Vec<Ulimit>,
+}
+
+/// One `--ulimit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    /// `nofile`, `nproc`, `core`, … (without the `RLIMIT_` prefix).
+    pub name: String,
+    pub soft: u64,
+    pub hard: u64,
 }
 
 /// Reply to `create`.
