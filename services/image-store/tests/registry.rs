@@ -49,8 +49,13 @@ impl Registry {
         Self::start_with_auth(None).await
     }
 
-    /// `htpasswd`: (user, password) for basic auth, hashed here with bcrypt.
     async fn start_with_auth(htpasswd: Option<(&str, &str)>) -> Result<Self> {
+        Self::start_opts(htpasswd, false).await
+    }
+
+    /// `htpasswd`: (user, password) for basic auth, hashed here with bcrypt; `tls`: a
+    /// self-signed certificate for 127.0.0.1 made with openssl.
+    async fn start_opts(htpasswd: Option<(&str, &str)>, tls: bool) -> Result<Self> {
         need_tool("/usr/bin/docker-registry", "docker-registry")?;
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
@@ -60,6 +65,33 @@ impl Registry {
             "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: berth-test-secret\n",
             storage.display()
         );
+        if tls {
+            need_tool("/usr/bin/openssl", "openssl")?;
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            let out = Command::new("/usr/bin/openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .output()?;
+            if !out.status.success() {
+                bail!("openssl req: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
+        }
         if let Some((user, password)) = htpasswd {
             let hash = bcrypt::hash(password, 4)?;
             let file = dir.path().join("htpasswd");
@@ -363,6 +395,11 @@ impl FakeServer {
                             Ok(0) | Err(_) => return,
                             Ok(n) => head.extend_from_slice(&buf[..n]),
                         }
+                        // A TLS ClientHello (the client's HTTPS probe of a loopback
+                        // registry): plain HTTP only here, so hang up at once.
+                        if head.first() == Some(&0x16) {
+                            return;
+                        }
                     }
                     let end = head
                         .windows(4)
@@ -627,6 +664,22 @@ async fn registry_whole_image_push_and_resolve() -> Result<()> {
         .image
         .references
         .is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn registry_loopback_registry_with_tls_is_spoken_to_over_https() -> Result<()> {
+    // Docker's rule for registries allowed plain HTTP: HTTPS when they speak it, with a
+    // certificate nobody vouches for; this one answers plain HTTP with a 400.
+    let reg = Registry::start_opts(None, true).await?;
+    let c = client();
+    let r = reg.reference("tls/img:1");
+    let img = small_manifest()?;
+    push_image(&c, &r, &img).await?;
+    let resolved = c.resolve(&r, &amd64()).await?;
+    assert_eq!(resolved.manifest.digest, img.manifest.digest);
+    let fetched = fetch_all(&c, &r, &resolved.parsed.layers).await?;
+    assert_eq!(fetched[0].1, img.layers[0].digest);
     Ok(())
 }
 

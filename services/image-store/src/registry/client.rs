@@ -10,11 +10,14 @@ use crate::formats::Reference;
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode, Url};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Most of an error body or token response read into memory.
 const SMALL_BODY_LIMIT: usize = 64 * 1024;
+/// How long the answer of a TLS probe of an insecure registry is trusted.
+const TLS_PROBE_TTL: Duration = Duration::from_secs(60);
 
 /// A client for OCI distribution registries. Cheap to clone: clones share the
 /// connection pool, credentials and token cache.
@@ -25,6 +28,11 @@ pub struct RegistryClient {
 
 pub(super) struct Inner {
     pub(super) http: reqwest::Client,
+    /// For registries allowed plain HTTP that turn out to speak TLS: certificates are not
+    /// verified there, as Docker does for its insecure registries.
+    http_unverified: reqwest::Client,
+    /// Per such host: whether it answered HTTPS, and until when that answer holds.
+    tls_probes: std::sync::Mutex<HashMap<String, (bool, Instant)>>,
     pub(super) config: RegistryConfig,
     auth: AuthState,
     /// Serializes token fetches, so that concurrent requests challenged at once (the
@@ -44,6 +52,8 @@ pub(super) struct Target {
     /// Token scope(s), space-separated.
     pub(super) scope: String,
     pub(super) creds: Option<Credentials>,
+    /// HTTPS without certificate verification (an insecure registry speaking TLS).
+    pub(super) unverified_tls: bool,
 }
 
 impl Target {
@@ -104,21 +114,26 @@ impl<'a> Req<'a> {
 impl RegistryClient {
     /// A client with these settings. Fails only if the TLS backend cannot start.
     pub fn new(config: RegistryConfig) -> Result<Self, RegistryError> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(config.connect_timeout)
-            .read_timeout(config.read_timeout)
-            // Blob GETs redirect to storage (S3, CDN); reqwest drops Authorization when
-            // the redirect leaves the registry's origin, as those backends require.
-            .redirect(reqwest::redirect::Policy::limited(10))
-            .build()
-            .map_err(|e| RegistryError::Invalid {
-                image: "registry client".to_string(),
-                reason: error_chain(&e),
-            })?;
+        let build = |verify: bool| {
+            reqwest::Client::builder()
+                .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(config.connect_timeout)
+                .read_timeout(config.read_timeout)
+                // Blob GETs redirect to storage (S3, CDN); reqwest drops Authorization
+                // when the redirect leaves the registry's origin, as those backends require.
+                .redirect(reqwest::redirect::Policy::limited(10))
+                .danger_accept_invalid_certs(!verify)
+                .build()
+                .map_err(|e| RegistryError::Invalid {
+                    image: "registry client".to_string(),
+                    reason: error_chain(&e),
+                })
+        };
         Ok(RegistryClient {
             inner: Arc::new(Inner {
-                http,
+                http: build(true)?,
+                http_unverified: build(false)?,
+                tls_probes: Default::default(),
                 config,
                 auth: AuthState::default(),
                 token_fetch: tokio::sync::Mutex::new(()),
@@ -133,7 +148,7 @@ impl RegistryClient {
 
     /// Where and how to talk about `reference`; `actions` is `pull` or `pull,push`,
     /// `extra_scopes` e.g. `repository:other/repo:pull` for a cross-repo mount.
-    pub(super) fn target(
+    pub(super) async fn target(
         &self,
         reference: &Reference,
         actions: &str,
@@ -141,10 +156,16 @@ impl RegistryClient {
     ) -> Result<Target, RegistryError> {
         let image = reference.familiar();
         let host = reference.registry_host().to_string();
-        let scheme = if reference.allows_plain_http(&self.inner.config.insecure_registries) {
-            "http"
-        } else {
+        // Docker's rule for registries allowed plain HTTP (loopback, listed): HTTPS if
+        // they speak it, certificate unchecked; plain HTTP otherwise.
+        let unverified_tls = reference.allows_plain_http(&self.inner.config.insecure_registries)
+            && self.speaks_tls(&host).await;
+        let scheme = if unverified_tls
+            || !reference.allows_plain_http(&self.inner.config.insecure_registries)
+        {
             "https"
+        } else {
+            "http"
         };
         let repo_url =
             Url::parse(&format!("{scheme}://{host}/v2/{}/", reference.path())).map_err(|e| {
@@ -168,7 +189,38 @@ impl RegistryClient {
             repo_url,
             scope,
             creds,
+            unverified_tls,
         })
+    }
+
+    /// Whether an insecure registry answers HTTPS: probed with `GET /v2/` (any HTTP
+    /// answer counts), remembered for a while so that a registry restarted with or
+    /// without TLS is noticed.
+    async fn speaks_tls(&self, host: &str) -> bool {
+        let now = Instant::now();
+        if let Some((tls, until)) = lock(&self.inner.tls_probes).get(host) {
+            if now < *until {
+                return *tls;
+            }
+        }
+        let probe = self
+            .inner
+            .http_unverified
+            .get(format!("https://{host}/v2/"))
+            .timeout(self.inner.config.connect_timeout)
+            .send()
+            .await;
+        let tls = probe.is_ok();
+        lock(&self.inner.tls_probes).insert(host.to_string(), (tls, now + TLS_PROBE_TTL));
+        tls
+    }
+
+    fn http_for(&self, t: &Target) -> &reqwest::Client {
+        if t.unverified_tls {
+            &self.inner.http_unverified
+        } else {
+            &self.inner.http
+        }
     }
 
     /// Sends `req`, answering one auth challenge and retrying idempotent requests on
@@ -185,8 +237,7 @@ impl RegistryClient {
         let mut answered_challenge = false;
         loop {
             let mut rb = self
-                .inner
-                .http
+                .http_for(t)
                 .request(req.method.clone(), req.url.clone())
                 .headers(req.headers.clone());
             if let Some(timeout) = req.timeout {
@@ -339,14 +390,13 @@ impl RegistryClient {
                 for s in t.scope.split(' ') {
                     form.push_str(&format!("&scope={}", percent_encode(s)));
                 }
-                self.inner
-                    .http
+                self.http_for(t)
                     .post(realm)
                     .header("Content-Type", "application/x-www-form-urlencoded")
                     .body(form)
             }
             creds => {
-                let rb = self.inner.http.get(&url);
+                let rb = self.http_for(t).get(&url);
                 match creds.as_ref().and_then(Credentials::basic_header) {
                     Some(basic) => rb.header(AUTHORIZATION, basic),
                     None => rb,
@@ -575,28 +625,52 @@ mod tests {
         assert_eq!(backoff(&cfg, 40), Duration::from_secs(1));
     }
 
-    #[test]
-    fn scheme_follows_plain_http_rules() {
+    #[tokio::test]
+    async fn scheme_follows_plain_http_rules() {
         let c = RegistryClient::new(RegistryConfig {
             docker_config: None,
-            insecure_registries: vec!["reg.lan:5000".into()],
+            insecure_registries: vec!["reg.lan:5000".into(), "tls.lan".into()],
             ..RegistryConfig::default()
         })
         .expect("client");
-        let url = |r: &str| {
+        // Probe answers given up front: this test sends nothing anywhere.
+        let far = Instant::now() + Duration::from_secs(3600);
+        for (host, tls) in [
+            ("127.0.0.1:5000", false),
+            ("reg.lan:5000", false),
+            ("[::1]:5000", false),
+            ("tls.lan", true),
+        ] {
+            lock(&c.inner.tls_probes).insert(host.to_string(), (tls, far));
+        }
+        let target = |r: &str| {
             let r = Reference::parse(r).expect("ref");
-            c.target(&r, "pull", &[])
-                .expect("target")
-                .repo_url
-                .to_string()
+            let c = c.clone();
+            async move { c.target(&r, "pull", &[]).await.expect("target") }
         };
-        assert_eq!(url("127.0.0.1:5000/x/y"), "http://127.0.0.1:5000/v2/x/y/");
-        assert_eq!(url("reg.lan:5000/x"), "http://reg.lan:5000/v2/x/");
-        assert_eq!(url("reg.lan:6000/x"), "https://reg.lan:6000/v2/x/");
+        let url = |r: &'static str| {
+            let t = target(r);
+            async move { t.await.repo_url.to_string() }
+        };
         assert_eq!(
-            url("busybox"),
+            url("127.0.0.1:5000/x/y").await,
+            "http://127.0.0.1:5000/v2/x/y/"
+        );
+        assert_eq!(url("reg.lan:5000/x").await, "http://reg.lan:5000/v2/x/");
+        assert_eq!(url("reg.lan:6000/x").await, "https://reg.lan:6000/v2/x/");
+        assert_eq!(
+            url("busybox").await,
             "https://registry-1.docker.io/v2/library/busybox/"
         );
-        assert_eq!(url("[::1]:5000/a"), "http://[::1]:5000/v2/a/");
+        assert_eq!(url("[::1]:5000/a").await, "http://[::1]:5000/v2/a/");
+        let t = target("tls.lan/a").await;
+        assert_eq!(t.repo_url.as_str(), "https://tls.lan/v2/a/");
+        assert!(t.unverified_tls, "insecure + TLS: certificate not checked");
+        assert!(!target("busybox").await.unverified_tls);
     }
+}
+
+/// A poisoned lock only means a panic elsewhere mid-insert; the map is still usable.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

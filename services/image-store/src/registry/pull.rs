@@ -65,7 +65,7 @@ impl RegistryClient {
         reference: &Reference,
         platform: &PlatformSpec,
     ) -> Result<ResolvedManifest, RegistryError> {
-        let t = self.target(reference, "pull", &[])?;
+        let t = self.target(reference, "pull", &[]).await?;
         let top = self
             .get_manifest(&t, &manifest_ref(reference), reference.digest(), None)
             .await?;
@@ -112,7 +112,7 @@ impl RegistryClient {
         &self,
         reference: &Reference,
     ) -> Result<RawManifest, RegistryError> {
-        let t = self.target(reference, "pull", &[])?;
+        let t = self.target(reference, "pull", &[]).await?;
         self.get_manifest(&t, &manifest_ref(reference), reference.digest(), None)
             .await
     }
@@ -207,7 +207,7 @@ impl RegistryClient {
         reference: &Reference,
         digest: &Digest,
     ) -> Result<Option<u64>, RegistryError> {
-        let t = self.target(reference, "pull", &[])?;
+        let t = self.target(reference, "pull", &[]).await?;
         self.head_blob(&t, digest).await
     }
 
@@ -256,7 +256,7 @@ impl RegistryClient {
         size: u64,
         progress: Option<Progress>,
     ) -> Result<BlobReader, RegistryError> {
-        let t = self.target(reference, "pull", &[])?;
+        let t = self.target(reference, "pull", &[]).await?;
         let what = format!("blob {digest}");
         let req = Req::new(Method::GET, t.url(&format!("blobs/{digest}"))?, &what);
         let resp = self.send(&t, req).await?;

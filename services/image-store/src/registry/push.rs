@@ -83,7 +83,7 @@ impl RegistryClient {
             .map(|f| format!("repository:{}:pull", f.path()))
             .into_iter()
             .collect();
-        let t = self.target(reference, "pull,push", &extra)?;
+        let t = self.target(reference, "pull,push", &extra).await?;
         let what = format!("blob {digest}");
         // The HEAD also answers the auth challenge for the push scope, so the upload
         // requests below (one of which streams and cannot be resent) go out authorized.
@@ -275,7 +275,7 @@ impl RegistryClient {
         bytes: Vec<u8>,
         media_type: &str,
     ) -> Result<Digest, RegistryError> {
-        let t = self.target(reference, "pull,push", &[])?;
+        let t = self.target(reference, "pull,push", &[]).await?;
         let digest = match reference.digest() {
             Some(d) => {
                 d.verify_bytes(&bytes, "manifest")
