@@ -599,6 +599,11 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// A poisoned lock only means a panic elsewhere mid-insert; the map is still usable.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -668,9 +673,4 @@ mod tests {
         assert!(t.unverified_tls, "insecure + TLS: certificate not checked");
         assert!(!target("busybox").await.unverified_tls);
     }
-}
-
-/// A poisoned lock only means a panic elsewhere mid-insert; the map is still usable.
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
