@@ -123,6 +123,8 @@ impl Read for Slow {
             self.started = true;
             let now = self.active.fetch_add(1, Ordering::SeqCst) + 1;
             self.max.fetch_max(now, Ordering::SeqCst);
+            // Long enough that a loaded machine still starts the others meanwhile.
+            std::thread::sleep(Duration::from_millis(300));
         }
         std::thread::sleep(Duration::from_millis(20));
         let n = self.inner.read(buf)?;
