@@ -267,7 +267,7 @@ fn umoci_unpack(layout: &Path, bundle: &Path) -> Option<PathBuf> {
     {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("SKIP umoci comparison: umoci not runnable ({e}); apt-get install umoci");
+            skip!("SKIP umoci comparison: umoci not runnable ({e}); apt-get install umoci");
             return None;
         }
     };
@@ -288,7 +288,7 @@ fn mount_overlay(cwd: &Path, lowerdir: &str, target: &Path) -> bool {
         .output()
         .expect("mount");
     if !out.status.success() {
-        eprintln!(
+        skip!(
             "SKIP overlay part: mount failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
@@ -376,7 +376,7 @@ fn skopeo_made_layout_matches_umoci() {
     {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("SKIP skopeo_made_layout_matches_umoci: skopeo not runnable ({e})");
+            skip!("SKIP skopeo_made_layout_matches_umoci: skopeo not runnable ({e})");
             return;
         }
     };
@@ -462,7 +462,7 @@ fn layers_made_by_umoci_match_umoci_unpack() {
         return;
     }
     if Command::new("umoci").arg("--version").output().is_err() {
-        eprintln!("SKIP layers_made_by_umoci_match_umoci_unpack: umoci not installed");
+        skip!("SKIP layers_made_by_umoci_match_umoci_unpack: umoci not installed");
         return;
     }
     let t = tempfile::tempdir().expect("tempdir");

@@ -362,7 +362,7 @@ fn gnu_tar_sparse_archives() {
         out.status.success().then_some(out.stdout)
     };
     let (Some(gnu), Some(posix)) = (make("gnu"), make("posix")) else {
-        eprintln!("SKIP gnu_tar_sparse_archives: GNU tar not available");
+        skip!("SKIP gnu_tar_sparse_archives: GNU tar not available");
         return;
     };
     let l = layer(gnu, Comp::Gzip);

@@ -616,7 +616,7 @@ fn device_nodes_refused_by_default_in_a_real_user_namespace() {
     {
         Ok(o) => o,
         Err(e) => {
-            eprintln!(
+            skip!(
                 "SKIP device_nodes_refused_by_default_in_a_real_user_namespace: no unshare ({e})"
             );
             return;
@@ -625,7 +625,7 @@ fn device_nodes_refused_by_default_in_a_real_user_namespace() {
     if !out.status.success() && !t.path().join("child-ok").exists() {
         let err = String::from_utf8_lossy(&out.stderr);
         if err.contains("unshare failed") || err.contains("Operation not permitted") {
-            eprintln!("SKIP device_nodes_refused_by_default_in_a_real_user_namespace: user namespaces unavailable ({err})");
+            skip!("SKIP device_nodes_refused_by_default_in_a_real_user_namespace: user namespaces unavailable ({err})");
             return;
         }
         panic!(

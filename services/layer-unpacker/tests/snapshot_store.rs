@@ -407,7 +407,7 @@ pub fn mount_overlay(cwd: &Path, options: &str, target: &Path) -> bool {
             .unwrap_or_default()
             .contains("overlay")
         {
-            eprintln!("SKIP overlay mount: no overlayfs on this kernel ({err})");
+            skip!("SKIP overlay mount: no overlayfs on this kernel ({err})");
             return false;
         }
         panic!("mount failed: {err}");

@@ -3,6 +3,16 @@
 //! compression, diff_ids, and a file-by-file tree comparison.
 #![allow(dead_code)]
 
+/// Reports a skipped test (or part) on the real stderr: libtest captures
+/// `eprintln!` of passing tests, and a skip must never look like a silent pass.
+#[macro_export]
+macro_rules! skip {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr};
 use std::io::{Read, Write};
@@ -28,7 +38,7 @@ pub fn require_root(test: &str) -> bool {
     if is_root() {
         true
     } else {
-        eprintln!("SKIP {test}: needs root (mknod, chown, trusted.* xattrs)");
+        skip!("SKIP {test}: needs root (mknod, chown, trusted.* xattrs)");
         false
     }
 }
