@@ -59,6 +59,8 @@ fn semantics_image() -> Vec<Layer> {
         gz_layer(&[
             Ent::dir("data/"),
             Ent::file("data/newer", b"n4"),
+            // No `data/sub/` entry: its implicit dir must survive the marker too.
+            Ent::file("data/sub/kept", b"k4"),
             Ent::file("data/.wh..wh..opq", b""),
             Ent::dir("etc/"),
             Ent::file("etc/conf.d", b"now a file"),
@@ -90,6 +92,7 @@ fn assert_semantics(root: &Path) {
         "n4",
         "same-layer entry kept by its opaque marker"
     );
+    assert_eq!(read("data/sub/kept"), "k4", "and its implicit parent dir");
     gone("data/new");
     gone("data/old1");
     gone("data/old2");

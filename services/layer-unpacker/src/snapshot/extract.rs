@@ -562,25 +562,33 @@ impl Extractor<'_> {
             .root
             .dir(dir_comps, true)
             .map_err(|e| walk_err(e, raw))?;
-        match mode {
-            ExtractMode::Overlay => sp::fsetxattr(dir, OsStr::new(OPAQUE_XATTR), b"y")
-                .map_err(|e| io_err("set opaque xattr", raw, e)),
-            ExtractMode::Apply => {
-                let names = sp::list_dir(dir).map_err(|e| io_err("list", raw, e))?;
-                let mut child = dir_comps.to_vec();
-                for n in names {
-                    child.push(n);
-                    // What this layer wrote stays, whatever the order in the tar.
-                    let keep = self.seen.contains_key(&child);
-                    let n = child.pop().unwrap_or_default();
-                    if !keep {
-                        sp::remove_all_at(dir, &n).map_err(|e| io_err("opaque clear", raw, e))?;
-                    }
-                }
-                self.root.invalidate();
-                Ok(())
-            }
+        if mode == ExtractMode::Overlay {
+            return sp::fsetxattr(dir, OsStr::new(OPAQUE_XATTR), b"y")
+                .map_err(|e| io_err("set opaque xattr", raw, e));
         }
+        let names = sp::list_dir(dir).map_err(|e| io_err("list", raw, e))?;
+        // What this layer wrote stays, whatever the order in the tar: its
+        // entries and the directories it made as their parents.
+        let doomed: Vec<OsString> = names
+            .into_iter()
+            .filter(|n| {
+                let mut child = dir_comps.to_vec();
+                child.push(n.clone());
+                !self.seen.contains_key(&child) && !self.holds_ours(dir_comps, n)
+            })
+            .collect();
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let dir = self
+            .root
+            .dir(dir_comps, false)
+            .map_err(|e| walk_err(e, raw))?;
+        for n in &doomed {
+            sp::remove_all_at(dir, n).map_err(|e| io_err("opaque clear", raw, e))?;
+        }
+        self.root.invalidate();
+        Ok(())
     }
 
     fn implicit_dirs(&self) -> Vec<PathBuf> {
