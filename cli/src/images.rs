@@ -400,11 +400,7 @@ impl Ctx {
     }
 
     async fn fetch(&self, name: &str, output: Option<&PathBuf>) -> Result<(), Failure> {
-        let blobs = self.blobs().await?;
-        let mut object = blobs
-            .get(name)
-            .await
-            .map_err(|err| Failure::berth(format!("cannot fetch the archive: {err}")))?;
+        let mut object = ObjectChunks::open(&self.client, name).await?;
         match output {
             Some(path) => {
                 // Written beside the target and renamed, so a failed save leaves no
@@ -414,7 +410,7 @@ impl Ctx {
                     Failure::berth(format!("cannot create {}: {err}", partial.display()))
                 })?;
                 let copied = async {
-                    tokio::io::copy(&mut object, &mut file).await?;
+                    object.copy_to(&mut file).await?;
                     file.flush().await?;
                     file.sync_all().await
                 }
@@ -432,7 +428,8 @@ impl Ctx {
             }
             None => {
                 let mut stdout = tokio::io::stdout();
-                tokio::io::copy(&mut object, &mut stdout)
+                object
+                    .copy_to(&mut stdout)
                     .await
                     .map_err(|err| Failure::berth(format!("cannot write stdout: {err}")))?;
                 stdout
@@ -588,6 +585,73 @@ impl Ctx {
             human_size(reply.space_reclaimed)
         );
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Reads an object of `berth-blobs` one chunk message at a time (the next message on
+/// its chunk subject), the way the image-store does: `ObjectStore::get`'s push consumer
+/// was seen to stall for good partway through a large object on a loaded host.
+struct ObjectChunks {
+    stream: jetstream::stream::Stream,
+    subject: String,
+    name: String,
+    chunks: usize,
+    size: u64,
+}
+
+impl ObjectChunks {
+    async fn open(client: &async_nats::Client, name: &str) -> Result<Self, Failure> {
+        let js = jetstream::new(client.clone());
+        let fail = |err: &dyn std::fmt::Display| {
+            Failure::berth(format!("cannot fetch the archive {name}: {err}"))
+        };
+        let store = js
+            .get_object_store(names::BLOBS_BUCKET)
+            .await
+            .map_err(|err| fail(&err))?;
+        let info = store.info(name).await.map_err(|err| fail(&err))?;
+        let stream = js
+            .get_stream(format!("OBJ_{}", names::BLOBS_BUCKET))
+            .await
+            .map_err(|err| fail(&err))?;
+        Ok(ObjectChunks {
+            stream,
+            subject: format!("$O.{}.C.{}", names::BLOBS_BUCKET, info.nuid),
+            name: name.to_string(),
+            chunks: info.chunks,
+            size: info.size as u64,
+        })
+    }
+
+    async fn copy_to(
+        &mut self,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+    ) -> std::io::Result<()> {
+        let mut sequence = 1;
+        let mut written = 0u64;
+        for _ in 0..self.chunks {
+            let message = self
+                .stream
+                .raw_message_builder()
+                .next_by_subject(self.subject.clone())
+                .sequence(sequence)
+                .send()
+                .await
+                .map_err(|err| std::io::Error::other(format!("{}: {err}", self.name)))?;
+            if message.subject.as_str() != self.subject {
+                break;
+            }
+            sequence = message.sequence + 1;
+            out.write_all(&message.payload).await?;
+            written += message.payload.len() as u64;
+        }
+        if written != self.size {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{} ended after {written} of {} bytes", self.name, self.size),
+            ));
+        }
+        Ok(())
     }
 }
 
