@@ -2,8 +2,8 @@
 
 use crate::discovery::pick_node;
 use crate::exit::Failure;
-use berth_bus::{connect_once, request, BusError, NatsSettings};
-use berth_proto::messages::unpack::{PrepareReply, PrepareRequest};
+use berth_bus::{connect_once, request_with_progress, BusError, NatsSettings};
+use berth_proto::messages::unpack::{PrepareProgress, PrepareReply, PrepareRequest};
 use berth_proto::subjects::{self, service_names, UnpackVerb};
 use berth_proto::Encoding;
 use std::process::ExitCode;
@@ -31,17 +31,19 @@ pub async fn image_unpack(
     let node = pick_node(&client, service_names::LAYER_UNPACKER, node, timeout)
         .await
         .map_err(Failure::berth)?;
-    // Unpacking a large image takes a while; the user's --timeout covers short verbs.
-    let deadline = timeout.max(Duration::from_secs(600));
-    let reply: PrepareReply = request(
+    // Unpacking a large image takes as long as it takes; the unpacker's progress
+    // heartbeats show it is alive, and their absence for --timeout means it is not.
+    let reply: PrepareReply = request_with_progress(
         &client,
         &subjects::unpack(&node, UnpackVerb::Prepare),
-        &PrepareRequest {
+        |progress| PrepareRequest {
             image: image.clone(),
             user: Some(format!("image:{image}")),
+            progress: Some(progress),
         },
         Encoding::Bincode,
-        deadline,
+        timeout,
+        |_: PrepareProgress| {},
     )
     .await
     .map_err(bus_failure)?;

@@ -318,6 +318,40 @@ impl Stack {
         self.dir.path().join("data")
     }
 
+    /// Starts one more service process (a second instance, or a restart after
+    /// [`Stack::kill_service`]) and waits until it answers.
+    pub async fn start_service(&mut self, name: &str) -> Result<(), HarnessError> {
+        self.spawn_service(name)?;
+        let client = self.nats.client().await?;
+        let wanted = self.services.iter().filter(|s| s.name == name).count();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while ping_count(&client, name, Duration::from_millis(250)).await? < wanted {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(HarnessError::NotReady {
+                    what: name.to_string(),
+                    within: Duration::from_secs(20),
+                    log: self.log_of(name),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs every instance of a service (no chance to clean up) and forgets them.
+    pub async fn kill_service(&mut self, name: &str) -> Result<(), HarnessError> {
+        let (mut killed, kept): (Vec<_>, Vec<_>) =
+            self.services.drain(..).partition(|s| s.name == name);
+        self.services = kept;
+        for service in killed.iter_mut() {
+            service
+                .child
+                .kill()
+                .await
+                .map_err(io_error(format!("SIGKILL {name}")))?;
+        }
+        Ok(())
+    }
+
     fn spawn_service(&mut self, name: &str) -> Result<(), HarnessError> {
         let binary = bin_path(name)?;
         let log = self.dir.path().join(format!("{name}.log"));

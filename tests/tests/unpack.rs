@@ -5,13 +5,17 @@
 //! Needs root (overlay mounts, ownership) and busybox, umoci, skopeo on PATH.
 
 use anyhow::{ensure, Context};
-use berth_proto::subjects::service_names;
-use berth_tests::fixtures::{need, need_root, ok, skopeo_archive, umoci_layout};
+use berth_proto::subjects::{self, service_names, EventKind};
+use berth_tests::fixtures::{
+    busybox_rootfs_tar, need, need_root, ok, skopeo_archive, umoci_layout,
+};
 use berth_tests::Stack;
+use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 const NODE: &str = "node-unpack";
 
@@ -130,6 +134,13 @@ async fn layers_are_unpacked_once_per_node_and_match_umoci_unpack() -> anyhow::R
     .await?;
     let scratch = tempfile::tempdir()?;
     let layout = umoci_layout(scratch.path())?;
+    let client = stack.nats.client().await?;
+    let mut events = client
+        .subscribe(subjects::events_of_kind(EventKind::Snapshot))
+        .await?;
+    // The CLI calls below block this test's runtime thread: make sure the subscription
+    // has reached the server before they run.
+    client.flush().await?;
     for tag in ["a", "b"] {
         let archive = scratch.path().join(format!("{tag}.tar"));
         skopeo_archive(&layout, tag, &archive, &format!("unpack/{tag}:1"))?;
@@ -151,6 +162,18 @@ async fn layers_are_unpacked_once_per_node_and_match_umoci_unpack() -> anyhow::R
     );
     let again = unpack(&stack, "unpack/a:1")?;
     assert_eq!(again["unpacked"].as_u64(), Some(0), "{again}");
+    // One `unpack` event per layer actually unpacked: three, not four.
+    let mut unpack_events = Vec::new();
+    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(2), events.next()).await
+    {
+        let body: serde_json::Value = serde_json::from_slice(&message.payload)?;
+        if body["action"] == "unpack" {
+            unpack_events.push(body["chain_id"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    unpack_events.sort();
+    unpack_events.dedup();
+    assert_eq!(unpack_events.len(), 3, "{unpack_events:?}");
     let lowerdirs_a = strings(&a["lowerdirs"]);
     let lowerdirs_b = strings(&b["lowerdirs"]);
     assert_eq!(lowerdirs_a.len(), 2);
@@ -228,5 +251,89 @@ async fn unpacking_an_unknown_image_is_a_clear_error_and_leaves_no_snapshot() ->
         .and_then(|rows| rows.iter().find(|r| r["kind"] == "Snapshots"))
         .context("no snapshot row")?;
     assert_eq!(row["total"].as_u64(), Some(0));
+    Ok(())
+}
+
+/// `snapshots/tmp-*` and other debris an interrupted unpack leaves behind.
+fn debris(snapshots: &Path) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(snapshots)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') && name.parse::<u64>().is_err() {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+#[tokio::test]
+async fn an_unpacker_killed_mid_unpack_leaves_no_snapshot_and_the_next_prepare_succeeds(
+) -> anyhow::Result<()> {
+    need_root("layer ownership")?;
+    let mut stack = Stack::start(
+        &[service_names::IMAGE_STORE, service_names::LAYER_UNPACKER],
+        NODE,
+    )
+    .await?;
+    let scratch = tempfile::tempdir()?;
+    // Enough files and bytes that the unpack takes a noticeable moment.
+    let mut extra: Vec<(String, String)> = (0..4000)
+        .map(|i| (format!("data/f{i:05}"), format!("file {i}\n").repeat(64)))
+        .collect();
+    extra.push(("data/big".into(), "berth ".repeat(8 << 20)));
+    let extra_refs: Vec<(&str, &str)> = extra
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let tar = busybox_rootfs_tar(scratch.path(), "slow", &extra_refs)?;
+    berth(
+        &stack,
+        &["import", &tar.display().to_string(), "slow/unpack:1"],
+    )?;
+
+    let snapshots = stack.data_dir().join("snapshots");
+    let mut prepare = stack.berth()?;
+    prepare.args(["image", "unpack", "slow/unpack:1"]);
+    let mut running = prepare.spawn()?;
+    // Kill the unpacker as soon as an unpack is under way.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if !debris(&snapshots)?.is_empty() {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the unpack never started"
+        );
+        ensure!(
+            running.try_wait()?.is_none(),
+            "prepare finished before it could be interrupted"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stack.kill_service(service_names::LAYER_UNPACKER).await?;
+    let interrupted = running.wait()?;
+    assert!(
+        !interrupted.success(),
+        "an interrupted prepare must not report success"
+    );
+    // Nothing complete-looking was left: only debris, no numbered snapshot.
+    let numbered = std::fs::read_dir(&snapshots)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().parse::<u64>().is_ok())
+        .count();
+    assert_eq!(numbered, 0, "a killed unpack must not leave a snapshot");
+
+    stack.start_service(service_names::LAYER_UNPACKER).await?;
+    assert_eq!(
+        debris(&snapshots)?,
+        Vec::<String>::new(),
+        "restart cleans debris"
+    );
+    let done = unpack(&stack, "slow/unpack:1")?;
+    assert_eq!(done["unpacked"].as_u64(), Some(1), "{done}");
+    let lowerdirs = strings(&done["lowerdirs"]);
+    let big = Path::new(&lowerdirs[0]).join("data/big");
+    assert_eq!(std::fs::metadata(&big)?.len(), 6 * (8 << 20));
     Ok(())
 }

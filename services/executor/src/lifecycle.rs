@@ -430,6 +430,7 @@ impl Executor {
             &PrepareRequest {
                 image: request.image.clone(),
                 user: Some(id.to_string()),
+                progress: None,
             },
             Encoding::Bincode,
             PREPARE_DEADLINE,

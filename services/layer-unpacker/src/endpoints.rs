@@ -3,9 +3,10 @@
 
 use crate::snapshot::{SnapshotMeta, SnapshotStore, StoreError};
 use berth_proto::messages::unpack::{
-    SnapshotInfo, SnapshotList, SnapshotListRequest, SnapshotPruneRequest, SnapshotRemoveRequest,
-    SnapshotsRemoved,
+    SnapshotEvent, SnapshotInfo, SnapshotList, SnapshotListRequest, SnapshotPruneRequest,
+    SnapshotRemoveRequest, SnapshotsRemoved,
 };
+use berth_proto::subjects::EventKind;
 use berth_proto::ErrorEnvelope;
 use std::sync::Arc;
 
@@ -14,6 +15,8 @@ use std::sync::Arc;
 pub struct Unpacker {
     pub node_id: Arc<str>,
     pub store: Arc<SnapshotStore>,
+    /// For events.
+    pub client: async_nats::Client,
 }
 
 /// The wire form of a snapshot's metadata.
@@ -61,6 +64,30 @@ fn removed(node_id: &str, metas: Vec<SnapshotMeta>) -> SnapshotsRemoved {
 }
 
 impl Unpacker {
+    /// Publishes `berth.v1.events.snapshot.<chainID>.<action>`.
+    pub async fn snapshot_event(&self, action: &str, meta: &SnapshotMeta, image: Option<&str>) {
+        let body = SnapshotEvent {
+            action: action.to_string(),
+            node_id: self.node_id.to_string(),
+            chain_id: meta.chain_id.clone(),
+            diff_id: meta.diff_id.clone(),
+            digest: meta.digest.clone(),
+            image: image.map(str::to_string),
+            size: meta.size,
+            time: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        };
+        berth_bus::events::publish(
+            &self.client,
+            EventKind::Snapshot,
+            &meta.chain_id,
+            action,
+            &body,
+        )
+        .await;
+    }
+
     /// `list`
     pub async fn list(&self, request: SnapshotListRequest) -> Result<SnapshotList, ErrorEnvelope> {
         let this = self.clone();
@@ -83,14 +110,14 @@ impl Unpacker {
         request: SnapshotRemoveRequest,
     ) -> Result<SnapshotsRemoved, ErrorEnvelope> {
         let this = self.clone();
-        blocking(move || {
-            let meta = this
-                .store
+        let meta = blocking(move || {
+            this.store
                 .remove(&request.chain_id, request.force)
-                .map_err(store_error)?;
-            Ok(removed(&this.node_id, vec![meta]))
+                .map_err(store_error)
         })
-        .await
+        .await?;
+        self.snapshot_event("remove", &meta, None).await;
+        Ok(removed(&self.node_id, vec![meta]))
     }
 
     /// `prune`
@@ -99,10 +126,10 @@ impl Unpacker {
         _request: SnapshotPruneRequest,
     ) -> Result<SnapshotsRemoved, ErrorEnvelope> {
         let this = self.clone();
-        blocking(move || {
-            let metas = this.store.prune().map_err(store_error)?;
-            Ok(removed(&this.node_id, metas))
-        })
-        .await
+        let metas = blocking(move || this.store.prune().map_err(store_error)).await?;
+        for meta in &metas {
+            self.snapshot_event("remove", meta, None).await;
+        }
+        Ok(removed(&self.node_id, metas))
     }
 }

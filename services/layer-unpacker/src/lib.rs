@@ -39,6 +39,7 @@ pub async fn run(
     let unpacker = endpoints::Unpacker {
         node_id: Arc::from(settings.node_id.as_str()),
         store: Arc::new(store),
+        client: client.clone(),
     };
     let js = async_nats::jetstream::new(client.clone());
     let Some(blobs) = with_retry(names::BLOBS_BUCKET, &shutdown, || {
@@ -75,9 +76,9 @@ pub async fn run(
         .endpoint(
             UnpackVerb::Prepare.as_str(),
             subjects::unpack(node, UnpackVerb::Prepare),
-            move |request: PrepareRequest, _context| {
+            move |request: PrepareRequest, context| {
                 let preparer = preparer.clone();
-                async move { preparer.prepare(request).await }
+                async move { preparer.prepare(request, context).await }
             },
         )
         .await?;

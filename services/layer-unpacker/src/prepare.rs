@@ -2,11 +2,11 @@
 //! unpacked on this node, reading missing layers' blobs straight from the Object Store.
 
 use crate::endpoints::{snapshot_info, store_error, Unpacker};
-use crate::snapshot::{LayerSpec, PrepareOptions};
+use crate::snapshot::{LayerOutcome, LayerSpec, PrepareOptions};
 use async_nats::jetstream::object_store::ObjectStore;
-use berth_bus::{request, BusError};
+use berth_bus::{request, BusError, ProgressSink, RequestContext};
 use berth_proto::messages::image::{ImageInspect, ImageInspectRequest};
-use berth_proto::messages::unpack::{PrepareReply, PrepareRequest};
+use berth_proto::messages::unpack::{PrepareProgress, PrepareReply, PrepareRequest};
 use berth_proto::subjects::{self, ImageVerb};
 use berth_proto::{Encoding, ErrorEnvelope};
 use std::io::{self, Read};
@@ -53,7 +53,13 @@ pub fn layer_specs(image: &ImageInspect) -> Vec<LayerSpec> {
 
 impl Preparer {
     /// `prepare`
-    pub async fn prepare(&self, request: PrepareRequest) -> Result<PrepareReply, ErrorEnvelope> {
+    pub async fn prepare(
+        &self,
+        request: PrepareRequest,
+        context: RequestContext,
+    ) -> Result<PrepareReply, ErrorEnvelope> {
+        let progress =
+            ProgressSink::new(context.client, request.progress.clone(), context.encoding);
         let image: ImageInspect = request_inspect(&self.client, &request.image).await?;
         let span = tracing::info_span!("prepare", image = %request.image, digest = %image.digest);
         let _entered = span.enter();
@@ -65,7 +71,10 @@ impl Preparer {
             parallelism: self.parallelism,
             user: request.user.clone(),
         };
-        let prepared = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let layer_count = layers.len() as u32;
+        let progress_image = request.image.clone();
+        let work = tokio::task::spawn_blocking(move || {
             let open_blob = |layer: &LayerSpec| -> io::Result<Box<dyn Read + Send>> {
                 let object = runtime.block_on(blobs.get(&layer.digest)).map_err(|err| {
                     io::Error::other(format!(
@@ -79,17 +88,34 @@ impl Preparer {
                 )))
             };
             store.prepare(&layers, &open_blob, &options)
-        })
-        .await
-        .map_err(|err| ErrorEnvelope::internal(format!("prepare task failed: {err}")))?
-        .map_err(|err| {
-            let mut envelope = store_error(err);
-            envelope.message = format!(
-                "image {} ({}): {}",
-                request.image, image.digest, envelope.message
-            );
-            envelope
-        })?;
+        });
+        let prepared = progress
+            .heartbeat_while(
+                Duration::from_secs(1),
+                || PrepareProgress {
+                    image: progress_image.clone(),
+                    layers: layer_count,
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                },
+                work,
+            )
+            .await
+            .map_err(|err| ErrorEnvelope::internal(format!("prepare task failed: {err}")))?
+            .map_err(|err| {
+                let mut envelope = store_error(err);
+                envelope.message = format!(
+                    "image {} ({}): {}",
+                    request.image, image.digest, envelope.message
+                );
+                envelope
+            })?;
+        for layer in &prepared.layers {
+            if matches!(layer.outcome, LayerOutcome::Unpacked(_)) {
+                self.unpacker
+                    .snapshot_event("unpack", &layer.meta, Some(&request.image))
+                    .await;
+            }
+        }
         let unpacked = prepared.unpacked() as u32;
         tracing::info!(unpacked, layers = prepared.layers.len(), "image prepared");
         Ok(PrepareReply {

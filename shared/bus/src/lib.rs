@@ -4,6 +4,7 @@
 
 pub mod bootstrap;
 pub mod connect;
+pub mod events;
 pub mod jetstream;
 pub mod request;
 pub mod serve;
@@ -12,5 +13,5 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use connect::{connect_once, connect_service, ConnectFailure, NatsSettings};
-pub use request::{request, BusError};
+pub use request::{request, request_with_progress, BusError, ProgressSink};
 pub use serve::{Handled, RequestContext, ServiceHandle, ServiceIdentity};

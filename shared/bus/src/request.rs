@@ -13,6 +13,8 @@ use std::time::Duration;
 pub enum BusError {
     #[error("{subject}: no reply within {deadline:?}")]
     TimedOut { subject: String, deadline: Duration },
+    #[error("{subject}: neither progress nor a reply for {idle:?} (did the service stop?)")]
+    Stalled { subject: String, idle: Duration },
     #[error("{subject}: no service is listening (is it running?)")]
     NoResponders { subject: String },
     /// The service answered with an error envelope.
@@ -125,4 +127,116 @@ pub fn error_of_reply(encoding: Encoding, message: &Message) -> Option<ErrorEnve
         _ => ErrorKind::Internal,
     };
     Some(ErrorEnvelope::new(kind, text))
+}
+
+/// Sends a long-running request whose server publishes progress on a subject chosen
+/// here: `make_body` receives that subject and builds the request. The call fails with
+/// `TimedOut` only when neither progress nor the reply arrives for `idle` — so a large
+/// unpack may take an hour while a dead server is noticed in seconds. Each progress
+/// message that decodes as `P` is handed to `on_progress`.
+pub async fn request_with_progress<Req, Resp, P>(
+    client: &Client,
+    subject: &str,
+    make_body: impl FnOnce(String) -> Req,
+    encoding: Encoding,
+    idle: Duration,
+    mut on_progress: impl FnMut(P),
+) -> Result<Resp, BusError>
+where
+    Req: Serialize,
+    Resp: DeserializeOwned,
+    P: DeserializeOwned,
+{
+    use futures::StreamExt;
+    let progress_subject = berth_proto::subjects::progress(&client.new_inbox(), "1");
+    let transport = |reason: String| BusError::Transport {
+        subject: subject.to_string(),
+        reason,
+    };
+    let mut progress = client
+        .subscribe(progress_subject.clone())
+        .await
+        .map_err(|err| transport(format!("cannot subscribe for progress: {err}")))?;
+    let body = make_body(progress_subject);
+    let payload = encoding.encode(&body).map_err(|source| BusError::Codec {
+        subject: subject.to_string(),
+        source,
+    })?;
+    // The overall deadline is only a backstop; liveness comes from progress messages.
+    let reply = raw_request(
+        client,
+        subject,
+        payload.into(),
+        encoding,
+        Duration::from_secs(24 * 3600),
+    );
+    tokio::pin!(reply);
+    loop {
+        tokio::select! {
+            message = &mut reply => return decode_reply(subject, encoding, &message?),
+            update = progress.next() => {
+                if let Some(update) = update {
+                    if let Ok(value) = encoding.decode::<P>(&update.payload) {
+                        on_progress(value);
+                    }
+                }
+            }
+            () = tokio::time::sleep(idle) => {
+                return Err(BusError::Stalled { subject: subject.to_string(), idle });
+            }
+        }
+    }
+}
+
+/// Publishes a long request's progress on the subject its caller chose (if any).
+#[derive(Clone)]
+pub struct ProgressSink {
+    client: Client,
+    subject: Option<String>,
+    encoding: Encoding,
+}
+
+impl ProgressSink {
+    /// Progress for one request; `subject` is the request's `progress` field.
+    pub fn new(client: Client, subject: Option<String>, encoding: Encoding) -> Self {
+        ProgressSink {
+            client,
+            subject,
+            encoding,
+        }
+    }
+
+    /// Publishes one update; progress is advisory, so failures are only logged.
+    pub async fn publish<P: Serialize>(&self, update: &P) {
+        let Some(subject) = &self.subject else { return };
+        match self.encoding.encode(update) {
+            Ok(payload) => {
+                if let Err(err) = self.client.publish(subject.clone(), payload.into()).await {
+                    tracing::debug!(subject, error = %err, "cannot publish progress");
+                }
+            }
+            Err(err) => tracing::debug!(subject, error = %err, "cannot encode progress"),
+        }
+    }
+
+    /// Runs `work`, publishing `heartbeat()` every `interval` until it finishes, so the
+    /// caller knows the server is alive during a step that reports nothing by itself.
+    pub async fn heartbeat_while<T, P: Serialize>(
+        &self,
+        interval: Duration,
+        mut heartbeat: impl FnMut() -> P,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        if self.subject.is_none() {
+            return work.await;
+        }
+        tokio::pin!(work);
+        let mut ticker = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = ticker.tick() => self.publish(&heartbeat()).await,
+            }
+        }
+    }
 }

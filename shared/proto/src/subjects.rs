@@ -99,6 +99,7 @@ verbs!(
         Container => "container",
         Image => "image",
         Node => "node",
+        Snapshot => "snapshot",
     }
 );
 

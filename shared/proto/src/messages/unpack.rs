@@ -11,6 +11,17 @@ pub struct PrepareRequest {
     /// pre-warm pin) in the same step that finds them, so a concurrent prune cannot win.
     #[serde(default)]
     pub user: Option<String>,
+    /// Subject to publish [`PrepareProgress`] on while the work goes on.
+    #[serde(default)]
+    pub progress: Option<String>,
+}
+
+/// Published on a prepare's progress subject about once a second while it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrepareProgress {
+    pub image: String,
+    pub layers: u32,
+    pub elapsed_ms: u64,
 }
 
 /// Reply to `prepare`.
@@ -82,3 +93,19 @@ pub struct SnapshotsRemoved {
 /// `prune`: delete every snapshot that no container and no image pin uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotPruneRequest {}
+
+/// Body of `berth.v1.events.snapshot.<chainID hex>.<action>` (JSON): `unpack` when a
+/// layer was unpacked on a node, `remove` when a snapshot was deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotEvent {
+    pub action: String,
+    pub node_id: String,
+    pub chain_id: String,
+    pub diff_id: String,
+    pub digest: String,
+    /// The image whose prepare unpacked it, for `unpack`.
+    pub image: Option<String>,
+    pub size: u64,
+    /// RFC 3339.
+    pub time: String,
+}
