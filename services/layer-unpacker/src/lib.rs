@@ -8,6 +8,7 @@ pub mod snapshot;
 
 use berth_bus::bootstrap::Shutdown;
 use berth_bus::jetstream::{ensure_object_store, with_retry};
+use berth_bus::objects::ObjectReader;
 use berth_bus::settings::Settings;
 use berth_bus::{ServiceHandle, ServiceIdentity};
 use berth_proto::messages::unpack::{
@@ -42,12 +43,19 @@ pub async fn run(
         client: client.clone(),
     };
     let js = async_nats::jetstream::new(client.clone());
-    let Some(blobs) = with_retry(names::BLOBS_BUCKET, &shutdown, || {
+    // The image-store owns the bucket; creating it here too (idempotent) lets the
+    // unpacker start first.
+    let Some(blobs) = with_retry(names::BLOBS_BUCKET, &shutdown, || async {
         ensure_object_store(
             &js,
             names::BLOBS_BUCKET,
             "berth layer and config blobs by digest",
         )
+        .await
+        .map_err(|err| err.to_string())?;
+        ObjectReader::new(&js, names::BLOBS_BUCKET)
+            .await
+            .map_err(|err| err.to_string())
     })
     .await
     else {

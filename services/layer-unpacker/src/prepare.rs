@@ -3,7 +3,7 @@
 
 use crate::endpoints::{snapshot_info, store_error, Unpacker};
 use crate::snapshot::{LayerOutcome, LayerSpec, PrepareOptions};
-use async_nats::jetstream::object_store::ObjectStore;
+use berth_bus::objects::ObjectReader;
 use berth_bus::{request, BusError, ProgressSink, RequestContext};
 use berth_proto::messages::image::{ImageInspect, ImageInspectRequest};
 use berth_proto::messages::unpack::{PrepareProgress, PrepareReply, PrepareRequest};
@@ -20,7 +20,7 @@ const INSPECT_DEADLINE: Duration = Duration::from_secs(30);
 pub struct Preparer {
     pub unpacker: Unpacker,
     pub client: async_nats::Client,
-    pub blobs: ObjectStore,
+    pub blobs: ObjectReader,
     pub parallelism: usize,
 }
 
@@ -76,7 +76,7 @@ impl Preparer {
         let progress_image = request.image.clone();
         let work = tokio::task::spawn_blocking(move || {
             let open_blob = |layer: &LayerSpec| -> io::Result<Box<dyn Read + Send>> {
-                let object = runtime.block_on(blobs.get(&layer.digest)).map_err(|err| {
+                let object = runtime.block_on(blobs.open(&layer.digest)).map_err(|err| {
                     io::Error::other(format!(
                         "blob {} from the object store: {err}",
                         layer.digest

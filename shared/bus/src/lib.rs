@@ -6,6 +6,7 @@ pub mod bootstrap;
 pub mod connect;
 pub mod events;
 pub mod jetstream;
+pub mod objects;
 pub mod request;
 pub mod serve;
 pub mod settings;

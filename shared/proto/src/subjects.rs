@@ -233,6 +233,20 @@ pub mod metadata_keys {
     pub const STARTED: &str = "started";
 }
 
+/// Names JetStream's Object Store uses under the hood (its own scheme, spelled here so
+/// that readers which fetch chunks directly do not scatter it).
+pub mod object_store {
+    /// The stream holding a bucket's chunks and metadata.
+    pub fn stream(bucket: &str) -> String {
+        format!("OBJ_{bucket}")
+    }
+
+    /// The subject of one object's chunks.
+    pub fn chunks(bucket: &str, nuid: &str) -> String {
+        format!("$O.{bucket}.C.{nuid}")
+    }
+}
+
 /// JetStream resources of DESIGN.md.
 pub mod jetstream {
     /// Object Store: layer and config blobs, object name = digest.
