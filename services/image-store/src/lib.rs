@@ -125,6 +125,9 @@ pub async fn run(
     serve!(ImageVerb::Tag, ImageTagRequest, tag);
     serve!(ImageVerb::Remove, ImageRemoveRequest, remove);
     serve!(ImageVerb::Prune, ImagePruneRequest, prune);
+    verbs::registry::RegistryVerbs::new(verbs.clone(), &settings.service)?
+        .serve(&mut service)
+        .await?;
     tracing::info!(node_id = %settings.node_id, "image-store serving");
     service.serve_until(shutdown.wait()).await
 }

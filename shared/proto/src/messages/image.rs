@@ -244,3 +244,84 @@ pub struct ImageEvent {
     /// RFC 3339.
     pub time: String,
 }
+
+/// `pull`: fetch an image from a registry into the store (`docker pull`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePullRequest {
+    /// `name[:tag]` or `name@sha256:…` (Docker Hub rules for short names).
+    pub reference: String,
+    /// `os/arch[/variant]` to pick from a multi-platform image (default: the store's host).
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// Subject to publish [`ImageTransferProgress`] on while the work goes on.
+    #[serde(default)]
+    pub progress: Option<String>,
+}
+
+/// Reply to `pull`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePullReply {
+    pub image: StoredImage,
+    /// Digest the reference resolved to on the registry: the index's for a
+    /// multi-platform image, else the manifest's (what `docker pull` prints).
+    pub registry_digest: String,
+    /// Layers that were already stored and not fetched.
+    pub layers_present: u32,
+}
+
+/// `push`: upload an image to a registry (`docker push`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePushRequest {
+    /// The local image (reference, digest or ID prefix).
+    pub name: String,
+    /// Where to push (`registry/repo[:tag]`); default: `name` itself.
+    #[serde(default)]
+    pub destination: Option<String>,
+    /// Subject to publish [`ImageTransferProgress`] on while the work goes on.
+    #[serde(default)]
+    pub progress: Option<String>,
+}
+
+/// What happened to one blob of a push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushedBlob {
+    pub digest: String,
+    /// `exists`, `mounted` or `uploaded`.
+    pub outcome: String,
+    /// PATCH requests of a chunked upload (0 for one PUT or no upload).
+    pub chunks: u32,
+}
+
+/// Reply to `push`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePushReply {
+    /// The reference pushed to (full form, with registry).
+    pub destination: String,
+    /// Manifest digest on the registry.
+    pub digest: String,
+    /// Config first, then layers.
+    pub blobs: Vec<PushedBlob>,
+}
+
+/// One blob's state in a pull or push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobProgress {
+    pub digest: String,
+    /// Bytes done so far.
+    pub done: u64,
+    /// Blob size.
+    pub total: u64,
+    /// `waiting`, `present`, `downloading`, `uploading`, `done`, `exists`, `mounted`.
+    pub status: String,
+}
+
+/// Published a few times a second on a pull's or push's progress subject; also the
+/// heartbeat that tells the caller the store is alive while it waits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageTransferProgress {
+    /// The image (reference as given).
+    pub image: String,
+    /// Layers (pull) or config and layers (push), in manifest order; empty while
+    /// the manifest is being resolved.
+    pub blobs: Vec<BlobProgress>,
+}

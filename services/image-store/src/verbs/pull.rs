@@ -1,0 +1,292 @@
+//! `pull`: an image from a registry into the store (`docker pull`).
+//!
+//! Same write order as import and load (pin, blobs, commit with references last), but
+//! the layers are fetched concurrently and streamed straight into the Object Store,
+//! verified while written. A blob already stored is not fetched; a blob another pull
+//! (on this or another instance) is writing is waited for, not fetched twice — the
+//! store's one-writer-per-blob claim does that, and our fetch only opens its HTTP
+//! request once the store decides we are the writer ([`LazyBlob`]).
+
+use super::registry::{registry_envelope, RegistryVerbs, Tracker, PROGRESS_INTERVAL};
+use super::{actions, invalid};
+use crate::formats::digest::digest_error_of;
+use crate::formats::{Digest, PlatformSpec, Reference};
+use crate::registry::{BlobReader, RegistryClient, RegistryError};
+use berth_bus::{ProgressSink, RequestContext};
+use berth_proto::messages::image::{ImagePullReply, ImagePullRequest, StoredImage};
+use berth_proto::{ErrorEnvelope, ErrorKind};
+use futures::{StreamExt, TryStreamExt};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, ReadBuf};
+use tracing::Instrument;
+
+impl RegistryVerbs {
+    /// Handles `pull`.
+    pub async fn pull(
+        &self,
+        request: ImagePullRequest,
+        context: RequestContext,
+    ) -> Result<ImagePullReply, ErrorEnvelope> {
+        let reference = Reference::parse(&request.reference).map_err(invalid)?;
+        let platform = match &request.platform {
+            Some(p) => PlatformSpec::parse(p).map_err(invalid)?,
+            None => PlatformSpec::host(),
+        };
+        let sink = ProgressSink::new(context.client, request.progress.clone(), context.encoding);
+        let tracker = Tracker::new(reference.familiar());
+        let span = tracing::info_span!("pull", image = %reference.familiar());
+        let outcome = sink
+            .heartbeat_while(
+                PROGRESS_INTERVAL,
+                || tracker.snapshot(),
+                self.pull_into_store(&reference, &platform, &tracker),
+            )
+            .instrument(span)
+            .await;
+        sink.publish(&tracker.snapshot()).await;
+        if let Err(err) = &outcome {
+            tracing::warn!(image = %reference.familiar(), code = ?err.code, error = %err.message, "pull failed");
+        }
+        outcome
+    }
+
+    async fn pull_into_store(
+        &self,
+        reference: &Reference,
+        platform: &PlatformSpec,
+        tracker: &Tracker,
+    ) -> Result<ImagePullReply, ErrorEnvelope> {
+        let resolved = self
+            .registry
+            .resolve_image(reference, platform)
+            .await
+            .map_err(|err| registry_envelope(&self.registry, err))?;
+        let registry_digest = resolved.resolved.top_digest().to_string();
+        let image = resolved.image;
+        let name = reference.familiar();
+        let store = &self.verbs.store;
+        let record = crate::store::image_record(&image)?;
+        // Pinned before any byte is written, so a concurrent prune or rmi of another
+        // image sharing these blobs cannot collect them under us.
+        store.pin(&image.manifest_digest, &record.blobs()).await?;
+        let mut written = 0u32;
+        let config_subject = format!("config {} of {name}", image.config_digest);
+        if store
+            .put_blob(
+                &image.config_digest,
+                image.config_bytes.len() as u64,
+                &image.config_bytes[..],
+                &config_subject,
+            )
+            .await?
+        {
+            written += 1;
+        }
+        // A manifest may list the same layer twice (an empty layer in two steps).
+        let mut layers: Vec<(usize, Digest, u64)> = Vec::new();
+        for (i, layer) in image.layers.iter().enumerate() {
+            if !layers.iter().any(|(_, d, _)| *d == layer.digest) {
+                layers.push((i + 1, layer.digest.clone(), layer.size));
+            }
+        }
+        tracker.set(
+            layers
+                .iter()
+                .map(|(_, digest, size)| (digest.clone(), *size))
+                .collect(),
+            "waiting",
+        );
+        let mut missing = Vec::new();
+        let mut present = 0u32;
+        for (n, digest, size) in layers {
+            if store.has_blob(&digest).await? {
+                tracker.finish(&digest, "present");
+                present += 1;
+            } else {
+                missing.push((n, digest, size));
+            }
+        }
+        let concurrency = self.registry.config().concurrency.max(1);
+        let fetched: u32 = futures::stream::iter(
+            missing
+                .into_iter()
+                .map(|(n, digest, size)| self.fetch_layer(reference, n, digest, size, tracker)),
+        )
+        .buffer_unordered(concurrency)
+        .try_fold(0u32, |sum, wrote| async move { Ok(sum + u32::from(wrote)) })
+        .await?;
+        written += fetched;
+        let committed = store.commit(&image).await?;
+        let digest = image.manifest_digest.to_string();
+        tracing::info!(image = %name, digest, registry_digest, blobs_written = written, layers_present = present, "pulled image");
+        self.record_origin(&image.manifest_digest, reference).await;
+        self.verbs
+            .event(
+                actions::PULL,
+                &digest,
+                committed.references.first().map(String::as_str),
+            )
+            .await;
+        for r in &committed.references {
+            self.verbs.event(actions::TAG, &digest, Some(r)).await;
+        }
+        Ok(ImagePullReply {
+            image: StoredImage {
+                digest,
+                config_digest: image.config_digest.to_string(),
+                references: committed.references,
+                blobs_written: written,
+            },
+            registry_digest,
+            layers_present: present,
+        })
+    }
+
+    /// Streams one layer into the store; `Ok(true)` when we wrote it, `Ok(false)` when
+    /// it turned out to be there (written meanwhile by another pull).
+    async fn fetch_layer(
+        &self,
+        reference: &Reference,
+        n: usize,
+        digest: Digest,
+        size: u64,
+        tracker: &Tracker,
+    ) -> Result<bool, ErrorEnvelope> {
+        let name = reference.familiar();
+        let failure = Arc::new(Mutex::new(None));
+        let reader = LazyBlob::new(
+            self.registry.clone(),
+            reference.clone(),
+            digest.clone(),
+            size,
+            tracker.clone(),
+            Arc::clone(&failure),
+        );
+        let subject = format!("layer {n} ({digest}) of {name}");
+        match self
+            .verbs
+            .store
+            .put_blob(&digest, size, reader, &subject)
+            .await
+        {
+            Ok(wrote) => {
+                tracker.finish(&digest, if wrote { "done" } else { "present" });
+                Ok(wrote)
+            }
+            Err(err) => {
+                // The store only sees "the input failed"; what the registry said (and
+                // so whether retrying can help) is kept by the reader.
+                let seen = failure.lock().ok().and_then(|mut f| f.take());
+                Err(match seen {
+                    Some((kind, message)) => ErrorEnvelope::new(kind, message),
+                    None => err.into(),
+                })
+            }
+        }
+    }
+}
+
+type Opening = Pin<Box<dyn Future<Output = Result<BlobReader, RegistryError>> + Send>>;
+
+/// A registry blob that is requested only when first read: the store reads its input
+/// only once it holds the blob's writer claim, so a pull that waits for another
+/// writer never keeps an idle download open. Remembers the first failure with its
+/// error kind.
+struct LazyBlob {
+    opening: Option<Opening>,
+    reader: Option<BlobReader>,
+    image: String,
+    digest: Digest,
+    failure: Arc<Mutex<Option<(ErrorKind, String)>>>,
+}
+
+impl LazyBlob {
+    fn new(
+        registry: RegistryClient,
+        reference: Reference,
+        digest: Digest,
+        size: u64,
+        tracker: Tracker,
+        failure: Arc<Mutex<Option<(ErrorKind, String)>>>,
+    ) -> Self {
+        let progress = tracker.callback("downloading");
+        let wanted = digest.clone();
+        let image = reference.familiar();
+        let opening: Opening = Box::pin(async move {
+            registry
+                .fetch_blob_with_progress(&reference, &wanted, size, Some(progress))
+                .await
+        });
+        LazyBlob {
+            opening: Some(opening),
+            reader: None,
+            image,
+            digest,
+            failure,
+        }
+    }
+
+    fn remember(&self, kind: ErrorKind, message: String) {
+        if let Ok(mut slot) = self.failure.lock() {
+            slot.get_or_insert((kind, message));
+        }
+    }
+
+    /// The error kind of a failed read: digest/size mismatches are bad content, a
+    /// registry error keeps its own kind, anything else is the connection's fault.
+    fn classify(&self, err: &io::Error) -> (ErrorKind, String) {
+        if let Some(d) = digest_error_of(err) {
+            return (ErrorKind::Invalid, d.to_string());
+        }
+        if let Some(r) = err
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<RegistryError>())
+        {
+            return (r.kind(), r.to_string());
+        }
+        (
+            ErrorKind::Unavailable,
+            format!("{}: blob {}: {err}", self.image, self.digest),
+        )
+    }
+}
+
+impl AsyncRead for LazyBlob {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(opening) = this.opening.as_mut() {
+            match opening.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(reader)) => {
+                    this.opening = None;
+                    this.reader = Some(reader);
+                }
+                Poll::Ready(Err(err)) => {
+                    this.opening = None;
+                    this.remember(err.kind(), err.to_string());
+                    return Poll::Ready(Err(io::Error::other(err)));
+                }
+            }
+        }
+        let Some(reader) = this.reader.as_mut() else {
+            return Poll::Ready(Err(io::Error::other(format!(
+                "blob {}: read after its fetch failed",
+                this.digest
+            ))));
+        };
+        let polled = Pin::new(reader).poll_read(cx, buf);
+        if let Poll::Ready(Err(err)) = &polled {
+            let (kind, message) = this.classify(err);
+            this.remember(kind, message);
+        }
+        polled
+    }
+}
