@@ -5,6 +5,7 @@ mod df;
 mod discovery;
 mod exit;
 mod images;
+mod pull;
 mod snapshots;
 mod system;
 
@@ -52,6 +53,8 @@ enum Command {
     Images(images::ImagesCommand),
     #[command(flatten)]
     Containers(containers::ContainersCommand),
+    #[command(flatten)]
+    Transfer(pull::TransferCommand),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
             Command::System { command } => system::run(command, &nats, timeout).await,
             Command::Images(command) => images::run(command, &nats, timeout).await,
             Command::Containers(command) => containers::run(command, &nats, timeout).await,
+            Command::Transfer(command) => pull::run(command, &nats, timeout).await,
         }
     });
     match outcome {
