@@ -288,6 +288,7 @@ pub struct Stack {
     pub nats: NatsServer,
     pub services: Vec<ServiceProcess>,
     pub node_id: String,
+    env: Vec<(String, String)>,
     dir: TempDir,
 }
 
@@ -295,6 +296,15 @@ impl Stack {
     /// Starts nats-server and the named services (binary names such as `berth-executor`)
     /// for node `node_id`, and waits until each answers `$SRV.PING`.
     pub async fn start(services: &[&str], node_id: &str) -> Result<Self, HarnessError> {
+        Self::start_with_env(services, node_id, &[]).await
+    }
+
+    /// [`Stack::start`] with extra environment for every service (a `BERTH_CONFIG`, say).
+    pub async fn start_with_env(
+        services: &[&str],
+        node_id: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self, HarnessError> {
         let nats = NatsServer::start().await?;
         let dir = tempfile::Builder::new()
             .prefix("berth-stack-")
@@ -304,6 +314,10 @@ impl Stack {
             nats,
             services: Vec::new(),
             node_id: node_id.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             dir,
         };
         for service in services {
@@ -355,8 +369,12 @@ impl Stack {
     fn spawn_service(&mut self, name: &str) -> Result<(), HarnessError> {
         let binary = bin_path(name)?;
         let log = self.dir.path().join(format!("{name}.log"));
-        let log_file =
-            std::fs::File::create(&log).map_err(io_error(format!("create {}", log.display())))?;
+        // Append: a restarted or second instance keeps the first one's lines.
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(io_error(format!("open {}", log.display())))?;
         let stderr = log_file
             .try_clone()
             .map_err(io_error("clone a log handle"))?;
@@ -366,6 +384,7 @@ impl Stack {
             .env("BERTH_NODE_ID", &self.node_id)
             .env("RUST_LOG", "info")
             .env_remove("BERTH_CONFIG")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log_file))

@@ -199,34 +199,83 @@ async fn layers_are_unpacked_once_per_node_and_match_umoci_unpack() -> anyhow::R
 
     // The overlay of berth's snapshots equals what umoci unpacks, file by file.
     for (tag, lowerdirs) in [("a", &lowerdirs_a), ("b", &lowerdirs_b)] {
-        let bundle = scratch.path().join(format!("umoci-{tag}"));
+        let mount = OverlayMount::new(lowerdirs, &scratch.path().join(format!("mnt-{tag}")))?;
+        compare_with_umoci(scratch.path(), &layout, tag, &mount.0)?;
+    }
+    Ok(())
+}
+
+/// `tree` (berth's view of image `tag`) equals `umoci unpack` of the same layout.
+fn compare_with_umoci(scratch: &Path, layout: &Path, tag: &str, tree: &Path) -> anyhow::Result<()> {
+    let bundle = scratch.join(format!("umoci-{tag}"));
+    if !bundle.exists() {
         ok(Command::new("umoci")
             .args(["unpack", "--image", &format!("{}:{tag}", layout.display())])
             .arg(&bundle))?;
-        let mount = OverlayMount::new(lowerdirs, &scratch.path().join(format!("mnt-{tag}")))?;
-        let ours = describe_tree(&mount.0)?;
-        let theirs = describe_tree(&bundle.join("rootfs"))?;
-        let only_ours: Vec<_> = ours.keys().filter(|k| !theirs.contains_key(*k)).collect();
-        let only_theirs: Vec<_> = theirs.keys().filter(|k| !ours.contains_key(*k)).collect();
-        ensure!(
-            only_ours.is_empty() && only_theirs.is_empty(),
-            "image {tag}: only in berth: {only_ours:?}; only in umoci: {only_theirs:?}"
-        );
-        for (path, entry) in &ours {
-            assert_eq!(
-                Some(entry),
-                theirs.get(path),
-                "image {tag}: {}",
-                path.display()
-            );
-        }
-        assert!(
-            !ours.contains_key(Path::new("bin/sh")),
-            "whiteout of bin/sh must hide it"
-        );
-        assert_eq!(ours[Path::new(&format!("home/{tag}/owned"))].uid, 1000);
-        assert_eq!(ours[Path::new(&format!("bin/suid-{tag}"))].mode, 0o4755);
     }
+    let ours = describe_tree(tree)?;
+    let theirs = describe_tree(&bundle.join("rootfs"))?;
+    let only_ours: Vec<_> = ours.keys().filter(|k| !theirs.contains_key(*k)).collect();
+    let only_theirs: Vec<_> = theirs.keys().filter(|k| !ours.contains_key(*k)).collect();
+    ensure!(
+        only_ours.is_empty() && only_theirs.is_empty(),
+        "image {tag}: only in berth: {only_ours:?}; only in umoci: {only_theirs:?}"
+    );
+    for (path, entry) in &ours {
+        assert_eq!(
+            Some(entry),
+            theirs.get(path),
+            "image {tag}: {}",
+            path.display()
+        );
+    }
+    assert!(
+        !ours.contains_key(Path::new("bin/sh")),
+        "whiteout of bin/sh must hide it"
+    );
+    assert_eq!(ours[Path::new(&format!("home/{tag}/owned"))].uid, 1000);
+    assert_eq!(ours[Path::new(&format!("bin/suid-{tag}"))].mode, 0o4755);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_native_snapshotter_builds_the_same_trees_without_overlayfs() -> anyhow::Result<()> {
+    need_root("file ownership")?;
+    need("umoci")?;
+    need("skopeo")?;
+    let scratch = tempfile::tempdir()?;
+    let config = scratch.path().join("layer-unpacker.toml");
+    std::fs::write(&config, "snapshotter = \"native\"\n")?;
+    let config_text = config.display().to_string();
+    let stack = Stack::start_with_env(
+        &[service_names::IMAGE_STORE, service_names::LAYER_UNPACKER],
+        NODE,
+        &[("BERTH_CONFIG", config_text.as_str())],
+    )
+    .await?;
+    let layout = umoci_layout(scratch.path())?;
+    for tag in ["a", "b"] {
+        let archive = scratch.path().join(format!("{tag}.tar"));
+        skopeo_archive(&layout, tag, &archive, &format!("native/{tag}:1"))?;
+        berth(&stack, &["load", "-i", &archive.display().to_string()])?;
+        let first = unpack(&stack, &format!("native/{tag}:1"))?;
+        assert_eq!(first["unpacked"].as_u64(), Some(2), "{first}");
+        let again = unpack(&stack, &format!("native/{tag}:1"))?;
+        assert_eq!(again["reused"].as_u64(), Some(2), "{again}");
+        let trees = strings(&first["lowerdirs"]);
+        assert_eq!(trees.len(), 1, "one applied tree per image: {first}");
+        ensure!(
+            trees[0].starts_with(&stack.data_dir().join("native").display().to_string()),
+            "{first}"
+        );
+        compare_with_umoci(scratch.path(), &layout, tag, Path::new(&trees[0]))?;
+    }
+    let df: serde_json::Value = serde_json::from_str(&berth(&stack, &["system", "df", "--json"])?)?;
+    let row = df
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["kind"] == "Snapshots"))
+        .context("no snapshot row")?;
+    assert_eq!(row["total"].as_u64(), Some(2), "{df}");
     Ok(())
 }
 

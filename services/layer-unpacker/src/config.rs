@@ -19,7 +19,27 @@ pub struct Config {
     pub max_layer_entries: Option<u64>,
 }
 
+/// How layers are kept on the node's disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Snapshotter {
+    /// Each layer its own snapshot, stacked by overlayfs (the default).
+    Overlay,
+    /// Layers applied into one tree per image, for hosts without overlayfs.
+    Native,
+}
+
 impl Config {
+    /// The configured snapshotter; an unknown name is an error, not a silent default.
+    pub fn snapshotter(&self) -> Result<Snapshotter, String> {
+        match self.snapshotter.as_deref() {
+            None | Some("overlay") => Ok(Snapshotter::Overlay),
+            Some("native") => Ok(Snapshotter::Native),
+            Some(other) => Err(format!(
+                "unknown snapshotter {other:?} in the layer-unpacker config (expected \"overlay\" or \"native\")"
+            )),
+        }
+    }
+
     /// Layers unpacked at once: the configured number, else one per core.
     pub fn parallelism(&self) -> usize {
         self.parallelism

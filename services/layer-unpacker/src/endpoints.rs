@@ -1,6 +1,7 @@
 //! The unpacker's bus verbs over the node's [`SnapshotStore`]. The store blocks (disk
 //! work), so every call runs on the blocking pool.
 
+use crate::native::{tree_key, NativeTrees, TreeMeta};
 use crate::snapshot::{SnapshotMeta, SnapshotStore, StoreError};
 use berth_proto::messages::unpack::{
     SnapshotEvent, SnapshotInfo, SnapshotList, SnapshotListRequest, SnapshotPruneRequest,
@@ -15,6 +16,8 @@ use std::sync::Arc;
 pub struct Unpacker {
     pub node_id: Arc<str>,
     pub store: Arc<SnapshotStore>,
+    /// Set when the node uses the copy-based snapshotter (no overlayfs).
+    pub native: Option<Arc<NativeTrees>>,
     /// For events.
     pub client: async_nats::Client,
 }
@@ -27,6 +30,21 @@ pub fn snapshot_info(meta: &SnapshotMeta) -> SnapshotInfo {
         diff_id: meta.diff_id.clone(),
         digest: meta.digest.clone(),
         parent: meta.parent.clone(),
+        size: meta.size,
+        users: meta.users.iter().cloned().collect(),
+        created: meta.created,
+    }
+}
+
+/// The wire form of a native tree: one "snapshot" holding the whole image.
+pub fn tree_info(meta: &TreeMeta) -> SnapshotInfo {
+    let key = tree_key(&meta.chain_id);
+    SnapshotInfo {
+        id: format!("native-{}", &key[..key.len().min(12)]),
+        chain_id: meta.chain_id.clone(),
+        diff_id: meta.diff_id.clone(),
+        digest: meta.digest.clone(),
+        parent: None,
         size: meta.size,
         users: meta.users.iter().cloned().collect(),
         created: meta.created,
@@ -92,13 +110,22 @@ impl Unpacker {
     pub async fn list(&self, request: SnapshotListRequest) -> Result<SnapshotList, ErrorEnvelope> {
         let this = self.clone();
         blocking(move || {
-            let snapshots = match &request.chain_id {
+            let snapshots: Vec<SnapshotMeta> = match &request.chain_id {
                 Some(chain_id) => this.store.get(chain_id).into_iter().collect(),
                 None => this.store.list(),
             };
+            let trees: Vec<TreeMeta> = match (&this.native, &request.chain_id) {
+                (None, _) => Vec::new(),
+                (Some(native), Some(chain_id)) => native.get(chain_id).into_iter().collect(),
+                (Some(native), None) => native.list(),
+            };
             Ok(SnapshotList {
                 node_id: this.node_id.to_string(),
-                snapshots: snapshots.iter().map(snapshot_info).collect(),
+                snapshots: snapshots
+                    .iter()
+                    .map(snapshot_info)
+                    .chain(trees.iter().map(tree_info))
+                    .collect(),
             })
         })
         .await
@@ -110,14 +137,31 @@ impl Unpacker {
         request: SnapshotRemoveRequest,
     ) -> Result<SnapshotsRemoved, ErrorEnvelope> {
         let this = self.clone();
-        let meta = blocking(move || {
-            this.store
-                .remove(&request.chain_id, request.force)
-                .map_err(store_error)
-        })
-        .await?;
-        self.snapshot_event("remove", &meta, None).await;
-        Ok(removed(&self.node_id, vec![meta]))
+        let (layer, tree) =
+            blocking(
+                move || match this.store.remove(&request.chain_id, request.force) {
+                    Ok(meta) => Ok((Some(meta), None)),
+                    Err(StoreError::NotFound(_)) if this.native.is_some() => {
+                        let native = this.native.as_ref().map(Arc::clone);
+                        let tree = native
+                            .map(|n| n.remove(&request.chain_id, request.force))
+                            .transpose()
+                            .map_err(store_error)?;
+                        Ok((None, tree))
+                    }
+                    Err(err) => Err(store_error(err)),
+                },
+            )
+            .await?;
+        if let Some(meta) = &layer {
+            self.snapshot_event("remove", meta, None).await;
+        }
+        let mut reply = removed(&self.node_id, layer.into_iter().collect());
+        if let Some(tree) = tree {
+            reply.reclaimed_bytes += tree.size;
+            reply.removed.push(tree_info(&tree));
+        }
+        Ok(reply)
     }
 
     /// `prune`
@@ -126,10 +170,21 @@ impl Unpacker {
         _request: SnapshotPruneRequest,
     ) -> Result<SnapshotsRemoved, ErrorEnvelope> {
         let this = self.clone();
-        let metas = blocking(move || this.store.prune().map_err(store_error)).await?;
+        let (metas, trees) = blocking(move || {
+            let metas = this.store.prune().map_err(store_error)?;
+            let trees = match &this.native {
+                Some(native) => native.prune().map_err(store_error)?,
+                None => Vec::new(),
+            };
+            Ok((metas, trees))
+        })
+        .await?;
         for meta in &metas {
             self.snapshot_event("remove", meta, None).await;
         }
-        Ok(removed(&self.node_id, metas))
+        let mut reply = removed(&self.node_id, metas);
+        reply.reclaimed_bytes += trees.iter().map(|t| t.size).sum::<u64>();
+        reply.removed.extend(trees.iter().map(tree_info));
+        Ok(reply)
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod endpoints;
+pub mod native;
 pub mod prepare;
 pub mod snapshot;
 
@@ -37,7 +38,20 @@ pub async fn run(
                     snapshots_dir.display()
                 )
             })?;
+    let native = match settings.service.snapshotter().map_err(anyhow::Error::msg)? {
+        config::Snapshotter::Overlay => None,
+        config::Snapshotter::Native => {
+            let dir = settings.data_dir.join("native");
+            let limits = settings.service.limits();
+            let trees =
+                tokio::task::spawn_blocking(move || native::NativeTrees::open(&dir, limits))
+                    .await?
+                    .map_err(|err| anyhow::anyhow!("cannot open the native trees: {err}"))?;
+            Some(Arc::new(trees))
+        }
+    };
     let unpacker = endpoints::Unpacker {
+        native,
         node_id: Arc::from(settings.node_id.as_str()),
         store: Arc::new(store),
         client: client.clone(),

@@ -1,7 +1,9 @@
 //! `prepare`: resolve an image with the image-store, then make sure every layer is
 //! unpacked on this node, reading missing layers' blobs straight from the Object Store.
 
-use crate::endpoints::{snapshot_info, store_error, Unpacker};
+use crate::endpoints::{snapshot_info, store_error, tree_info, Unpacker};
+use crate::native::Tree;
+use crate::snapshot::Prepared;
 use crate::snapshot::{LayerOutcome, LayerSpec, PrepareOptions};
 use berth_bus::objects::ObjectReader;
 use berth_bus::{request, BusError, ProgressSink, RequestContext};
@@ -38,6 +40,14 @@ pub fn upstream_error(what: &str, err: BusError) -> ErrorEnvelope {
     }
 }
 
+/// What the node's snapshotter made of an image.
+enum Outcome {
+    /// Overlay form: one snapshot per layer.
+    Layers(Prepared),
+    /// Native: one applied tree.
+    Tree(Tree),
+}
+
 /// The unpacker's view of an image's layers, in manifest order (base first).
 pub fn layer_specs(image: &ImageInspect) -> Vec<LayerSpec> {
     image
@@ -65,6 +75,7 @@ impl Preparer {
         let _entered = span.enter();
         let layers = layer_specs(&image);
         let store = self.unpacker.store.clone();
+        let native = self.unpacker.native.clone();
         let blobs = self.blobs.clone();
         let runtime = tokio::runtime::Handle::current();
         let options = PrepareOptions {
@@ -87,7 +98,14 @@ impl Preparer {
                     runtime.clone(),
                 )))
             };
-            store.prepare(&layers, &open_blob, &options)
+            match native {
+                Some(native) => native
+                    .prepare(&layers, &open_blob, options.user.as_deref())
+                    .map(Outcome::Tree),
+                None => store
+                    .prepare(&layers, &open_blob, &options)
+                    .map(Outcome::Layers),
+            }
         });
         let prepared = progress
             .heartbeat_while(
@@ -109,6 +127,21 @@ impl Preparer {
                 );
                 envelope
             })?;
+        let prepared = match prepared {
+            Outcome::Layers(prepared) => prepared,
+            Outcome::Tree(tree) => {
+                let layers = tree.meta.layers;
+                tracing::info!(built = tree.built, layers, "native tree prepared");
+                return Ok(PrepareReply {
+                    node_id: self.unpacker.node_id.to_string(),
+                    image_digest: image.digest.clone(),
+                    lowerdirs: vec![tree.fs.display().to_string()],
+                    snapshots: vec![tree_info(&tree.meta)],
+                    unpacked: if tree.built { layers } else { 0 },
+                    reused: if tree.built { 0 } else { layers },
+                });
+            }
+        };
         for layer in &prepared.layers {
             if matches!(layer.outcome, LayerOutcome::Unpacked(_)) {
                 self.unpacker
