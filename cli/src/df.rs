@@ -2,6 +2,7 @@
 
 use crate::discovery::service_nodes;
 use crate::exit::Failure;
+use crate::images::human_size;
 use crate::snapshots::bus_failure;
 use berth_bus::{connect_once, request, NatsSettings};
 use berth_proto::messages::exec::{ContainerList, ContainerListRequest};
@@ -25,26 +26,6 @@ pub struct UsageRow {
     pub active: usize,
     pub size: u64,
     pub reclaimable: u64,
-}
-
-/// `1.5GB`-style sizes, decimal units like Docker.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.3}")
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string()
-            + UNITS[unit]
-    }
 }
 
 /// The snapshot row of one node: unused snapshots are reclaimable.
@@ -186,14 +167,6 @@ mod tests {
     use super::*;
     use berth_proto::messages::image::ImageSummary;
     use berth_proto::messages::unpack::SnapshotInfo;
-
-    #[test]
-    fn sizes_read_like_docker() {
-        assert_eq!(human_size(999), "999B");
-        assert_eq!(human_size(1_000), "1kB");
-        assert_eq!(human_size(1_234_567), "1.235MB");
-        assert_eq!(human_size(4_000_000_000), "4GB");
-    }
 
     fn snapshot(size: u64, users: &[&str]) -> SnapshotInfo {
         SnapshotInfo {

@@ -588,15 +588,10 @@ impl Ctx {
     }
 }
 
-/// Reads an object of `berth-blobs` one chunk message at a time (the next message on
-/// its chunk subject), the way the image-store does: `ObjectStore::get`'s push consumer
-/// was seen to stall for good partway through a large object on a loaded host.
+/// Opens a transfer object of `berth-blobs` through the chunk-wise reader of shared/bus
+/// (size and digest checked at the end).
 struct ObjectChunks {
-    stream: jetstream::stream::Stream,
-    subject: String,
-    name: String,
-    chunks: usize,
-    size: u64,
+    reader: berth_bus::objects::ChunkReader,
 }
 
 impl ObjectChunks {
@@ -605,53 +600,18 @@ impl ObjectChunks {
         let fail = |err: &dyn std::fmt::Display| {
             Failure::berth(format!("cannot fetch the archive {name}: {err}"))
         };
-        let store = js
-            .get_object_store(names::BLOBS_BUCKET)
+        let objects = berth_bus::objects::ObjectReader::new(&js, names::BLOBS_BUCKET)
             .await
             .map_err(|err| fail(&err))?;
-        let info = store.info(name).await.map_err(|err| fail(&err))?;
-        let stream = js
-            .get_stream(format!("OBJ_{}", names::BLOBS_BUCKET))
-            .await
-            .map_err(|err| fail(&err))?;
-        Ok(ObjectChunks {
-            stream,
-            subject: format!("$O.{}.C.{}", names::BLOBS_BUCKET, info.nuid),
-            name: name.to_string(),
-            chunks: info.chunks,
-            size: info.size as u64,
-        })
+        let reader = objects.open(name).await.map_err(|err| fail(&err))?;
+        Ok(ObjectChunks { reader })
     }
 
     async fn copy_to(
         &mut self,
         out: &mut (impl tokio::io::AsyncWrite + Unpin),
     ) -> std::io::Result<()> {
-        let mut sequence = 1;
-        let mut written = 0u64;
-        for _ in 0..self.chunks {
-            let message = self
-                .stream
-                .raw_message_builder()
-                .next_by_subject(self.subject.clone())
-                .sequence(sequence)
-                .send()
-                .await
-                .map_err(|err| std::io::Error::other(format!("{}: {err}", self.name)))?;
-            if message.subject.as_str() != self.subject {
-                break;
-            }
-            sequence = message.sequence + 1;
-            out.write_all(&message.payload).await?;
-            written += message.payload.len() as u64;
-        }
-        if written != self.size {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("{} ended after {written} of {} bytes", self.name, self.size),
-            ));
-        }
-        Ok(())
+        tokio::io::copy(&mut self.reader, out).await.map(|_| ())
     }
 }
 

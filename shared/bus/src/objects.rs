@@ -55,6 +55,20 @@ impl ObjectReader {
         })
     }
 
+    /// Wraps handles the caller already has: the bucket's store and its `OBJ_<bucket>`
+    /// stream.
+    pub fn from_parts(
+        bucket: &str,
+        store: object_store::ObjectStore,
+        chunks: stream::Stream,
+    ) -> Self {
+        ObjectReader {
+            bucket: bucket.to_string(),
+            store,
+            chunks,
+        }
+    }
+
     /// A reader over one object; it fails at the end if the size or digest is wrong.
     pub async fn open(&self, name: &str) -> Result<ChunkReader, OpenError> {
         let info = match self.store.info(name).await {

@@ -4,10 +4,7 @@ use super::backend::{Backend, BackendError, BlobInfo, BlobReader, KvEntry};
 use async_nats::jetstream::{kv, object_store, stream};
 use futures::TryStreamExt;
 use std::collections::BTreeSet;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::AsyncRead;
 
 /// KV bucket plus Object Store; cheap to clone.
 #[derive(Clone)]
@@ -132,26 +129,16 @@ impl Backend for JetStreamBackend {
     }
 
     async fn blob_get(&self, name: &str) -> Result<BlobReader, BackendError> {
-        let info = match self.blobs.info(name).await {
-            Ok(info) if !info.deleted => info,
-            Ok(_) => return Err(BackendError::NotFound),
-            Err(err) if err.kind() == object_store::InfoErrorKind::NotFound => {
-                return Err(BackendError::NotFound)
-            }
-            Err(err) => return Err(unavailable(&format!("read blob {name}"), err)),
-        };
-        Ok(Box::new(ChunkReader {
-            stream: self.chunks.clone(),
-            subject: format!("$O.{}.C.{}", self.bucket, info.nuid),
-            name: name.to_string(),
-            next_sequence: 1,
-            chunks_left: info.chunks,
-            bytes_left: info.size as u64,
-            expected_digest: info.digest.clone(),
-            hasher: sha2::Sha256::default(),
-            buffer: bytes::Bytes::new(),
-            fetch: None,
-        }))
+        let objects = berth_bus::objects::ObjectReader::from_parts(
+            &self.bucket,
+            self.blobs.clone(),
+            self.chunks.clone(),
+        );
+        match objects.open(name).await {
+            Ok(reader) => Ok(Box::new(reader)),
+            Err(berth_bus::objects::OpenError::NotFound(_)) => Err(BackendError::NotFound),
+            Err(err) => Err(unavailable(&format!("read blob {name}"), err)),
+        }
     }
 
     async fn blob_delete(&self, name: &str) -> Result<(), BackendError> {
@@ -240,120 +227,6 @@ impl JetStreamBackend {
             purged += 1;
         }
         Ok(purged)
-    }
-}
-
-type Fetch = Pin<
-    Box<dyn Future<Output = Result<async_nats::jetstream::message::StreamMessage, String>> + Send>,
->;
-
-/// Reads an object's chunks one request at a time (next message on the object's chunk
-/// subject after the last one read) and checks its size and SHA-256 at the end.
-///
-/// Why not `ObjectStore::get`: its push consumer was seen to stall for good partway
-/// through a 100 MB object on a loaded host; a pull-style read cannot stall that way,
-/// and a slow reader just reads slowly.
-struct ChunkReader {
-    stream: stream::Stream,
-    subject: String,
-    name: String,
-    next_sequence: u64,
-    chunks_left: usize,
-    bytes_left: u64,
-    expected_digest: Option<String>,
-    hasher: sha2::Sha256,
-    buffer: bytes::Bytes,
-    fetch: Option<Fetch>,
-}
-
-impl ChunkReader {
-    fn finish(&mut self) -> std::io::Result<()> {
-        use base64::Engine as _;
-        use sha2::Digest as _;
-        if self.bytes_left != 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("object {} ended {} bytes short", self.name, self.bytes_left),
-            ));
-        }
-        if let Some(expected) = &self.expected_digest {
-            let actual = format!(
-                "SHA-256={}",
-                base64::engine::general_purpose::URL_SAFE
-                    .encode(std::mem::take(&mut self.hasher).finalize())
-            );
-            if &actual != expected {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!(
-                        "object {} is corrupt: digest {actual}, expected {expected}",
-                        self.name
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl AsyncRead for ChunkReader {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        use sha2::Digest as _;
-        let this = &mut *self;
-        loop {
-            if !this.buffer.is_empty() {
-                let n = buf.remaining().min(this.buffer.len());
-                buf.put_slice(&this.buffer.split_to(n));
-                return Poll::Ready(Ok(()));
-            }
-            if this.chunks_left == 0 {
-                if this.expected_digest.is_some() || this.bytes_left != 0 {
-                    let result = this.finish();
-                    this.expected_digest = None;
-                    this.bytes_left = 0;
-                    result?;
-                }
-                return Poll::Ready(Ok(()));
-            }
-            let fetch = this.fetch.get_or_insert_with(|| {
-                let stream = this.stream.clone();
-                let subject = this.subject.clone();
-                let sequence = this.next_sequence;
-                Box::pin(async move {
-                    stream
-                        .raw_message_builder()
-                        .next_by_subject(subject)
-                        .sequence(sequence)
-                        .send()
-                        .await
-                        .map_err(|err| err.to_string())
-                })
-            });
-            let message = match fetch.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(result) => {
-                    this.fetch = None;
-                    result.map_err(|err| {
-                        std::io::Error::other(format!("cannot read object {}: {err}", this.name))
-                    })?
-                }
-            };
-            if message.subject.as_str() != this.subject {
-                return Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("object {} is missing chunks", this.name),
-                )));
-            }
-            this.next_sequence = message.sequence + 1;
-            this.chunks_left -= 1;
-            this.bytes_left = this.bytes_left.saturating_sub(message.payload.len() as u64);
-            this.hasher.update(&message.payload);
-            this.buffer = message.payload;
-        }
     }
 }
 
