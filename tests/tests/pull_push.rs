@@ -128,10 +128,11 @@ impl Env {
         let stack = Stack::start(&[], "node-pull").await?;
         let dir = tempfile::tempdir()?;
         std::fs::create_dir_all(dir.path().join("docker"))?;
-        // Short writer grace: a pull killed mid-blob holds its claim this long.
+        // Short writer grace: a pull killed mid-blob holds its claim this long. Small
+        // push limits: a busybox layer (~1 MB) goes up in chunks, a config in one PUT.
         std::fs::write(
             dir.path().join("image-store.toml"),
-            "writer_grace_seconds = 3\n",
+            "writer_grace_seconds = 3\npush_monolithic_limit = 262144\npush_chunk_size = 262144\n",
         )?;
         let mut env = Env {
             stack,
@@ -345,7 +346,28 @@ async fn pull_push_round_trip_digest_by_digest() -> anyhow::Result<()> {
     env.ok(&["import", &tar.display().to_string(), &name])?;
     let before = env.inspect(&name)?;
 
+    let mark = registry.log().len();
     let pushed = env.ok(&["push", &name])?;
+    // The layer went up in PATCH chunks, the small config in one PUT.
+    let log = registry.log();
+    let patches = log[mark..]
+        .lines()
+        .filter(|l| l.contains("\"PATCH /v2/berth/busybox/blobs/uploads/"))
+        .count();
+    ensure!(
+        patches >= 2,
+        "{patches} PATCH requests for a chunked layer upload"
+    );
+    let config_put = before
+        .config_digest
+        .trim_start_matches("sha256:")
+        .to_string();
+    ensure!(
+        log[mark..].lines().any(
+            |l| l.contains("\"PUT /v2/berth/busybox/blobs/uploads/") && l.contains(&config_put)
+        ),
+        "no monolithic PUT of the config"
+    );
     ensure!(pushed.contains(&before.digest), "push output: {pushed}");
     ensure!(pushed.contains("Pushed"), "push output: {pushed}");
     let (raw_digest, raw) = skopeo_raw(&name)?;

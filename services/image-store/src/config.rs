@@ -18,6 +18,12 @@ pub struct Config {
     /// (default 30; claims are renewed every third of it).
     #[serde(default)]
     pub writer_grace_seconds: Option<u64>,
+    /// Blobs bigger than this many bytes are pushed in chunks (default 64 MiB).
+    #[serde(default)]
+    pub push_monolithic_limit: Option<u64>,
+    /// Bytes per PATCH of a chunked push (default 16 MiB; each is held in memory).
+    #[serde(default)]
+    pub push_chunk_size: Option<usize>,
 }
 
 #[cfg(test)]

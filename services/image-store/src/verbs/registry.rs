@@ -35,9 +35,14 @@ impl RegistryVerbs {
     /// A registry client with the service's settings (insecure registries; credentials
     /// from `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`).
     pub fn new(verbs: Verbs, config: &crate::Config) -> anyhow::Result<Self> {
+        let defaults = RegistryConfig::default();
         let registry = RegistryClient::new(RegistryConfig {
             insecure_registries: config.insecure_registries.clone(),
-            ..RegistryConfig::default()
+            monolithic_limit: config
+                .push_monolithic_limit
+                .unwrap_or(defaults.monolithic_limit),
+            chunk_size: config.push_chunk_size.unwrap_or(defaults.chunk_size).max(1),
+            ..defaults
         })?;
         Ok(RegistryVerbs { verbs, registry })
     }
