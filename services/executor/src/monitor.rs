@@ -44,7 +44,7 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 fn pump(reader: OwnedFd, stream: Stream, log: Arc<Mutex<std::fs::File>>) {
     let mut reader = std::fs::File::from(reader);
     let mut splitter = LineSplitter::new(crilog::MAX_RECORD_TEXT);
-    let mut buf = vec![0u8; 32 * 1024];
+    let mut buf = vec![0u8; 16 * 1024];
     let mut reported = false;
     let mut emit = |text: &[u8], partial: bool| {
         let ts = crilog::timestamp(std::time::SystemTime::now());
@@ -158,9 +158,33 @@ pub fn run(dir: &Path, runtime_root: &Path, id: &str, mut report: impl Write) ->
         }
     };
     let out_log = Arc::clone(&log);
-    let out_thread = std::thread::spawn(move || pump(out_r, Stream::Stdout, out_log));
+    // Small stacks: the pumps only read into a buffer on the heap and format a line.
+    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .stack_size(128 * 1024)
+            .spawn(f)
+    };
+    let out_thread = spawn(
+        "stdout",
+        Box::new(move || pump(out_r, Stream::Stdout, out_log)),
+    );
     let err_log = Arc::clone(&log);
-    let err_thread = std::thread::spawn(move || pump(err_r, Stream::Stderr, err_log));
+    let err_thread = spawn(
+        "stderr",
+        Box::new(move || pump(err_r, Stream::Stderr, err_log)),
+    );
+    let (out_thread, err_thread) = match (out_thread, err_thread) {
+        (Ok(o), Ok(e)) => (o, e),
+        _ => {
+            let _ = container.delete(true);
+            return fail(
+                &mut report,
+                START_FAILED,
+                "cannot start the log threads".into(),
+            );
+        }
+    };
     if let Err(err) = container.start() {
         let message = err.to_string();
         let _ = container.delete(true);
@@ -191,6 +215,11 @@ pub fn run(dir: &Path, runtime_root: &Path, id: &str, mut report: impl Write) ->
     let _ = writeln!(report, "ok {pid}");
     let _ = report.flush();
     drop(report);
+    // Set-up is over: give what it allocated back, the monitor lives as long as the container.
+    // SAFETY: malloc_trim only returns free heap memory to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 
     let exit = container.wait();
     // The pid namespace is gone with its init, so the pipes reach EOF soon; wait for
