@@ -9,6 +9,7 @@ use anyhow::{bail, ensure, Context};
 use async_nats::jetstream;
 use berth_proto::messages::image::{ImageInspect, ImageSummary};
 use berth_proto::subjects::{jetstream as names, service_names, transfer};
+use berth_tests::fixtures::{busybox_rootfs_tar, need, ok, skopeo_archive, umoci_layout};
 use berth_tests::{bin_path, Stack};
 use futures::TryStreamExt;
 use std::path::{Path, PathBuf};
@@ -20,16 +21,6 @@ const STORE: &str = service_names::IMAGE_STORE;
 
 // ---- helpers ------------------------------------------------------------------------
 
-fn need(tool: &str) -> anyhow::Result<()> {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()?
-        .status
-        .success();
-    ensure!(found, "{tool} is not installed; this test needs it");
-    Ok(())
-}
-
 fn run(command: &mut Command) -> anyhow::Result<Output> {
     let output = command
         .output()
@@ -39,19 +30,6 @@ fn run(command: &mut Command) -> anyhow::Result<Output> {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs a command and fails with its stderr when it fails.
-fn ok(command: &mut Command) -> anyhow::Result<String> {
-    let output = run(command)?;
-    ensure!(
-        output.status.success(),
-        "{command:?} failed ({}): {}{}",
-        output.status,
-        text(&output.stdout),
-        text(&output.stderr)
-    );
-    Ok(text(&output.stdout))
 }
 
 fn berth(stack: &Stack, args: &[&str]) -> anyhow::Result<Command> {
@@ -88,92 +66,6 @@ fn inspect(stack: &Stack, name: &str) -> anyhow::Result<ImageInspect> {
     let mut all: Vec<ImageInspect> = serde_json::from_str(&out)?;
     ensure!(all.len() == 1, "inspect {name} gave {} images", all.len());
     Ok(all.remove(0))
-}
-
-/// A root filesystem tarball: busybox-static with an applet symlink for each applet
-/// (what `busybox --install -s` makes), plus `extra` files.
-fn rootfs_tar(dir: &Path, name: &str, extra: &[(&str, &str)]) -> anyhow::Result<PathBuf> {
-    need("busybox")?;
-    let root = dir.join(format!("{name}-rootfs"));
-    std::fs::create_dir_all(root.join("bin"))?;
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))?;
-    let list = ok(Command::new("/bin/busybox").arg("--list"))?;
-    for applet in list.lines().filter(|a| !a.is_empty() && *a != "busybox") {
-        let link = root.join("bin").join(applet);
-        if !link.exists() {
-            std::os::unix::fs::symlink("busybox", &link)?;
-        }
-    }
-    for (path, content) in extra {
-        let file = root.join(path);
-        if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(file, content)?;
-    }
-    let tar = dir.join(format!("{name}.tar"));
-    ok(Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .args(["--sort=name", "--owner=0", "--group=0", "--numeric-owner"])
-        .arg("-cf")
-        .arg(&tar)
-        .arg("."))?;
-    Ok(tar)
-}
-
-/// An OCI layout made by umoci: tag `base` (busybox), and `a`, `b` each adding one
-/// layer on top of the same base layer.
-fn umoci_layout(dir: &Path) -> anyhow::Result<PathBuf> {
-    need("umoci")?;
-    let layout = dir.join("layout");
-    let image = |tag: &str| format!("{}:{tag}", layout.display());
-    ok(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout))?;
-    ok(Command::new("umoci").args(["new", "--image", &image("base")]))?;
-    let bundle = dir.join("bundle");
-    ok(Command::new("umoci")
-        .args(["unpack", "--image", &image("base")])
-        .arg(&bundle))?;
-    std::fs::create_dir_all(bundle.join("rootfs/bin"))?;
-    std::fs::copy("/bin/busybox", bundle.join("rootfs/bin/busybox"))?;
-    std::os::unix::fs::symlink("busybox", bundle.join("rootfs/bin/sh"))?;
-    ok(Command::new("umoci")
-        .args(["repack", "--image", &image("base")])
-        .arg(&bundle))?;
-    ok(Command::new("umoci").args([
-        "config",
-        "--image",
-        &image("base"),
-        "--config.cmd",
-        "/bin/sh",
-    ]))?;
-    for tag in ["a", "b"] {
-        std::fs::remove_dir_all(&bundle)?;
-        ok(Command::new("umoci")
-            .args(["unpack", "--image", &image("base")])
-            .arg(&bundle))?;
-        std::fs::write(bundle.join(format!("rootfs/{tag}")), tag)?;
-        // A whiteout in the second layer too: remove the sh link.
-        std::fs::remove_file(bundle.join("rootfs/bin/sh"))?;
-        ok(Command::new("umoci")
-            .args(["repack", "--image", &image(tag)])
-            .arg(&bundle))?;
-    }
-    Ok(layout)
-}
-
-/// `skopeo copy oci:LAYOUT:TAG docker-archive:FILE:NAME`.
-fn skopeo_archive(layout: &Path, tag: &str, file: &Path, name: &str) -> anyhow::Result<()> {
-    need("skopeo")?;
-    ok(Command::new("skopeo").args([
-        "copy",
-        "-q",
-        &format!("oci:{}:{tag}", layout.display()),
-        &format!("docker-archive:{}:{name}", file.display()),
-    ]))?;
-    Ok(())
 }
 
 async fn object_store(stack: &Stack) -> anyhow::Result<jetstream::object_store::ObjectStore> {
@@ -354,7 +246,7 @@ async fn store_state(stack: &Stack) -> anyhow::Result<(Vec<String>, Vec<String>)
 async fn import_list_inspect_history_tag_save_load_round_trip() -> anyhow::Result<()> {
     let stack = Stack::start(&[STORE], NODE).await?;
     let dir = tempfile::tempdir()?;
-    let rootfs = rootfs_tar(dir.path(), "busybox", &[("etc/motd", "hello\n")])?;
+    let rootfs = busybox_rootfs_tar(dir.path(), "busybox", &[("etc/motd", "hello\n")])?;
     let rootfs_str = rootfs.display().to_string();
 
     let digest = ok(&mut berth(
@@ -644,7 +536,7 @@ async fn two_instances_with_concurrent_overlapping_imports_and_loads_stay_consis
     let stack = Stack::start(&[STORE, STORE], NODE).await?;
     wait_for_instances(&stack, 2).await?;
     let dir = tempfile::tempdir()?;
-    let rootfs = rootfs_tar(dir.path(), "busybox", &[])?;
+    let rootfs = busybox_rootfs_tar(dir.path(), "busybox", &[])?;
     let layout = umoci_layout(dir.path())?;
     let mut archives = Vec::new();
     for tag in ["a", "b"] {
@@ -799,7 +691,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() -> anyhow::Result<()
     let stack = Stack::start(&[STORE], NODE).await?;
     let dir = tempfile::tempdir()?;
     // A good image first, so "unchanged" is not just "empty".
-    let rootfs = rootfs_tar(dir.path(), "busybox", &[])?;
+    let rootfs = busybox_rootfs_tar(dir.path(), "busybox", &[])?;
     ok(&mut berth(
         &stack,
         &["import", &rootfs.display().to_string(), "good:1"],
@@ -990,7 +882,7 @@ async fn sigkill_mid_import_leaves_the_store_consistent_and_the_retry_succeeds(
     let mut store = ExtraStore::start(&stack, &dir.path().join("store1.log"))?;
     wait_for_instances(&stack, 1).await?;
     // Big enough that the layer upload takes a while: 48 MB that gzip cannot shrink.
-    let rootfs = rootfs_tar(dir.path(), "big", &[])?;
+    let rootfs = busybox_rootfs_tar(dir.path(), "big", &[])?;
     let noise = dir.path().join("big-rootfs/noise");
     ok(Command::new("dd")
         .args(["if=/dev/urandom", "bs=1M", "count=48", "status=none"])
