@@ -15,6 +15,7 @@ PACKAGES=(
   runc crun podman          # peer runtimes and engines for interop tests and benchmarks
   libseccomp-dev            # seccomp filters of the isolation runtime
   hyperfine                 # benchmarks
+  openssl                   # TLS test registry in the registry client tests
 )
 missing=()
 for package in "${PACKAGES[@]}"; do
