@@ -170,7 +170,7 @@ impl RegistryVerbs {
         match self
             .verbs
             .store
-            .put_blob(&digest, size, reader, &subject)
+            .put_blob(&digest, size, Coalesce::new(reader), &subject)
             .await
         {
             Ok(wrote) => {
@@ -187,6 +187,59 @@ impl RegistryVerbs {
                 })
             }
         }
+    }
+}
+
+/// Bytes gathered per read handed to the store: the Object Store's chunk size.
+const COALESCE: usize = 128 * 1024;
+
+/// Answers a read only when the caller's buffer can be filled (or the body ended).
+/// The Object Store publishes one chunk, and waits for its ack, per read of its input;
+/// straight from a socket that is one small chunk per network read, and the acks then
+/// cost more than the download.
+struct Coalesce<R> {
+    inner: R,
+    buf: Vec<u8>,
+    filled: usize,
+    eof: bool,
+}
+
+impl<R> Coalesce<R> {
+    fn new(inner: R) -> Self {
+        Coalesce {
+            inner,
+            buf: vec![0; COALESCE],
+            filled: 0,
+            eof: false,
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Coalesce<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let want = out.remaining().min(this.buf.len());
+        while this.filled < want && !this.eof {
+            let mut part = ReadBuf::new(&mut this.buf[this.filled..]);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut part) {
+                // The inner reader registered the waker; what we gathered waits.
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Ready(Ok(())) => match part.filled().len() {
+                    0 => this.eof = true,
+                    n => this.filled += n,
+                },
+            }
+        }
+        let n = this.filled.min(out.remaining());
+        out.put_slice(&this.buf[..n]);
+        this.buf.copy_within(n..this.filled, 0);
+        this.filled -= n;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -288,5 +341,47 @@ impl AsyncRead for LazyBlob {
             this.remember(kind, message);
         }
         polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Hands out at most 1000 bytes per read, like a socket.
+    struct Trickle(std::io::Cursor<Vec<u8>>);
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            let mut small = vec![0u8; buf.remaining().min(1000)];
+            let n = std::io::Read::read(&mut this.0, &mut small)?;
+            buf.put_slice(&small[..n]);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn coalesced_reads_fill_whole_chunks_and_keep_every_byte() {
+        let data: Vec<u8> = (0..(2 * COALESCE + 777)).map(|i| (i % 251) as u8).collect();
+        let mut reader = Coalesce::new(Trickle(std::io::Cursor::new(data.clone())));
+        let mut out = Vec::new();
+        let mut sizes = Vec::new();
+        loop {
+            let mut chunk = vec![0u8; COALESCE];
+            let n = reader.read(&mut chunk).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            sizes.push(n);
+            out.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(out, data);
+        assert_eq!(sizes, vec![COALESCE, COALESCE, 777]);
     }
 }
