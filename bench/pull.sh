@@ -11,6 +11,9 @@
 # filesystem (tmpfs /dev/shm when there is one): skopeo its OCI layout, berth the
 # JetStream store of its nats-server.
 #
+# `berth images` is timed too: the fixed cost of any berth CLI call (process start, NATS
+# connect, one request), so the pull's own share can be read off.
+#
 # The image is pushed by an ignored helper test of services/image-store/tests/registry.rs
 # (random, so incompressible: the gzip layers really weigh ~25 MB each).
 #
@@ -97,12 +100,17 @@ echo "image $ref: $layers layers, $size bytes, $got"
 hyperfine -N --warmup 1 --runs "$RUNS" --export-json "$work/result.json" \
     --prepare "$berth rmi $ref" \
     --prepare "rm -rf $work/oci" \
+    --prepare true \
     -n berth-pull "$berth pull -q $ref" \
-    -n skopeo "skopeo copy -q --src-tls-verify=false docker://$ref oci:$work/oci:1"
+    -n skopeo "skopeo copy -q --src-tls-verify=false docker://$ref oci:$work/oci:1" \
+    -n berth-cli-floor "$berth images"
 
 python3 - "$work/result.json" <<'PY'
 import json, sys
 r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
 b, s = r["berth-pull"]["median"], r["skopeo"]["median"]
 print(f"median berth pull {b:.3f} s, skopeo copy {s:.3f} s; berth/skopeo = {b / s:.2f} (below 1: berth faster)")
+f = r["berth-cli-floor"]["median"]
+print(f"berth CLI floor (`berth images`: process start, NATS connect, one request) {f:.3f} s; "
+      f"pull minus floor {b - f:.3f} s, vs skopeo = {(b - f) / s:.2f}")
 PY
