@@ -155,17 +155,23 @@ fn size(bytes: u64) -> String {
 struct ProgressView {
     enabled: bool,
     lines: usize,
+    last: Option<ImageTransferProgress>,
 }
 
 impl ProgressView {
     fn new(enabled: bool) -> Self {
-        ProgressView { enabled, lines: 0 }
+        ProgressView {
+            enabled,
+            lines: 0,
+            last: None,
+        }
     }
 
     fn show(&mut self, p: &ImageTransferProgress) {
         if !self.enabled || p.blobs.is_empty() {
             return;
         }
+        self.last = Some(p.clone());
         let mut out = String::new();
         if self.lines > 0 {
             out.push_str(&format!("\x1b[{}A", self.lines));
@@ -186,6 +192,7 @@ impl ProgressView {
                 "exists" => "Layer already exists".to_string(),
                 "mounted" => "Mounted".to_string(),
                 "done" => "Complete".to_string(),
+                "uploaded" => "Pushed".to_string(),
                 _ => "Waiting".to_string(),
             };
             out.push_str(&format!("\x1b[2K{}: {state}\n", short(&blob.digest)));
@@ -196,8 +203,21 @@ impl ProgressView {
         let _ = stderr.flush();
     }
 
-    /// Leaves the last state on screen (Docker does too) and stops redrawing.
+    /// After success: redraws blobs still in flight as finished (the reply can
+    /// overtake the last progress message), leaves that on screen, stops redrawing.
     fn clear(&mut self) {
+        if let Some(mut last) = self.last.take() {
+            for blob in &mut last.blobs {
+                if matches!(
+                    blob.status.as_str(),
+                    "downloading" | "uploading" | "waiting"
+                ) {
+                    blob.done = blob.total;
+                    blob.status = "done".to_string();
+                }
+            }
+            self.show(&last);
+        }
         self.lines = 0;
     }
 }
