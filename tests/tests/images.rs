@@ -881,11 +881,12 @@ async fn sigkill_mid_import_leaves_the_store_consistent_and_the_retry_succeeds(
     let dir = tempfile::tempdir()?;
     let mut store = ExtraStore::start(&stack, &dir.path().join("store1.log"))?;
     wait_for_instances(&stack, 1).await?;
-    // Big enough that the layer upload takes a while: 48 MB that gzip cannot shrink.
+    // Big enough that the layer upload takes a while even in a release build: 128 MB
+    // that gzip cannot shrink.
     let rootfs = busybox_rootfs_tar(dir.path(), "big", &[])?;
     let noise = dir.path().join("big-rootfs/noise");
     ok(Command::new("dd")
-        .args(["if=/dev/urandom", "bs=1M", "count=48", "status=none"])
+        .args(["if=/dev/urandom", "bs=1M", "count=128", "status=none"])
         .arg(format!("of={}", noise.display())))?;
     ok(Command::new("tar")
         .arg("-C")
@@ -901,7 +902,7 @@ async fn sigkill_mid_import_leaves_the_store_consistent_and_the_retry_succeeds(
         .spawn()?;
     // Kill the store once it has pinned the blobs, i.e. while it writes the layer.
     let mut pinned = false;
-    for _ in 0..2400 {
+    for _ in 0..24_000 {
         if kv_keys(&stack)
             .await?
             .iter()
@@ -912,11 +913,10 @@ async fn sigkill_mid_import_leaves_the_store_consistent_and_the_retry_succeeds(
             pinned = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     ensure!(pinned, "the import never pinned its blobs");
-    // Let some of the layer's chunks land before the kill.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Kill at once: a release build uploads tens of MB in well under a second.
     store.kill().await?;
     let _ = cli.kill();
     let _ = cli.wait();
