@@ -41,11 +41,15 @@ pub enum ConnectFailure {
     Unreachable { url: String, reason: String },
 }
 
-/// Delay before reconnect attempt `attempt`: quick at first so that a restarted
-/// nats-server is found again within a second or two, capped so a long outage does not
-/// turn into a busy loop.
+/// Delay before connect attempt `attempt` (async-nats counts from 1, and asks before
+/// the very first attempt too — so attempt 1 must be immediate, or every CLI call and
+/// service start pays the delay). Then quick, so that a restarted nats-server is found
+/// again within a second or two, and capped so a long outage is not a busy loop.
 pub fn reconnect_delay(attempt: usize) -> Duration {
-    let millis = 50u64.saturating_mul(1u64 << attempt.min(5));
+    if attempt <= 1 {
+        return Duration::ZERO;
+    }
+    let millis = 50u64.saturating_mul(1u64 << (attempt - 2).min(5));
     Duration::from_millis(millis.min(1_000))
 }
 
@@ -141,8 +145,10 @@ mod tests {
 
     #[test]
     fn reconnect_delay_starts_small_and_is_capped() {
-        assert_eq!(reconnect_delay(0), Duration::from_millis(50));
-        assert!(reconnect_delay(3) <= Duration::from_millis(400));
+        assert_eq!(reconnect_delay(0), Duration::ZERO);
+        assert_eq!(reconnect_delay(1), Duration::ZERO, "the first connect is immediate");
+        assert_eq!(reconnect_delay(2), Duration::from_millis(50));
+        assert!(reconnect_delay(4) <= Duration::from_millis(400));
         assert_eq!(reconnect_delay(1_000), Duration::from_secs(1));
     }
 
