@@ -146,7 +146,11 @@ mod tests {
     #[test]
     fn reconnect_delay_starts_small_and_is_capped() {
         assert_eq!(reconnect_delay(0), Duration::ZERO);
-        assert_eq!(reconnect_delay(1), Duration::ZERO, "the first connect is immediate");
+        assert_eq!(
+            reconnect_delay(1),
+            Duration::ZERO,
+            "the first connect is immediate"
+        );
         assert_eq!(reconnect_delay(2), Duration::from_millis(50));
         assert!(reconnect_delay(4) <= Duration::from_millis(400));
         assert_eq!(reconnect_delay(1_000), Duration::from_secs(1));
