@@ -208,9 +208,20 @@ async fn run_streams_output_and_propagates_exit_codes() -> anyhow::Result<()> {
     let (code, out, _) = env.run(&[], &["sh", "-c", "head -c 40000 /dev/zero | tr '\\0' x"])?;
     assert_eq!((code, out.len()), (0, 40_000));
 
-    // --rm left nothing behind.
+    // --rm left nothing behind: no container, and no snapshot still pinned by one.
     let left = env.ok(&["ps", "-a", "-q"])?;
     assert!(left.trim().is_empty(), "{left}");
+    let df: serde_json::Value = serde_json::from_str(&env.ok(&["system", "df", "--json"])?)?;
+    let snapshots = df
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["kind"] == "Snapshots"))
+        .ok_or_else(|| anyhow::anyhow!("no snapshot row in {df}"))?;
+    assert!(snapshots["total"].as_u64() >= Some(1), "{df}");
+    assert_eq!(
+        snapshots["active"].as_u64(),
+        Some(0),
+        "removed containers still pin: {df}"
+    );
     Ok(())
 }
 

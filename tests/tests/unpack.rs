@@ -5,7 +5,12 @@
 //! Needs root (overlay mounts, ownership) and busybox, umoci, skopeo on PATH.
 
 use anyhow::{ensure, Context};
-use berth_proto::subjects::{self, service_names, EventKind};
+use berth_bus::request;
+use berth_proto::messages::unpack::{
+    SnapshotPruneRequest, SnapshotReleaseRequest, SnapshotsReleased, SnapshotsRemoved,
+};
+use berth_proto::subjects::{self, service_names, EventKind, UnpackVerb};
+use berth_proto::Encoding;
 use berth_tests::fixtures::{
     busybox_rootfs_tar, need, need_root, ok, skopeo_archive, umoci_layout,
 };
@@ -202,6 +207,36 @@ async fn layers_are_unpacked_once_per_node_and_match_umoci_unpack() -> anyhow::R
         let mount = OverlayMount::new(lowerdirs, &scratch.path().join(format!("mnt-{tag}")))?;
         compare_with_umoci(scratch.path(), &layout, tag, &mount.0)?;
     }
+
+    // Releasing a's pin lets prune take a's own layer; the base stays, b still uses it.
+    let released: SnapshotsReleased = request(
+        &client,
+        &subjects::unpack(NODE, UnpackVerb::Release),
+        &SnapshotReleaseRequest {
+            user: "image:unpack/a:1".into(),
+        },
+        Encoding::Bincode,
+        Duration::from_secs(10),
+    )
+    .await?;
+    assert_eq!(released.released, 2);
+    let pruned: SnapshotsRemoved = request(
+        &client,
+        &subjects::unpack(NODE, UnpackVerb::Prune),
+        &SnapshotPruneRequest {},
+        Encoding::Bincode,
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert_eq!(pruned.removed.len(), 1, "{pruned:?}");
+    assert!(
+        Path::new(&lowerdirs_b[1]).is_dir(),
+        "the shared base must stay"
+    );
+    assert!(
+        !Path::new(&lowerdirs_a[0]).exists(),
+        "a's own layer is reclaimed"
+    );
     Ok(())
 }
 

@@ -17,7 +17,9 @@ use berth_proto::messages::exec::{
     LogsRequest, RestartPolicy,
 };
 use berth_proto::messages::image::{ImageInspect, ImageInspectRequest};
-use berth_proto::messages::unpack::{PrepareReply, PrepareRequest};
+use berth_proto::messages::unpack::{
+    PrepareReply, PrepareRequest, SnapshotReleaseRequest, SnapshotsReleased,
+};
 use berth_proto::subjects::{self, EventKind, ImageVerb, UnpackVerb};
 use berth_proto::{Encoding, ErrorEnvelope};
 use std::collections::{HashMap, HashSet};
@@ -930,11 +932,34 @@ impl Executor {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
             tracing::info!("container removed");
+            self.release_snapshots(&id).await;
             self.publish_event(&record, "destroy", None, None).await;
             Ok(ContainerDone { id: id.clone() })
         }
         .instrument(span)
         .await
+    }
+
+    /// Drops the container's pin on its image's snapshots so `prune` can reclaim them.
+    /// Best effort: the container is gone either way, and a pin left behind only keeps
+    /// disk space until the snapshot is removed with force.
+    async fn release_snapshots(&self, id: &str) {
+        let released: Result<SnapshotsReleased, _> = berth_bus::request(
+            &self.client,
+            &subjects::unpack(&self.node_id, UnpackVerb::Release),
+            &SnapshotReleaseRequest {
+                user: id.to_string(),
+            },
+            Encoding::Bincode,
+            Duration::from_secs(30),
+        )
+        .await;
+        match released {
+            Ok(reply) => tracing::debug!(released = reply.released, "snapshot pins released"),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot release the container's snapshot pins")
+            }
+        }
     }
 
     /// `wait`: blocks until the container is not running, then its exit.

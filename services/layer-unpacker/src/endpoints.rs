@@ -5,7 +5,7 @@ use crate::native::{tree_key, NativeTrees, TreeMeta};
 use crate::snapshot::{SnapshotMeta, SnapshotStore, StoreError};
 use berth_proto::messages::unpack::{
     SnapshotEvent, SnapshotInfo, SnapshotList, SnapshotListRequest, SnapshotPruneRequest,
-    SnapshotRemoveRequest, SnapshotsRemoved,
+    SnapshotReleaseRequest, SnapshotRemoveRequest, SnapshotsReleased, SnapshotsRemoved,
 };
 use berth_proto::subjects::EventKind;
 use berth_proto::ErrorEnvelope;
@@ -162,6 +162,43 @@ impl Unpacker {
             reply.removed.push(tree_info(&tree));
         }
         Ok(reply)
+    }
+
+    /// `release`
+    pub async fn release(
+        &self,
+        request: SnapshotReleaseRequest,
+    ) -> Result<SnapshotsReleased, ErrorEnvelope> {
+        if request.user.is_empty() {
+            return Err(ErrorEnvelope::invalid("release needs a user"));
+        }
+        let this = self.clone();
+        blocking(move || {
+            let mut released = 0u32;
+            for meta in this.store.list() {
+                if meta.users.contains(&request.user) {
+                    this.store
+                        .remove_user(&meta.chain_id, &request.user)
+                        .map_err(store_error)?;
+                    released += 1;
+                }
+            }
+            if let Some(native) = &this.native {
+                for tree in native.list() {
+                    if native
+                        .remove_user(&tree.chain_id, &request.user)
+                        .map_err(store_error)?
+                    {
+                        released += 1;
+                    }
+                }
+            }
+            Ok(SnapshotsReleased {
+                node_id: this.node_id.to_string(),
+                released,
+            })
+        })
+        .await
     }
 
     /// `prune`

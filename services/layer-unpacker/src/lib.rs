@@ -13,7 +13,8 @@ use berth_bus::objects::ObjectReader;
 use berth_bus::settings::Settings;
 use berth_bus::{ServiceHandle, ServiceIdentity};
 use berth_proto::messages::unpack::{
-    PrepareRequest, SnapshotListRequest, SnapshotPruneRequest, SnapshotRemoveRequest,
+    PrepareRequest, SnapshotListRequest, SnapshotPruneRequest, SnapshotReleaseRequest,
+    SnapshotRemoveRequest,
 };
 use berth_proto::subjects::{self, jetstream as names, queue_groups, service_names, UnpackVerb};
 use std::sync::Arc;
@@ -123,6 +124,17 @@ pub async fn run(
             move |request: SnapshotRemoveRequest, _context| {
                 let this = this.clone();
                 async move { this.remove(request).await }
+            },
+        )
+        .await?;
+    let this = unpacker.clone();
+    service
+        .endpoint(
+            UnpackVerb::Release.as_str(),
+            subjects::unpack(node, UnpackVerb::Release),
+            move |request: SnapshotReleaseRequest, _context| {
+                let this = this.clone();
+                async move { this.release(request).await }
             },
         )
         .await?;

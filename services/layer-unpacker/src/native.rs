@@ -171,6 +171,21 @@ impl NativeTrees {
         })
     }
 
+    /// Drops `user`'s pin from the tree of `chain_id`; true when it held one.
+    pub fn remove_user(&self, chain_id: &str, user: &str) -> Result<bool, StoreError> {
+        let key = tree_key(chain_id).to_string();
+        self.with_lock(&key, || {
+            let Some(mut meta) = self.read_meta(&key) else {
+                return Ok(false);
+            };
+            if !meta.users.remove(user) {
+                return Ok(false);
+            }
+            self.write_meta(&key, &meta)?;
+            Ok(true)
+        })
+    }
+
     /// Every complete tree.
     pub fn list(&self) -> Vec<TreeMeta> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {

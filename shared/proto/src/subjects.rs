@@ -60,6 +60,7 @@ verbs!(
         List => "list",
         Remove => "remove",
         Prune => "prune",
+        Release => "release",
     }
 );
 

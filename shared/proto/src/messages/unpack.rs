@@ -109,3 +109,18 @@ pub struct SnapshotEvent {
     /// RFC 3339.
     pub time: String,
 }
+
+/// `release`: drop one user's pin (a removed container, an unpinned image) from every
+/// snapshot it holds, so that `prune` can reclaim them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotReleaseRequest {
+    pub user: String,
+}
+
+/// Reply to `release`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotsReleased {
+    pub node_id: String,
+    /// Snapshots (and native trees) the user was removed from.
+    pub released: u32,
+}
