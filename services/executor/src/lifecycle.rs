@@ -332,15 +332,14 @@ impl Executor {
             oom_killed: st.is_some_and(|s| s.oom_killed),
             time: state::now_rfc3339(),
         };
-        let subject = subjects::event(EventKind::Container, &record.id, action);
-        match serde_json::to_vec(&event) {
-            Ok(body) => {
-                if let Err(err) = self.client.publish(subject, body.into()).await {
-                    tracing::warn!(container_id = %record.id, action, error = %err, "cannot publish event");
-                }
-            }
-            Err(err) => tracing::warn!(error = %err, "cannot encode event"),
-        }
+        berth_bus::events::publish(
+            &self.client,
+            EventKind::Container,
+            &record.id,
+            action,
+            &event,
+        )
+        .await;
     }
 
     /// `create`

@@ -17,9 +17,8 @@ use crate::formats::{Digest, ImageToStore};
 use crate::store::backend::Backend;
 use crate::store::jetstream::JetStreamBackend;
 use crate::store::Store;
-use berth_proto::codec::{CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE};
 use berth_proto::messages::image::{ImageEvent, StoredImage};
-use berth_proto::subjects::{self, transfer, EventKind};
+use berth_proto::subjects::{transfer, EventKind};
 use berth_proto::ErrorEnvelope;
 use std::path::PathBuf;
 
@@ -46,7 +45,6 @@ impl Verbs {
     /// Publishes an image event (JSON body). Events are best effort: a lost event
     /// must not fail a store operation that already happened.
     pub async fn event(&self, action: &str, digest: &str, reference: Option<&str>) {
-        let hex = digest.split_once(':').map_or(digest, |(_, hex)| hex);
         let body = ImageEvent {
             action: action.to_string(),
             digest: digest.to_string(),
@@ -55,19 +53,7 @@ impl Verbs {
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
         };
-        let Ok(payload) = serde_json::to_vec(&body) else {
-            return;
-        };
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE);
-        let subject = subjects::event(EventKind::Image, hex, action);
-        if let Err(err) = self
-            .client
-            .publish_with_headers(subject.clone(), headers, payload.into())
-            .await
-        {
-            tracing::warn!(subject, error = %err, "cannot publish image event");
-        }
+        berth_bus::events::publish(&self.client, EventKind::Image, digest, action, &body).await;
     }
 
     /// A scratch dir for one request, removed on drop.
