@@ -11,7 +11,7 @@ use berth_proto::messages::image::{ImageInspect, ImageSummary};
 use berth_proto::subjects::{jetstream as names, service_names, transfer};
 use berth_tests::fixtures::{busybox_rootfs_tar, need, ok, skopeo_archive, umoci_layout};
 use berth_tests::{bin_path, Stack};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -896,26 +896,29 @@ async fn sigkill_mid_import_leaves_the_store_consistent_and_the_retry_succeeds(
         .arg("."))?;
     let rootfs_str = rootfs.display().to_string();
 
+    // One watcher on the catalogue (not a key listing per poll: each listing is a new
+    // JetStream consumer, and polling fast enough to catch a release build hits the
+    // server's consumer limit).
+    let kv = jetstream::new(stack.nats.client().await?)
+        .get_key_value(names::IMAGES_BUCKET)
+        .await?;
+    let mut watch = kv.watch_all().await?;
     let mut cli = berth(&stack, &["import", &rootfs_str, "big:1"])?
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
     // Kill the store once it has pinned the blobs, i.e. while it writes the layer.
-    let mut pinned = false;
-    for _ in 0..24_000 {
-        if kv_keys(&stack)
-            .await?
-            .iter()
-            .filter(|k| k.starts_with("blob."))
-            .count()
-            >= 2
-        {
-            pinned = true;
-            break;
+    let mut pinned_blobs = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while pinned_blobs.len() < 2 {
+        let entry = tokio::time::timeout_at(deadline, watch.next())
+            .await
+            .context("the import never pinned its blobs")?
+            .context("the catalogue watch ended")??;
+        if entry.key.starts_with("blob.") {
+            pinned_blobs.insert(entry.key.clone());
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    ensure!(pinned, "the import never pinned its blobs");
     // Kill at once: a release build uploads tens of MB in well under a second.
     store.kill().await?;
     let _ = cli.kill();
