@@ -1,8 +1,8 @@
 //! `import`: a one-layer image from a root filesystem tarball (`docker import`).
 
-use super::{actions, blocking, check_transfer_name, invalid, Verbs};
-use crate::bridge::{fetch_to_file, pump};
-use crate::formats::{import_rootfs, ImportOptions, PlatformSpec, Reference};
+use super::{actions, blocking, check_transfer_name, invalid, requested_platform, Verbs};
+use crate::bridge::pump;
+use crate::formats::{import_rootfs, ImportOptions, Reference};
 use berth_proto::messages::image::{ImageImportReply, ImageImportRequest};
 use berth_proto::ErrorEnvelope;
 use std::sync::Arc;
@@ -34,21 +34,8 @@ impl Verbs {
                 "an imported image cannot be named by digest",
             ));
         }
-        let platform = match &request.platform {
-            Some(p) => PlatformSpec::parse(p).map_err(invalid)?,
-            None => PlatformSpec::host(),
-        };
-        let work = self.work_dir()?;
-        let upload = work.path().join("upload");
-        if !fetch_to_file(self.store.backend(), &request.upload, &upload)
-            .await
-            .map_err(ErrorEnvelope::unavailable)?
-        {
-            return Err(ErrorEnvelope::not_found(format!(
-                "upload {} not found (was it uploaded to the blob store?)",
-                request.upload
-            )));
-        }
+        let platform = requested_platform(request.platform.as_deref())?;
+        let (work, upload) = self.fetch_upload(&request.upload).await?;
         let options = ImportOptions {
             changes: request.changes.clone(),
             platform,

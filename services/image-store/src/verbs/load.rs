@@ -1,8 +1,8 @@
 //! `load`: every image of a docker-archive or OCI layout tar (`docker load`).
 
-use super::{actions, blocking, check_transfer_name, invalid, Verbs};
-use crate::bridge::{fetch_to_file, pump};
-use crate::formats::{load_archive, OciLoadOptions, PlatformSpec};
+use super::{actions, blocking, check_transfer_name, invalid, requested_platform, Verbs};
+use crate::bridge::pump;
+use crate::formats::{load_archive, OciLoadOptions};
 use berth_proto::messages::image::{ImageLoadReply, ImageLoadRequest};
 use berth_proto::ErrorEnvelope;
 use std::io;
@@ -21,21 +21,8 @@ impl Verbs {
         &self,
         request: &ImageLoadRequest,
     ) -> Result<ImageLoadReply, ErrorEnvelope> {
-        let platform = match &request.platform {
-            Some(p) => PlatformSpec::parse(p).map_err(invalid)?,
-            None => PlatformSpec::host(),
-        };
-        let work = self.work_dir()?;
-        let upload = work.path().join("upload");
-        if !fetch_to_file(self.store.backend(), &request.upload, &upload)
-            .await
-            .map_err(ErrorEnvelope::unavailable)?
-        {
-            return Err(ErrorEnvelope::not_found(format!(
-                "upload {} not found (was it uploaded to the blob store?)",
-                request.upload
-            )));
-        }
+        let platform = requested_platform(request.platform.as_deref())?;
+        let (work, upload) = self.fetch_upload(&request.upload).await?;
         let source = request
             .source_name
             .clone()

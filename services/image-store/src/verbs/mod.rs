@@ -56,6 +56,25 @@ impl Verbs {
         berth_bus::events::publish(&self.client, EventKind::Image, digest, action, &body).await;
     }
 
+    /// Copies an uploaded tarball (`transfer.upload.*`) into a fresh scratch dir; the
+    /// dir (returned, removed on drop) holds the copy at the returned path.
+    pub async fn fetch_upload(
+        &self,
+        upload: &str,
+    ) -> Result<(tempfile::TempDir, PathBuf), ErrorEnvelope> {
+        let work = self.work_dir()?;
+        let path = work.path().join("upload");
+        if !crate::bridge::fetch_to_file(self.store.backend(), upload, &path)
+            .await
+            .map_err(ErrorEnvelope::unavailable)?
+        {
+            return Err(ErrorEnvelope::not_found(format!(
+                "upload {upload} not found (was it uploaded to the blob store?)"
+            )));
+        }
+        Ok((work, path))
+    }
+
     /// A scratch dir for one request, removed on drop.
     pub fn work_dir(&self) -> Result<tempfile::TempDir, ErrorEnvelope> {
         tempfile::Builder::new()
@@ -167,4 +186,14 @@ where
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|err| ErrorEnvelope::internal(format!("worker failed: {err}")))?
+}
+
+/// The platform a request asks for (`os/arch[/variant]`), or this host's.
+pub fn requested_platform(
+    platform: Option<&str>,
+) -> Result<crate::formats::PlatformSpec, ErrorEnvelope> {
+    match platform {
+        Some(p) => crate::formats::PlatformSpec::parse(p).map_err(invalid),
+        None => Ok(crate::formats::PlatformSpec::host()),
+    }
 }

@@ -32,10 +32,7 @@ impl RegistryVerbs {
         context: RequestContext,
     ) -> Result<ImagePullReply, ErrorEnvelope> {
         let reference = Reference::parse(&request.reference).map_err(invalid)?;
-        let platform = match &request.platform {
-            Some(p) => PlatformSpec::parse(p).map_err(invalid)?,
-            None => PlatformSpec::host(),
-        };
+        let platform = super::requested_platform(request.platform.as_deref())?;
         let sink = ProgressSink::new(context.client, request.progress.clone(), context.encoding);
         let tracker = Tracker::new(reference.familiar());
         let span = tracing::info_span!("pull", image = %reference.familiar());
