@@ -1,0 +1,87 @@
+//! `exec`: a command in a running container, its output streamed back.
+
+use super::*;
+
+#[derive(clap::Args, Debug)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub(super) node: NodeArg,
+    /// Environment variable KEY=value (repeatable).
+    #[arg(short = 'e', long = "env")]
+    pub(super) env: Vec<String>,
+    /// user[:group], by name or number.
+    #[arg(short = 'u', long)]
+    pub(super) user: Option<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long)]
+    pub(super) workdir: Option<String>,
+    pub(super) container: String,
+    /// Command and arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub(super) command: Vec<String>,
+}
+
+pub(super) async fn exec(
+    args: ExecArgs,
+    nats: &NatsSettings,
+    timeout: Duration,
+) -> Result<ExitCode, Failure> {
+    let target = Target::connect(nats, &args.node, timeout).await?;
+    let output = format!("{}.exec", target.client.new_inbox());
+    let mut pieces = target
+        .client
+        .subscribe(output.clone())
+        .await
+        .map_err(|err| Failure::berth(format!("cannot subscribe for exec output: {err}")))?;
+    let request = ExecRequest {
+        id: args.container.clone(),
+        cmd: args.command.clone(),
+        env: args.env.clone(),
+        user: args.user.clone(),
+        workdir: args.workdir.clone(),
+        output,
+    };
+    let reply = target.call::<_, ExecExit>(ExecVerb::Exec, &request, Some(WAIT_DEADLINE));
+    tokio::pin!(reply);
+    let mut eof = false;
+    let exit = loop {
+        tokio::select! {
+            exit = &mut reply => break exit.map_err(failure)?,
+            message = pieces.next(), if !eof => {
+                let Some(message) = message else { eof = true; continue };
+                if let Ok(piece) = Encoding::Bincode.decode::<ExecOutput>(&message.payload) {
+                    write_piece(&piece);
+                    eof = piece.eof;
+                }
+            }
+        }
+    };
+    // Output is published before the reply; take what is still queued.
+    while !eof {
+        match tokio::time::timeout(Duration::from_secs(2), pieces.next()).await {
+            Ok(Some(message)) => {
+                if let Ok(piece) = Encoding::Bincode.decode::<ExecOutput>(&message.payload) {
+                    write_piece(&piece);
+                    eof = piece.eof;
+                }
+            }
+            _ => break,
+        }
+    }
+    if let Some(error) = &exit.error {
+        eprintln!("berth: {error}");
+    }
+    Ok(ExitCode::from(exit.exit_code.clamp(0, 255) as u8))
+}
+
+fn write_piece(piece: &ExecOutput) {
+    if piece.stderr {
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(&piece.data);
+        let _ = err.flush();
+    } else {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&piece.data);
+        let _ = out.flush();
+    }
+}

@@ -1,0 +1,225 @@
+//! `create`: image preparation on the node, overlay rootfs, user, runtime spec, records.
+
+use super::*;
+
+const PREPARE_DEADLINE: Duration = Duration::from_secs(600);
+const INSPECT_DEADLINE: Duration = Duration::from_secs(30);
+const DEFAULT_STOP_TIMEOUT: u32 = 10;
+
+impl Executor {
+    /// `create`
+    pub async fn create(
+        self: &Arc<Self>,
+        request: ContainerCreateRequest,
+    ) -> Handled<ContainerCreated> {
+        let id = new_id()?;
+        let span = tracing::info_span!("create", container_id = %id, image = %request.image, image_digest = tracing::field::Empty);
+        self.create_inner(id, request).instrument(span).await
+    }
+
+    pub(super) async fn create_inner(
+        self: &Arc<Self>,
+        id: String,
+        request: ContainerCreateRequest,
+    ) -> Handled<ContainerCreated> {
+        if request.image.trim().is_empty() {
+            return Err(ErrorEnvelope::invalid("an image is required"));
+        }
+        if request.auto_remove && request.restart != RestartPolicy::No {
+            // Docker's rule: a container that removes itself cannot also be restarted.
+            return Err(ErrorEnvelope::invalid(
+                "auto-remove (--rm) and a restart policy cannot be combined",
+            ));
+        }
+        for bind in &request.binds {
+            if !bind.source.starts_with('/') || !bind.destination.starts_with('/') {
+                return Err(ErrorEnvelope::invalid(format!(
+                    "bind mount {}:{}: both paths must be absolute",
+                    bind.source, bind.destination
+                )));
+            }
+        }
+        let name = match &request.name {
+            Some(name) if !name.is_empty() => {
+                let name = name.strip_prefix('/').unwrap_or(name).to_string();
+                check_name(&name).map_err(ErrorEnvelope::invalid)?;
+                name
+            }
+            _ => format!("berth_{}", &id[..12]),
+        };
+        // Reserve the name for the duration of the create.
+        {
+            let mut reserved = self
+                .reserved_names
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if reserved.contains(&name) {
+                return Err(ErrorEnvelope::conflict(format!(
+                    "the container name {name} is already in use"
+                )));
+            }
+            reserved.insert(name.clone());
+        }
+        let outcome = self.create_reserved(&id, &name, request).await;
+        self.reserved_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name);
+        outcome
+    }
+
+    pub(super) async fn create_reserved(
+        self: &Arc<Self>,
+        id: &str,
+        name: &str,
+        request: ContainerCreateRequest,
+    ) -> Handled<ContainerCreated> {
+        let containers_dir = self.paths.containers_dir.clone();
+        let taken_by = {
+            let name = name.to_string();
+            blocking(move || {
+                Ok(Executor::records_in(&containers_dir)
+                    .into_iter()
+                    .find(|(r, _)| r.name == name)
+                    .map(|(r, _)| r.id))
+            })
+            .await?
+        };
+        if let Some(other) = taken_by {
+            return Err(ErrorEnvelope::conflict(format!(
+                "the container name {name} is already in use by container {other}"
+            )));
+        }
+        let prepared: PrepareReply = berth_bus::request(
+            &self.client,
+            &subjects::unpack(&self.node_id, UnpackVerb::Prepare),
+            &PrepareRequest {
+                image: request.image.clone(),
+                user: Some(id.to_string()),
+                progress: None,
+            },
+            Encoding::Bincode,
+            PREPARE_DEADLINE,
+        )
+        .await
+        .map_err(|err| {
+            upstream(
+                &format!("preparing image {} on node {}", request.image, self.node_id),
+                err,
+            )
+        })?;
+        tracing::Span::current().record("image_digest", prepared.image_digest.as_str());
+        let image: ImageInspect = request_inspect(&self.client, &prepared.image_digest).await?;
+        let image_config = runspec::parse_image_config(&image.config).map_err(|err| {
+            ErrorEnvelope::invalid(format!("image {} ({}): {err}", request.image, image.digest))
+        })?;
+        let record_base = (
+            id.to_string(),
+            name.to_string(),
+            self.node_id.clone(),
+            prepared.image_digest.clone(),
+        );
+        let dir = self.dir(id);
+        let monitor_bin = self.paths.monitor_bin.clone();
+        let lowerdirs = prepared.lowerdirs.clone();
+        let req = request.clone();
+        let record = blocking(move || {
+            let result = build_container(
+                &dir,
+                &monitor_bin,
+                &lowerdirs,
+                &req,
+                &image_config,
+                record_base,
+            );
+            if result.is_err() {
+                let _ = overlay::unmount(&dir.join(files::ROOTFS));
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            result
+        })
+        .await?;
+        tracing::info!(name = %record.name, "container created");
+        self.publish_event(&record, "create", None, None).await;
+        Ok(ContainerCreated {
+            id: record.id,
+            name: record.name,
+            image_digest: record.image_digest,
+        })
+    }
+}
+
+async fn request_inspect(client: &async_nats::Client, name: &str) -> Handled<ImageInspect> {
+    berth_bus::request(
+        client,
+        &subjects::image(ImageVerb::Inspect),
+        &ImageInspectRequest {
+            name: name.to_string(),
+        },
+        Encoding::Bincode,
+        INSPECT_DEADLINE,
+    )
+    .await
+    .map_err(|err| upstream(&format!("inspecting image {name}"), err))
+}
+
+/// The blocking part of create: directories, overlay mount, user, spec, records.
+fn build_container(
+    dir: &Path,
+    monitor_bin: &Path,
+    lowerdirs: &[String],
+    request: &ContainerCreateRequest,
+    image: &ImageRunConfig,
+    (id, name, node_id, image_digest): (String, String, String, String),
+) -> Handled<ContainerRecord> {
+    let io = |what: &Path, err: std::io::Error| {
+        internal(format!("container {id}: {}: {err}", what.display()))
+    };
+    std::fs::create_dir(dir).map_err(|err| io(dir, err))?;
+    for sub in [files::UPPER, files::WORK, files::ROOTFS] {
+        let path = dir.join(sub);
+        std::fs::create_dir(&path).map_err(|err| io(&path, err))?;
+    }
+    let rootfs = dir.join(files::ROOTFS);
+    let plan = overlay::plan(lowerdirs, &dir.join(files::UPPER), &dir.join(files::WORK))
+        .map_err(|err| ErrorEnvelope::invalid(format!("container {id}: {err}")))?;
+    overlay::mount(&plan, &rootfs, monitor_bin)
+        .map_err(|err| internal(format!("container {id}: {err}")))?;
+    let passwd = read_in_root(&rootfs, "etc/passwd");
+    let group = read_in_root(&rootfs, "etc/group");
+    let user_spec = runspec::user_spec(image, request);
+    let user = users::resolve(&user_spec, passwd.as_deref(), group.as_deref())
+        .map_err(|err| ErrorEnvelope::invalid(format!("container {id}: {err}")))?;
+    let inputs = SpecInputs {
+        id: &id,
+        rootfs: &rootfs,
+        user: &user,
+    };
+    let (plan, spec) = runspec::build(request, image, &inputs)
+        .map_err(|err| ErrorEnvelope::invalid(format!("container {id}: {err}")))?;
+    let spec_path = dir.join(files::SPEC);
+    spec.save(&spec_path)
+        .map_err(|err| internal(format!("container {id}: {}: {err}", spec_path.display())))?;
+    let record = ContainerRecord {
+        id: id.clone(),
+        name,
+        image: request.image.clone(),
+        image_digest,
+        node_id,
+        created: state::now_rfc3339(),
+        config: request.clone(),
+        command: plan.args,
+        env: plan.env,
+        workdir: plan.cwd,
+        uid: user.uid,
+        gid: user.gid,
+        hostname: plan.hostname,
+        stop_signal: plan.stop_signal,
+        stop_timeout: request.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
+    };
+    state::write_state(dir, &ContainerState::created())
+        .map_err(|err| internal(format!("container {id}: {err}")))?;
+    // The record last: a directory with a record is a complete container.
+    state::write_record(dir, &record).map_err(|err| internal(format!("container {id}: {err}")))?;
+    Ok(record)
+}

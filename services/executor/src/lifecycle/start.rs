@@ -1,0 +1,445 @@
+//! `start` and supervision: the monitor process, live log chunks, exits, restart
+//! policies, and re-adoption of running monitors after an executor restart.
+
+use super::*;
+
+/// How often a running container's log is checked for new lines.
+const LOG_POLL: Duration = Duration::from_millis(50);
+/// How long a monitor may take to create and start a container.
+const START_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Docker's restart decision after an exit.
+pub fn should_restart(
+    policy: RestartPolicy,
+    exit_code: i32,
+    restarts_so_far: u32,
+    stopped_on_purpose: bool,
+) -> bool {
+    match policy {
+        RestartPolicy::No => false,
+        RestartPolicy::Always => !stopped_on_purpose,
+        RestartPolicy::UnlessStopped => !stopped_on_purpose,
+        RestartPolicy::OnFailure { max_retries } => {
+            !stopped_on_purpose
+                && exit_code != 0
+                && (max_retries == 0 || restarts_so_far < max_retries)
+        }
+    }
+}
+
+/// Docker's backoff: 100 ms doubling per restart, at most a minute.
+pub fn restart_delay(restarts_so_far: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << restarts_so_far.min(10)))
+        .min(Duration::from_secs(60))
+}
+
+/// A future that resolves when process `pid` (started at `start`) has exited. Uses a
+/// pidfd, which works for processes that are not our children (adopted monitors).
+async fn process_exit(pid: i32, start: u64) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if raw < 0 {
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+            return;
+        }
+        // No pidfd support: poll.
+        while state::same_process(pid, start) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        return;
+    }
+    // SAFETY: `raw` is a fresh fd that nothing else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw as i32) };
+    // Opened by pid: make sure it is still the process we mean.
+    if !state::same_process(pid, start) {
+        return;
+    }
+    // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open until it is deregistered.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    };
+    match registered {
+        Ok(async_fd) => {
+            let _ = async_fd.readable().await;
+        }
+        Err(_) => {
+            while state::same_process(pid, start) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+impl Executor {
+    /// `start`
+    pub async fn start(self: &Arc<Self>, request: ContainerRef) -> Handled<ContainerStarted> {
+        let id = self.resolve(&request.id).await?;
+        let span = tracing::info_span!("start", container_id = %id);
+        let lock = self.op_lock(&id);
+        let _guard = lock.lock().await;
+        self.start_locked(&id).instrument(span).await
+    }
+
+    pub(super) async fn start_locked(self: &Arc<Self>, id: &str) -> Handled<ContainerStarted> {
+        let dir = self.dir(id);
+        let record = state::read_record(&dir).map_err(|err| state_error(id, err))?;
+        let st = state::read_state(&dir).map_err(|err| state_error(id, err))?;
+        if st.status == ContainerStatus::Running
+            && state::same_process(st.monitor_pid, st.monitor_start)
+        {
+            return Ok(ContainerStarted {
+                id: id.to_string(),
+                pid: st.pid,
+            });
+        }
+        self.stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        let offset = log_len(&dir);
+        let monitor_log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(files::MONITOR_LOG))
+            .map_err(|err| internal(format!("container {id}: monitor log: {err}")))?;
+        let mut child = tokio::process::Command::new(&self.paths.monitor_bin)
+            .arg("run")
+            .arg(&dir)
+            .arg(&self.paths.runtime_root)
+            .arg(id)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(monitor_log)
+            // Its own process group: a signal to the executor's group does not reach it.
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|err| {
+                internal(format!(
+                    "container {id}: cannot run {}: {err}",
+                    self.paths.monitor_bin.display()
+                ))
+            })?;
+        let stdout = child.stdout.take();
+        // Reap the monitor whenever it exits, so it never lingers as a zombie.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        let Some(stdout) = stdout else {
+            return Err(internal(format!("container {id}: monitor has no stdout")));
+        };
+        let mut line = String::new();
+        let mut reader = tokio::io::BufReader::new(stdout);
+        match tokio::time::timeout(START_DEADLINE, reader.read_line(&mut line)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                return Err(internal(format!(
+                    "container {id}: reading the monitor's report: {err}"
+                )))
+            }
+            Err(_) => {
+                return Err(ErrorEnvelope::unavailable(format!(
+                    "container {id}: the monitor did not start it within {START_DEADLINE:?}"
+                )))
+            }
+        }
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("err ") {
+            let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
+            let code: i32 = code.parse().unwrap_or(monitor::START_FAILED);
+            let st = state::read_state(&dir).ok();
+            self.publish_event(&record, "die", st.as_ref(), None).await;
+            // The runtime's message names the container already.
+            let message = message.to_string();
+            return Err(
+                if code == monitor::NOT_FOUND || code == monitor::CANNOT_INVOKE {
+                    ErrorEnvelope::invalid(message)
+                } else {
+                    ErrorEnvelope::internal(message)
+                },
+            );
+        }
+        if !line.starts_with("ok ") {
+            let detail = std::fs::read_to_string(dir.join(files::MONITOR_LOG)).unwrap_or_default();
+            return Err(internal(format!(
+                "container {id}: the monitor exited without starting it: {}",
+                detail.lines().last().unwrap_or("(no output)")
+            )));
+        }
+        let st = state::read_state(&dir).map_err(|err| state_error(id, err))?;
+        self.supervise(id.to_string(), st.monitor_pid, st.monitor_start, offset);
+        tracing::info!(pid = st.pid, "container started");
+        self.publish_event(&record, "start", Some(&st), None).await;
+        Ok(ContainerStarted {
+            id: id.to_string(),
+            pid: st.pid,
+        })
+    }
+
+    /// Watches one running container: publishes its new log lines, and when its monitor
+    /// exits records the exit, publishes events and applies the restart policy.
+    pub(super) fn supervise(
+        self: &Arc<Self>,
+        id: String,
+        monitor_pid: i32,
+        monitor_start: u64,
+        offset: u64,
+    ) {
+        let (sender, _) = watch::channel(true);
+        self.tracked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), Arc::new(sender));
+        let this = Arc::clone(self);
+        let span = tracing::info_span!("supervise", container_id = %id);
+        tokio::spawn(
+            async move {
+                let exited = process_exit(monitor_pid, monitor_start);
+                tokio::pin!(exited);
+                let mut offset = offset;
+                let mut tick = tokio::time::interval(LOG_POLL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        () = &mut exited => break,
+                        _ = tick.tick() => offset = this.publish_logs(&id, offset, false).await,
+                    }
+                }
+                this.publish_logs(&id, offset, true).await;
+                this.after_exit(&id).await;
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Publishes the whole new lines after `offset`; returns the new offset.
+    pub(super) async fn publish_logs(&self, id: &str, offset: u64, final_chunk: bool) -> u64 {
+        let path = self.dir(id).join(files::LOG);
+        let mut offset = offset;
+        loop {
+            let read_path = path.clone();
+            let read =
+                tokio::task::spawn_blocking(move || read_log(&read_path, offset, MAX_LOG_PAYLOAD))
+                    .await;
+            let data = match read {
+                Ok(Ok((data, _))) => data,
+                _ => Vec::new(),
+            };
+            let done = data.len() < MAX_LOG_PAYLOAD / 2;
+            if !data.is_empty() || final_chunk && done {
+                let chunk = LogChunk {
+                    id: id.to_string(),
+                    offset,
+                    eof: final_chunk && done,
+                    data,
+                };
+                offset += chunk.data.len() as u64;
+                match Encoding::Bincode.encode(&chunk) {
+                    Ok(body) => {
+                        if let Err(err) = self.client.publish(subjects::logs(id), body.into()).await
+                        {
+                            tracing::warn!(error = %err, "cannot publish log chunk");
+                        }
+                    }
+                    Err(err) => tracing::warn!(error = %err, "cannot encode log chunk"),
+                }
+            }
+            if done {
+                return offset;
+            }
+        }
+    }
+
+    pub(super) async fn after_exit(self: &Arc<Self>, id: &str) {
+        let dir = self.dir(id);
+        let record = match state::read_record(&dir) {
+            Ok(r) => r,
+            Err(err) => {
+                // Removed while running (rm -f): nothing to record.
+                tracing::debug!(error = %err, "container gone after exit");
+                self.untrack(id);
+                return;
+            }
+        };
+        let mut st = match state::read_state(&dir) {
+            Ok(st) => st,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read state after exit");
+                self.untrack(id);
+                return;
+            }
+        };
+        if st.status == ContainerStatus::Running {
+            // The monitor died without recording the exit (killed): the exit code is lost.
+            if state::same_process(st.pid, st.pid_start) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(st.pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            st.status = ContainerStatus::Dead;
+            st.error = Some("the container's monitor exited without recording its exit".into());
+            st.finished_at = Some(state::now_rfc3339());
+            if let Err(err) = state::write_state(&dir, &st) {
+                tracing::error!(error = %err, "cannot record a lost monitor");
+            }
+        }
+        tracing::info!(exit_code = ?st.exit_code, oom_killed = st.oom_killed, "container exited");
+        if st.oom_killed {
+            self.publish_event(&record, "oom", Some(&st), None).await;
+        }
+        self.publish_event(&record, "die", Some(&st), None).await;
+        self.untrack(id);
+
+        let stopped = self
+            .stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id);
+        let code = st.exit_code.unwrap_or(monitor::START_FAILED);
+        if should_restart(record.config.restart, code, st.restart_count, stopped) {
+            let delay = restart_delay(st.restart_count);
+            st.restart_count += 1;
+            if let Err(err) = state::write_state(&dir, &st) {
+                tracing::error!(error = %err, "cannot record the restart count");
+                return;
+            }
+            let this = Arc::clone(self);
+            let id = id.to_string();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if this
+                    .stopped
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&id)
+                {
+                    return;
+                }
+                if let Err(err) = this.start(ContainerRef { id: id.clone() }).await {
+                    tracing::warn!(container_id = %id, error = %err, "restart failed");
+                }
+            });
+        } else if record.config.auto_remove {
+            if let Err(err) = self
+                .remove(ContainerRemoveRequest {
+                    id: id.to_string(),
+                    force: true,
+                })
+                .await
+            {
+                tracing::warn!(error = %err, "auto-remove failed");
+            }
+        }
+    }
+
+    pub(super) fn untrack(&self, id: &str) {
+        if let Some(sender) = self
+            .tracked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+        {
+            sender.send_replace(false);
+        }
+    }
+
+    pub(super) fn is_tracked(&self, id: &str) -> bool {
+        self.tracked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+    }
+
+    /// Waits until the container is no longer running and no longer supervised;
+    /// `false` if `within` passed first.
+    pub(super) async fn wait_exit(&self, id: &str, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        let dir = self.dir(id);
+        loop {
+            let receiver = self
+                .tracked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(id)
+                .map(|s| s.subscribe());
+            let running = state::read_state(&dir)
+                .map(|s| s.status == ContainerStatus::Running)
+                .unwrap_or(false);
+            if !running && receiver.is_none() {
+                return true;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let step = (deadline - now).min(Duration::from_millis(500));
+            match receiver {
+                Some(mut receiver) => {
+                    let _ =
+                        tokio::time::timeout(step, receiver.wait_for(|running| !*running)).await;
+                }
+                None => tokio::time::sleep(step.min(Duration::from_millis(50))).await,
+            }
+        }
+    }
+
+    /// Re-adopts the monitors of containers that were running when the executor stopped.
+    pub async fn adopt(self: &Arc<Self>) {
+        let dir = self.paths.containers_dir.clone();
+        let records = tokio::task::spawn_blocking(move || Executor::records_in(&dir))
+            .await
+            .unwrap_or_default();
+        for (record, mut st) in records {
+            if st.status != ContainerStatus::Running {
+                continue;
+            }
+            let id = record.id.clone();
+            if state::same_process(st.monitor_pid, st.monitor_start) {
+                tracing::info!(container_id = %id, monitor_pid = st.monitor_pid, "re-adopted running container");
+                self.supervise(
+                    id.clone(),
+                    st.monitor_pid,
+                    st.monitor_start,
+                    log_len(&self.dir(&id)),
+                );
+                continue;
+            }
+            // The monitor wrote nothing before it went: the exit code is unknown.
+            let dir = self.dir(&id);
+            match state::read_state(&dir) {
+                Ok(fresh) if fresh.status != ContainerStatus::Running => continue,
+                _ => {}
+            }
+            st.status = ContainerStatus::Dead;
+            st.error = Some("the container's monitor is gone".into());
+            st.finished_at = Some(state::now_rfc3339());
+            if let Err(err) = state::write_state(&dir, &st) {
+                tracing::error!(container_id = %id, error = %err, "cannot record a lost container");
+            }
+            tracing::warn!(container_id = %id, "monitor lost while the executor was down");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_policies_follow_docker() {
+        assert!(!should_restart(RestartPolicy::No, 1, 0, false));
+        let on_failure = RestartPolicy::OnFailure { max_retries: 2 };
+        assert!(should_restart(on_failure, 1, 0, false));
+        assert!(should_restart(on_failure, 1, 1, false));
+        assert!(!should_restart(on_failure, 1, 2, false));
+        assert!(!should_restart(on_failure, 0, 0, false));
+        assert!(should_restart(RestartPolicy::Always, 0, 50, false));
+        assert!(!should_restart(RestartPolicy::Always, 0, 0, true));
+        assert!(!should_restart(RestartPolicy::UnlessStopped, 0, 0, true));
+        assert_eq!(restart_delay(0), Duration::from_millis(100));
+        assert_eq!(restart_delay(3), Duration::from_millis(800));
+        assert_eq!(restart_delay(40), Duration::from_secs(60));
+    }
+}
