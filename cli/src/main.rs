@@ -3,11 +3,13 @@
 mod containers;
 mod df;
 mod discovery;
+mod events;
 mod exit;
 mod images;
 mod pull;
 mod snapshots;
 mod system;
+mod volumes;
 
 use berth_bus::NatsSettings;
 use clap::{Parser, Subcommand};
@@ -55,6 +57,13 @@ enum Command {
     Containers(containers::ContainersCommand),
     #[command(flatten)]
     Transfer(pull::TransferCommand),
+    /// Named volumes of a node.
+    Volume {
+        #[command(subcommand)]
+        command: volumes::VolumeCommand,
+    },
+    /// Follow events (containers, images, nodes, snapshots) from the BERTH_EVENTS stream.
+    Events(events::EventsArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +88,8 @@ fn main() -> ExitCode {
             Command::Images(command) => images::run(command, &nats, timeout).await,
             Command::Containers(command) => containers::run(command, &nats, timeout).await,
             Command::Transfer(command) => pull::run(command, &nats, timeout).await,
+            Command::Volume { command } => volumes::run(command, &nats, timeout).await,
+            Command::Events(args) => events::run(args, &nats, timeout).await,
         }
     });
     match outcome {

@@ -460,14 +460,10 @@ async fn a_sigkilled_executor_readopts_its_containers() -> anyhow::Result<()> {
     // through this executor, even when an assertion fails.
     let restarted: std::cell::Cell<Option<tokio::process::Child>> = std::cell::Cell::new(None);
     let mut env = Env::start().await?;
-    // Three exit while no executor runs, each with its own code; eight keep running; one
-    // ticks through the outage so its log shows whether lines were lost.
-    for code in [3, 5, 7] {
-        let name = format!("short-{code}");
-        let script = format!("echo before; sleep 1; echo after; exit {code}");
-        env.ok(&["run", "-d", "--name", &name, IMAGE, "sh", "-c", &script])?;
-    }
-    for n in 0..8 {
+    // Twenty containers: five exit while no executor runs, each with its own code;
+    // fourteen keep running; one ticks through the outage so its log shows whether lines
+    // were lost.
+    for n in 0..14 {
         let name = format!("long-{n}");
         env.ok(&["run", "-d", "--name", &name, IMAGE, "sleep", "600"])?;
     }
@@ -481,6 +477,12 @@ async fn a_sigkilled_executor_readopts_its_containers() -> anyhow::Result<()> {
         "-c",
         "i=0; while [ $i -lt 100 ]; do echo tick $i; i=$((i+1)); sleep 0.1; done",
     ])?;
+    // Started last, so that none has exited before the executor is killed.
+    for code in [3, 5, 7, 9, 11] {
+        let name = format!("short-{code}");
+        let script = format!("echo before; sleep 2; echo after; exit {code}");
+        env.ok(&["run", "-d", "--name", &name, IMAGE, "sh", "-c", &script])?;
+    }
 
     let executor = env
         .stack
@@ -496,7 +498,7 @@ async fn a_sigkilled_executor_readopts_its_containers() -> anyhow::Result<()> {
         nix::sys::signal::Signal::SIGKILL,
     )?;
     // The short ones exit while no executor runs.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let log = env.stack.data_dir().join("executor-restarted.log");
     let log_file = std::fs::File::create(&log)?;
     let child = tokio::process::Command::new(bin_path("berth-executor")?)
@@ -514,7 +516,7 @@ async fn a_sigkilled_executor_readopts_its_containers() -> anyhow::Result<()> {
         .wait_ready(&["berth-executor"], Duration::from_secs(20))
         .await?;
 
-    for code in [3, 5, 7] {
+    for code in [3, 5, 7, 9, 11] {
         let state = env.inspect(&format!("short-{code}"))?;
         assert_eq!(state["status"], "exited", "{state}");
         assert_eq!(state["exit_code"], code, "{state}");
@@ -526,8 +528,8 @@ async fn a_sigkilled_executor_readopts_its_containers() -> anyhow::Result<()> {
     let running = env.ok(&["ps", "-q"])?;
     assert_eq!(
         running.split_whitespace().count(),
-        9,
-        "8 sleepers and the ticker: {running}"
+        15,
+        "14 sleepers and the ticker: {running}"
     );
     // logs -f picks up the ticker across the outage and ends with it.
     let follow = env.berth(&["logs", "-f", "ticker"])?;
@@ -651,5 +653,459 @@ async fn on_failure_restarts_exactly_n_times_and_stop_is_remembered() -> anyhow:
 
     let combined = env.berth(&["run", "--rm", "--restart", "always", IMAGE, "true"])?;
     assert_eq!(combined.status.code(), Some(125));
+    Ok(())
+}
+
+#[tokio::test]
+async fn volumes_labels_flags_events_and_rotated_logs() -> anyhow::Result<()> {
+    if !can_run_containers() {
+        return Ok(());
+    }
+    let env = Env::start().await?;
+    let began = env.ok(&["run", "--rm", IMAGE, "date", "+%s"])?;
+    let began: i64 = began.trim().parse()?;
+
+    // Named volumes: created explicitly or on first use, data kept across containers,
+    // refused removal while a container (even a stopped one) uses them.
+    assert_eq!(
+        env.ok(&["volume", "create", "--label", "k=v", "shared"])?,
+        "shared\n"
+    );
+    let (code, _, err) = env.run(
+        &["-v", "shared:/data"],
+        &["sh", "-c", "echo kept > /data/f"],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = env.run(
+        &["-v", "shared:/data:ro"],
+        &["sh", "-c", "cat /data/f; touch /data/g"],
+    )?;
+    assert_eq!((code, out.as_str()), (1, "kept\n"));
+    env.ok(&["create", "--name", "holder", "-v", "auto:/v", IMAGE, "true"])?;
+    let volumes: Vec<serde_json::Value> =
+        serde_json::from_str(&env.ok(&["volume", "ls", "--json"])?)?;
+    let names: Vec<&str> = volumes.iter().filter_map(|v| v["name"].as_str()).collect();
+    assert_eq!(names, ["auto", "shared"], "{volumes:?}");
+    let listed = env.ok(&["volume", "ls", "-q", "--filter", "label=k=v"])?;
+    assert_eq!(listed, "shared\n");
+    let auto: Vec<serde_json::Value> =
+        serde_json::from_str(&env.ok(&["volume", "inspect", "auto"])?)?;
+    assert_eq!(
+        auto[0]["containers"].as_array().map(Vec::len),
+        Some(1),
+        "{auto:?}"
+    );
+    let mountpoint = auto[0]["mountpoint"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(Path::new(&mountpoint).is_dir(), "{mountpoint}");
+    let refused = env.berth(&["volume", "rm", "auto"])?;
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("in use by container"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let missing = env.berth(&["volume", "inspect", "nope"])?;
+    assert_eq!(missing.status.code(), Some(1));
+    let bad = env.berth(&["run", "--rm", "-v", "bad/name:/x", IMAGE, "true"])?;
+    assert_eq!(bad.status.code(), Some(2), "bad -v is a usage error");
+    env.ok(&["rm", "holder"])?;
+    env.ok(&["volume", "rm", "auto", "shared"])?;
+    assert!(!Path::new(&mountpoint).exists());
+    assert!(env.ok(&["volume", "ls", "-q"])?.trim().is_empty());
+    // An anonymous volume lives as long as its --rm container.
+    let (code, out, _) = env.run(
+        &["-v", "/scratch"],
+        &["sh", "-c", "grep -c ' /scratch ' /proc/mounts"],
+    )?;
+    assert_eq!((code, out.as_str()), (0, "1\n"));
+    assert!(env.ok(&["volume", "ls", "-q"])?.trim().is_empty());
+
+    // --privileged: every capability, no seccomp, mounts allowed; not so without it.
+    let (code, out, err) = env.run(
+        &["--privileged"],
+        &[
+            "sh",
+            "-c",
+            "grep -E '^(CapEff|Seccomp):' /proc/self/status; mount -t tmpfs t /tmp && echo mounted",
+        ],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    // Every capability this host allows (its bounding set; a sandbox may lack some).
+    let bounding = std::fs::read_to_string("/proc/self/status")?
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:").map(|v| v.trim().to_string()))
+        .unwrap_or_default();
+    assert_eq!(out, format!("CapEff:\t{bounding}\nSeccomp:\t0\nmounted\n"));
+    let (code, out, _) = env.run(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "grep Seccomp: /proc/self/status; mount -t tmpfs t /tmp 2>/dev/null || echo refused",
+        ],
+    )?;
+    assert_eq!((code, out.as_str()), (0, "Seccomp:\t2\nrefused\n"));
+
+    // --entrypoint, --hostname, labels and ps filters.
+    let (code, out, _) = env.run(
+        &["--entrypoint", "/bin/hostname", "--hostname", "named-box"],
+        &[],
+    )?;
+    assert_eq!((code, out.as_str()), (0, "named-box\n"));
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web-a",
+        "--label",
+        "tier=front",
+        "--label",
+        "team",
+        IMAGE,
+        "sleep",
+        "600",
+    ])?;
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "db-a",
+        "--label",
+        "tier=back",
+        IMAGE,
+        "sh",
+        "-c",
+        "exit 4",
+    ])?;
+    assert_eq!(env.ok(&["wait", "db-a"])?, "4\n");
+    let names = |args: &[&str]| -> anyhow::Result<Vec<String>> {
+        let mut all = vec!["ps", "--json"];
+        all.extend_from_slice(args);
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&env.ok(&all)?)?;
+        let mut out: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r["name"].as_str().map(str::to_string))
+            .collect();
+        out.sort();
+        Ok(out)
+    };
+    assert_eq!(names(&["--filter", "label=tier=front"])?, ["web-a"]);
+    assert_eq!(names(&["-a", "--filter", "label=tier"])?, ["db-a", "web-a"]);
+    assert_eq!(
+        names(&["--filter", "status=exited", "--filter", "label=tier"])?,
+        ["db-a"]
+    );
+    assert_eq!(
+        names(&["-a", "--filter", "name=web", "--filter", "label=team"])?,
+        ["web-a"]
+    );
+    let bad = env.berth(&["ps", "--filter", "status=sleepy"])?;
+    assert_eq!(bad.status.code(), Some(125));
+
+    // --stop-signal and --stop-timeout are what `stop` uses.
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "usr1",
+        "--stop-signal",
+        "USR1",
+        IMAGE,
+        "sh",
+        "-c",
+        "trap 'exit 21' USR1; while true; do sleep 0.1; done",
+    ])?;
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "slow",
+        "--stop-timeout",
+        "1",
+        IMAGE,
+        "sleep",
+        "600",
+    ])?;
+    std::thread::sleep(Duration::from_millis(500));
+    env.ok(&["stop", "usr1"])?;
+    assert_eq!(env.inspect("usr1")?["exit_code"], 21);
+    let started = Instant::now();
+    env.ok(&["stop", "slow"])?;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+    assert_eq!(env.inspect("slow")?["exit_code"], 137);
+
+    // exec events.
+    env.ok(&["exec", "web-a", "sh", "-c", "exit 6"]).err();
+
+    // Size-based rotation: the CRI files stay small and the newest lines remain.
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "chatty",
+        "--log-opt",
+        "max-size=2k",
+        "--log-opt",
+        "max-file=2",
+        IMAGE,
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 300 ]; do echo line $i; i=$((i+1)); done",
+    ])?;
+    env.ok(&["wait", "chatty"])?;
+    let chatty = env.inspect("chatty")?;
+    let log_path = PathBuf::from(chatty["log_path"].as_str().unwrap_or_default());
+    let log_dir = log_path
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("log path {log_path:?}"))?;
+    let files: Vec<PathBuf> = std::fs::read_dir(log_dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("log"))
+        })
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    for file in &files {
+        let size = std::fs::metadata(file)?.len();
+        assert!(size <= 2048, "{file:?} is {size} bytes");
+    }
+    let logs = env.ok(&["logs", "chatty"])?;
+    assert!(logs.ends_with("line 298\nline 299\n"), "{logs}");
+    assert!(!logs.starts_with("line 0\n"), "rotated away: {logs}");
+    let kept: Vec<&str> = logs.lines().collect();
+    let first: usize = kept[0].trim_start_matches("line ").parse()?;
+    let expected: Vec<String> = (first..300).map(|i| format!("line {i}")).collect();
+    assert_eq!(kept, expected, "no gaps in what is kept");
+    assert_eq!(
+        env.ok(&["logs", "--tail", "2", "chatty"])?,
+        "line 298\nline 299\n"
+    );
+    // A long line is cut into partial records on disk and joined again on output.
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "long",
+        IMAGE,
+        "sh",
+        "-c",
+        "head -c 40000 /dev/zero | tr '\\0' y; echo",
+    ])?;
+    env.ok(&["wait", "long"])?;
+    let raw = std::fs::read_to_string(
+        env.inspect("long")?["log_path"]
+            .as_str()
+            .unwrap_or_default(),
+    )?;
+    let tags: Vec<&str> = raw.lines().filter_map(|l| l.split(' ').nth(2)).collect();
+    assert_eq!(tags, ["P", "P", "F"], "{} records", tags.len());
+    assert_eq!(
+        env.ok(&["logs", "long"])?,
+        format!("{}\n", "y".repeat(40_000))
+    );
+
+    // --since, -t.
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "twice",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo first; sleep 1.5; echo second",
+    ])?;
+    env.ok(&["wait", "twice"])?;
+    let stamped = env.ok(&["logs", "-t", "twice"])?;
+    let second_at = stamped
+        .lines()
+        .find(|l| l.ends_with(" second"))
+        .and_then(|l| l.split(' ').next())
+        .ok_or_else(|| anyhow::anyhow!("no stamped second line in {stamped}"))?
+        .to_string();
+    assert_eq!(
+        env.ok(&["logs", "--since", &second_at, "twice"])?,
+        "second\n"
+    );
+    assert_eq!(
+        env.ok(&["logs", "--until", &second_at, "twice"])?,
+        "first\nsecond\n"
+    );
+    assert_eq!(
+        env.ok(&["logs", "--since", "1h", "twice"])?,
+        "first\nsecond\n"
+    );
+
+    // `berth events` replays the stream with Docker's filters.
+    let since = began.to_string();
+    let until = format!("{}", began + 3600);
+    let out = env.ok(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        "0s",
+        "--filter",
+        "type=container",
+        "--filter",
+        "event=die",
+        "--filter",
+        "container=db-a",
+    ])?;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(
+        lines[0].contains(" container die ")
+            && lines[0].contains("exit_code=4")
+            && lines[0].contains("name=db-a"),
+        "{out}"
+    );
+    let out = env.ok(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        "0s",
+        "--filter",
+        "event=exec_start",
+        "--filter",
+        "event=exec_die",
+        "--json",
+    ])?;
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let actions: Vec<&str> = events.iter().filter_map(|e| e["action"].as_str()).collect();
+    assert_eq!(actions, ["exec_start", "exec_die"], "{out}");
+    assert_eq!(events[1]["exit_code"], 6);
+    assert_eq!(events[1]["command"], "sh -c exit 6");
+    let _ = until;
+    let bad = env.berth(&["events", "--filter", "type=volume"])?;
+    assert_eq!(bad.status.code(), Some(125));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_full_log_disk_drops_lines_once_reported_and_logging_resumes() -> anyhow::Result<()> {
+    if !can_run_containers() {
+        return Ok(());
+    }
+    // The logs on a small tmpfs of this test's own, the rest of the node on the normal disk.
+    let logs = tempfile::Builder::new()
+        .prefix("berth-logdisk-")
+        .tempdir()?;
+    nix::mount::mount(
+        Some("tmpfs"),
+        logs.path(),
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some("size=256k"),
+    )?;
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(logs.path().to_path_buf());
+    let config = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        config.path(),
+        format!(
+            "log_dir = {:?}\n",
+            logs.path().join("c").display().to_string()
+        ),
+    )?;
+    let config_path = config.path().display().to_string();
+    let stack = Stack::start_with_env(&SERVICES, NODE, &[("BERTH_CONFIG", &config_path)]).await?;
+    let scratch = tempfile::tempdir()?;
+    let tar = busybox_tar(scratch.path())?;
+    let env = Env {
+        stack,
+        _scratch: scratch,
+    };
+    env.ok(&["import", &tar.display().to_string(), IMAGE])?;
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "writer",
+        IMAGE,
+        "sh",
+        "-c",
+        "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.05; done",
+    ])?;
+    assert!(env.eventually(Duration::from_secs(10), || {
+        env.ok(&["logs", "writer"])
+            .is_ok_and(|o| o.contains("line 2\n"))
+    }));
+    // Fill the disk.
+    let filler = logs.path().join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler)?;
+        let block = vec![0u8; 4096];
+        while file.write_all(&block).is_ok() {}
+        let _ = file.sync_all();
+    }
+    assert!(
+        env.eventually(Duration::from_secs(10), || {
+            env.inspect("writer")
+                .is_ok_and(|c| c["log_error"].is_string())
+        }),
+        "the full disk is reported in inspect"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let during = env.inspect("writer")?;
+    assert_eq!(
+        during["status"], "running",
+        "the container keeps running: {during}"
+    );
+    // Space returns: logging resumes, the report goes away.
+    std::fs::remove_file(&filler)?;
+    let before = env.ok(&["logs", "writer"])?.lines().count();
+    assert!(
+        env.eventually(Duration::from_secs(10), || {
+            env.ok(&["logs", "writer"])
+                .is_ok_and(|o| o.lines().count() > before + 3)
+                && env
+                    .inspect("writer")
+                    .is_ok_and(|c| c["log_error"].is_null())
+        }),
+        "logging resumes"
+    );
+    let logs_now = env.ok(&["logs", "writer"])?;
+    assert!(
+        logs_now.lines().all(|l| l.starts_with("line ")),
+        "only whole lines: {logs_now}"
+    );
+    let data_dir = env.stack.data_dir();
+    let id = env.inspect("writer")?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let monitor_log =
+        std::fs::read_to_string(data_dir.join("containers").join(&id).join("monitor.log"))?;
+    assert_eq!(
+        monitor_log.matches("failed").count(),
+        1,
+        "reported once: {monitor_log}"
+    );
+    assert_eq!(monitor_log.matches("resumed").count(), 1, "{monitor_log}");
+    env.ok(&["rm", "-f", "writer"])?;
+    assert!(
+        !logs.path().join("c").join(&id).exists(),
+        "rm takes the log dir too"
+    );
     Ok(())
 }

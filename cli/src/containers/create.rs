@@ -39,7 +39,14 @@ pub struct CreateArgs {
     pub(super) network: NetworkMode,
     /// Bind mount /host:/container[:ro|rw] (repeatable).
     #[arg(short = 'v', long = "volume", value_parser = parse_bind)]
-    pub(super) volumes: Vec<BindMount>,
+    pub(super) volumes: Vec<Mount>,
+    /// Every capability, no seccomp, no masked paths, the host's devices.
+    #[arg(long)]
+    pub(super) privileged: bool,
+    /// Log rotation: max-size=SIZE, max-file=N (repeatable).
+    #[arg(long = "log-opt", value_parser = parse_log_opt)]
+    pub(super) log_opts: Vec<(String, String)>,
+
     /// Label key=value (repeatable).
     #[arg(short = 'l', long = "label")]
     pub(super) labels: Vec<String>,
@@ -123,29 +130,82 @@ fn parse_network(text: &str) -> Result<NetworkMode, String> {
     }
 }
 
-/// `/host:/ctr[:ro|rw]`
-pub fn parse_bind(text: &str) -> Result<BindMount, String> {
+/// One `-v`: a host path, a named volume, or an anonymous volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mount {
+    Bind(BindMount),
+    Volume(VolumeMount),
+}
+
+/// `/host:/ctr[:ro|rw]` (bind), `NAME:/ctr[:ro|rw]` (named volume), `/ctr` (anonymous).
+pub fn parse_bind(text: &str) -> Result<Mount, String> {
     let parts: Vec<&str> = text.split(':').collect();
     let (source, destination, read_only) = match parts.as_slice() {
+        [d] => ("", *d, false),
         [s, d] => (*s, *d, false),
         [s, d, "ro"] => (*s, *d, true),
         [s, d, "rw"] => (*s, *d, false),
         _ => {
             return Err(format!(
-                "invalid volume {text:?}: use /host:/container[:ro]"
+                "invalid volume {text:?}: use /host:/container[:ro], NAME:/container[:ro] or /container"
             ))
         }
     };
-    if !source.starts_with('/') || !destination.starts_with('/') {
+    if !destination.starts_with('/') {
         return Err(format!(
-            "invalid volume {text:?}: both paths must be absolute (named volumes are not supported yet)"
+            "invalid volume {text:?}: the container path must be absolute"
         ));
     }
-    Ok(BindMount {
-        source: source.into(),
+    if source.starts_with('/') {
+        return Ok(Mount::Bind(BindMount {
+            source: source.into(),
+            destination: destination.into(),
+            read_only,
+        }));
+    }
+    if !source.is_empty() && !volume_name_ok(source) {
+        return Err(format!(
+            "invalid volume {text:?}: {source:?} is neither an absolute host path nor a volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]+)"
+        ));
+    }
+    Ok(Mount::Volume(VolumeMount {
+        name: source.into(),
         destination: destination.into(),
         read_only,
-    })
+    }))
+}
+
+fn volume_name_ok(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() >= 2
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// `--log-opt max-size=10m` / `max-file=3`.
+pub fn parse_log_opt(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("invalid --log-opt {text:?}: use key=value"))?;
+    match key {
+        "max-size" => {
+            parse_size(value).map_err(|err| format!("invalid --log-opt {text:?}: {err}"))?;
+        }
+        "max-file" => match value.parse::<u32>() {
+            Ok(n) if n >= 1 => {}
+            _ => {
+                return Err(format!(
+                    "invalid --log-opt {text:?}: max-file must be a number of at least 1"
+                ))
+            }
+        },
+        other => {
+            return Err(format!(
+                "unsupported --log-opt {other:?}: berth knows max-size and max-file"
+            ))
+        }
+    }
+    Ok((key.to_string(), value.to_string()))
 }
 
 /// `no`, `on-failure[:N]`, `always`, `unless-stopped`.
@@ -255,7 +315,26 @@ impl CreateArgs {
             pids_limit: self.pids_limit,
             read_only: self.read_only,
             network: self.network,
-            binds: self.volumes.clone(),
+            binds: self
+                .volumes
+                .iter()
+                .filter_map(|m| match m {
+                    Mount::Bind(b) => Some(b.clone()),
+                    Mount::Volume(_) => None,
+                })
+                .collect(),
+            volumes: self
+                .volumes
+                .iter()
+                .filter_map(|m| match m {
+                    Mount::Volume(v) => Some(v.clone()),
+                    Mount::Bind(_) => None,
+                })
+                .collect(),
+            privileged: self.privileged,
+            log_opts: self.log_opts.iter().cloned().collect(),
+            open_stdin: false,
+            tty: false,
             labels,
             restart: self.restart,
             stop_signal: self.stop_signal.clone(),
@@ -285,13 +364,37 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert_eq!(
             parse_bind("/a:/b:ro"),
-            Ok(BindMount {
+            Ok(Mount::Bind(BindMount {
                 source: "/a".into(),
                 destination: "/b".into(),
                 read_only: true
-            })
+            }))
         );
-        assert!(parse_bind("vol:/b").is_err());
+        assert_eq!(
+            parse_bind("data:/b"),
+            Ok(Mount::Volume(VolumeMount {
+                name: "data".into(),
+                destination: "/b".into(),
+                read_only: false
+            }))
+        );
+        assert_eq!(
+            parse_bind("/b"),
+            Ok(Mount::Volume(VolumeMount {
+                name: String::new(),
+                destination: "/b".into(),
+                read_only: false
+            }))
+        );
+        assert!(parse_bind("v:b").is_err());
+        assert!(parse_bind("../x:/b").is_err());
+        assert!(parse_bind("/a:/b:zz").is_err());
+        assert_eq!(
+            parse_log_opt("max-size=1k"),
+            Ok(("max-size".into(), "1k".into()))
+        );
+        assert!(parse_log_opt("max-file=0").is_err());
+        assert!(parse_log_opt("compress=true").is_err());
         assert_eq!(
             parse_restart("on-failure:2"),
             Ok(RestartPolicy::OnFailure { max_retries: 2 })

@@ -12,11 +12,88 @@ pub struct LogsArgs {
     /// Only the last N lines ("all" for everything).
     #[arg(short = 'n', long, default_value = "all")]
     pub(super) tail: String,
+    /// Only output since a time: RFC 3339, Unix seconds, or a duration ago (10m, 1h30m).
+    #[arg(long)]
+    pub(super) since: Option<String>,
+    /// Only output before a time (same forms as --since).
+    #[arg(long)]
+    pub(super) until: Option<String>,
+    /// Prefix each line with its RFC 3339 timestamp.
+    #[arg(short = 't', long)]
+    pub(super) timestamps: bool,
     pub(super) container: String,
 }
 
+/// How records are printed: timestamps, a time window.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PrintOptions {
+    pub timestamps: bool,
+    pub since_ns: Option<i64>,
+    pub until_ns: Option<i64>,
+}
+
+/// `2026-01-02T03:04:05.5Z`, Unix seconds (`1700000000.5`) or a duration before `now`
+/// (`90s`, `10m`, `1h30m`, `2d`) → Unix nanoseconds.
+pub fn parse_time(text: &str, now_ns: i64) -> Result<i64, String> {
+    let text = text.trim();
+    if let Ok(at) =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+    {
+        return i64::try_from(at.unix_timestamp_nanos())
+            .map_err(|_| format!("time {text:?} is out of range"));
+    }
+    if let Ok(secs) = text.parse::<f64>() {
+        if secs.is_finite() {
+            return Ok((secs * 1e9) as i64);
+        }
+    }
+    let mut total: i64 = 0;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit: i64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => {
+                return Err(format!(
+                    "invalid time {text:?}: use RFC 3339, Unix seconds or a duration such as 10m"
+                ))
+            }
+        };
+        let n: i64 = number
+            .parse()
+            .map_err(|_| format!("invalid time {text:?}: a unit needs a number before it"))?;
+        total = total.saturating_add(n.saturating_mul(unit));
+        number.clear();
+    }
+    if !number.is_empty() || text.is_empty() {
+        return Err(format!(
+            "invalid time {text:?}: use RFC 3339, Unix seconds or a duration such as 10m"
+        ));
+    }
+    Ok(now_ns.saturating_sub(total.saturating_mul(1_000_000_000)))
+}
+
+/// Unix nanoseconds of a record's RFC 3339 timestamp.
+pub fn record_time_ns(ts: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(ts).ok()?;
+    let at =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(at.unix_timestamp_nanos()).ok()
+}
+
+thread_local! {
+    /// Per stream (stdout, stderr): the last record printed was partial.
+    static MID_LINE: std::cell::Cell<[bool; 2]> = const { std::cell::Cell::new([false; 2]) };
+}
+
 /// Prints CRI records: text to stdout or stderr, a newline unless the record is partial.
-pub fn print_records(data: &[u8]) {
+pub fn print_records(data: &[u8], options: &PrintOptions) {
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     let mut out = stdout.lock();
@@ -25,7 +102,27 @@ pub fn print_records(data: &[u8]) {
         let Some((is_stderr, partial, text)) = parse_record(line) else {
             continue;
         };
+        if options.since_ns.is_some() || options.until_ns.is_some() {
+            let ts = line.split(|b| *b == b' ').next().unwrap_or_default();
+            let at = record_time_ns(ts).unwrap_or(0);
+            if options.since_ns.is_some_and(|s| at < s) || options.until_ns.is_some_and(|u| at > u)
+            {
+                continue;
+            }
+        }
         let sink: &mut dyn Write = if is_stderr { &mut err } else { &mut out };
+        // One timestamp per line: the records that continue a partial one get none.
+        let mid_line = MID_LINE.with(|m| m.get()[usize::from(is_stderr)]);
+        if options.timestamps && !mid_line {
+            let ts = line.split(|b| *b == b' ').next().unwrap_or_default();
+            let _ = sink.write_all(ts);
+            let _ = sink.write_all(b" ");
+        }
+        MID_LINE.with(|m| {
+            let mut both = m.get();
+            both[usize::from(is_stderr)] = partial;
+            m.set(both);
+        });
         let _ = sink.write_all(text);
         if !partial {
             let _ = sink.write_all(b"\n");
@@ -50,6 +147,7 @@ pub(super) struct Follower<'a> {
     pub(super) target: &'a Target,
     pub(super) id: String,
     pub(super) next: u64,
+    pub(super) print: PrintOptions,
 }
 
 impl Follower<'_> {
@@ -67,12 +165,13 @@ impl Follower<'_> {
                         id: self.id.clone(),
                         from_offset: Some(self.next),
                         tail: None,
+                        since_ns: None,
                     },
                     None,
                 )
                 .await
                 .map_err(failure)?;
-            print_records(&page.data);
+            print_records(&page.data, &self.print);
             self.next = page.end;
             if !page.more || page.data.is_empty() {
                 return Ok(page.running);
@@ -88,7 +187,7 @@ impl Follower<'_> {
         let end = chunk.offset + chunk.data.len() as u64;
         if end > self.next && chunk.offset <= self.next {
             let skip = (self.next - chunk.offset) as usize;
-            print_records(&chunk.data[skip..]);
+            print_records(&chunk.data[skip..], &self.print);
             self.next = end;
         }
         Ok(chunk.eof)
@@ -100,6 +199,24 @@ pub(super) async fn logs(
     nats: &NatsSettings,
     timeout: Duration,
 ) -> Result<ExitCode, Failure> {
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    let print = PrintOptions {
+        timestamps: args.timestamps,
+        since_ns: args
+            .since
+            .as_deref()
+            .map(|t| parse_time(t, now_ns))
+            .transpose()
+            .map_err(|err| Failure::berth(format!("--since: {err}")))?,
+        until_ns: args
+            .until
+            .as_deref()
+            .map(|t| parse_time(t, now_ns))
+            .transpose()
+            .map_err(|err| Failure::berth(format!("--until: {err}")))?,
+    };
     let target = Target::connect(nats, &args.node, timeout).await?;
     let tail = match args.tail.as_str() {
         "all" | "-1" => None,
@@ -138,16 +255,18 @@ pub(super) async fn logs(
                 id: id.clone(),
                 from_offset: None,
                 tail,
+                since_ns: print.since_ns,
             },
             None,
         )
         .await
         .map_err(failure)?;
-    print_records(&first.data);
+    print_records(&first.data, &print);
     let mut follower = Follower {
         target: &target,
         id: id.clone(),
         next: first.end,
+        print,
     };
     let running = if first.more {
         follower.catch_up(None).await?
@@ -195,5 +314,25 @@ mod tests {
             Some((false, false, &b""[..]))
         );
         assert_eq!(parse_record(b"garbage"), None);
+    }
+
+    #[test]
+    fn times_parse_as_rfc3339_unix_seconds_or_durations_ago() {
+        let now = 1_700_000_000_000_000_000;
+        assert_eq!(
+            parse_time("2023-11-14T22:13:20Z", now),
+            Ok(1_700_000_000_000_000_000)
+        );
+        assert_eq!(parse_time("1700000000", now), Ok(now));
+        assert_eq!(parse_time("10m", now), Ok(now - 600_000_000_000));
+        assert_eq!(parse_time("1h30m", now), Ok(now - 5_400_000_000_000));
+        assert!(parse_time("soon", now).is_err());
+        assert!(parse_time("10", now).is_ok());
+        assert!(parse_time("m", now).is_err());
+        assert!(parse_time("", now).is_err());
+        assert_eq!(
+            record_time_ns(b"1970-01-01T00:00:01.5Z"),
+            Some(1_500_000_000)
+        );
     }
 }

@@ -12,7 +12,7 @@ mod stats;
 
 pub use create::{CreateArgs, RunArgs};
 pub use exec::ExecArgs;
-pub use logs::LogsArgs;
+pub use logs::{parse_time, LogsArgs};
 pub use ps::PsArgs;
 pub use stats::StatsArgs;
 
@@ -24,6 +24,7 @@ use berth_proto::messages::exec::{
     ContainerInspect, ContainerKillRequest, ContainerList, ContainerListRequest, ContainerRef,
     ContainerRemoveRequest, ContainerStarted, ContainerStats, ContainerStopRequest, ExecExit,
     ExecOutput, ExecRequest, LogChunk, LogsPage, LogsRequest, NetworkMode, RestartPolicy, Ulimit,
+    VolumeMount,
 };
 use berth_proto::subjects::{self, service_names, ExecVerb};
 use berth_proto::{Encoding, ErrorKind};
@@ -42,7 +43,7 @@ const WAIT_DEADLINE: Duration = Duration::from_secs(30 * 24 * 3600);
 pub struct NodeArg {
     /// Node whose executor to address (default: the only one on the bus).
     #[arg(long, env = "BERTH_NODE")]
-    node: Option<String>,
+    pub(crate) node: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -79,6 +80,9 @@ pub struct RmArgs {
     /// Kill a running container first.
     #[arg(short = 'f', long)]
     force: bool,
+    /// Also remove the container's anonymous volumes.
+    #[arg(short = 'v', long)]
+    volumes: bool,
 }
 
 /// Container verbs, flattened into the CLI's top level.
@@ -111,14 +115,14 @@ pub enum ContainersCommand {
 }
 
 /// A connected client and the executor node it addresses.
-struct Target {
-    client: async_nats::Client,
-    node: String,
+pub(crate) struct Target {
+    pub(crate) client: async_nats::Client,
+    pub(crate) node: String,
     timeout: Duration,
 }
 
 impl Target {
-    async fn connect(
+    pub(crate) async fn connect(
         nats: &NatsSettings,
         node: &NodeArg,
         timeout: Duration,
@@ -136,7 +140,7 @@ impl Target {
         })
     }
 
-    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         verb: ExecVerb,
         body: &Req,
@@ -153,7 +157,7 @@ impl Target {
     }
 }
 
-fn failure(err: BusError) -> Failure {
+pub(crate) fn failure(err: BusError) -> Failure {
     match err {
         BusError::Service(envelope) => Failure::berth(envelope.message),
         other => Failure::berth(other.to_string()),
@@ -237,12 +241,12 @@ pub async fn run(
             .await
         }
         ContainersCommand::Rm(args) => {
-            let force = args.force;
+            let (force, volumes) = (args.force, args.volumes);
             each(nats, timeout, args.refs, move |target, id| async move {
                 let _: ContainerDone = target
                     .call(
                         ExecVerb::Remove,
-                        &ContainerRemoveRequest { id, force },
+                        &ContainerRemoveRequest { id, force, volumes },
                         Some(Duration::from_secs(60)),
                     )
                     .await?;

@@ -55,6 +55,7 @@ pub(super) async fn run_container(
                     &ContainerRemoveRequest {
                         id: id.clone(),
                         force: true,
+                        volumes: true,
                     },
                     None,
                 )
@@ -74,6 +75,7 @@ pub(super) async fn run_container(
         target: &target,
         id: id.clone(),
         next: 0,
+        print: Default::default(),
     };
     let wait_ref = ContainerRef { id: id.clone() };
     let wait = target.call::<_, ContainerExit>(ExecVerb::Wait, &wait_ref, Some(WAIT_DEADLINE));
@@ -98,6 +100,7 @@ pub(super) async fn run_container(
                 &ContainerRemoveRequest {
                     id: id.clone(),
                     force: true,
+                    volumes: true,
                 },
                 Some(Duration::from_secs(60)),
             )

@@ -16,6 +16,10 @@ pub struct Config {
     /// The `berth-monitor` binary (default: beside the executor's own binary).
     #[serde(default)]
     pub monitor_binary: Option<std::path::PathBuf>,
+    /// Container logs go to `<log_dir>/<id>/` instead of the container's directory
+    /// (a disk of their own, so a flood of output cannot fill the node's data disk).
+    #[serde(default)]
+    pub log_dir: Option<std::path::PathBuf>,
 }
 
 impl Config {

@@ -31,6 +31,14 @@ pub fn timestamp(at: SystemTime) -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
 }
 
+/// Unix nanoseconds of a record's RFC 3339 timestamp.
+pub fn record_time_ns(ts: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(ts).ok()?;
+    let at =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(at.unix_timestamp_nanos()).ok()
+}
+
 /// One record, newline included. `text` must not contain the newline that ended it.
 pub fn format_record(ts: &str, stream: Stream, partial: bool, text: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(ts.len() + text.len() + 12);

@@ -69,6 +69,7 @@ impl Executor {
             )));
         }
         let dir = self.dir(&id);
+        let record = state::read_record(&dir).map_err(|err| state_error(&id, err))?;
         let st = state::read_state(&dir).map_err(|err| state_error(&id, err))?;
         if st.status != ContainerStatus::Running {
             return Err(ErrorEnvelope::conflict(format!(
@@ -79,6 +80,8 @@ impl Executor {
         let init = self.paths.monitor_bin.clone();
         let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
         let exec_id = id.clone();
+        let session = crate::lifecycle::new_id()?;
+        let command = request.cmd.join(" ");
         let started = blocking(move || {
             let container = berth_runtime::Container::load(&runtime_root, &exec_id)
                 .map_err(|err| ErrorEnvelope::conflict(format!("container {exec_id}: {err}")))?;
@@ -135,7 +138,11 @@ impl Executor {
         })
         .await?;
         let (pid, readers) = match started {
-            Ok(started) => started,
+            Ok(started) => {
+                self.publish_exec_event(&record, "exec_start", &session, &command, None)
+                    .await;
+                started
+            }
             Err(failed) => {
                 self.publish_exec_output(
                     &request.output,
@@ -173,10 +180,43 @@ impl Executor {
         )
         .await;
         tracing::info!(exit_code = code, "exec finished");
+        self.publish_exec_event(&record, "exec_die", &session, &command, Some(code))
+            .await;
         Ok(ExecExit {
             exit_code: code,
             error: None,
         })
+    }
+
+    async fn publish_exec_event(
+        &self,
+        record: &state::ContainerRecord,
+        action: &str,
+        exec_id: &str,
+        command: &str,
+        exit_code: Option<i32>,
+    ) {
+        let event = berth_proto::messages::exec::ContainerEvent {
+            action: action.to_string(),
+            id: record.id.clone(),
+            name: record.name.clone(),
+            image: record.image.clone(),
+            node_id: self.node_id.clone(),
+            exit_code,
+            signal: None,
+            oom_killed: false,
+            exec_id: Some(exec_id.to_string()),
+            command: Some(command.to_string()),
+            time: state::now_rfc3339(),
+        };
+        berth_bus::events::publish(
+            &self.client,
+            berth_proto::subjects::EventKind::Container,
+            &record.id,
+            action,
+            &event,
+        )
+        .await;
     }
 
     async fn publish_exec_output(&self, subject: &str, piece: ExecOutput) {

@@ -7,12 +7,15 @@ pub mod config;
 pub mod crilog;
 pub mod exec;
 pub mod lifecycle;
+pub mod logfiles;
 pub mod monitor;
 pub mod node;
 pub mod overlay;
 pub mod runspec;
 pub mod state;
 pub mod users;
+pub mod volumes;
+mod volumes_verbs;
 
 use async_nats::jetstream;
 use berth_bus::bootstrap::Shutdown;
@@ -21,7 +24,8 @@ use berth_bus::settings::Settings;
 use berth_bus::{ServiceHandle, ServiceIdentity};
 use berth_proto::messages::exec::{
     ContainerCreateRequest, ContainerKillRequest, ContainerListRequest, ContainerRef,
-    ContainerRemoveRequest, ContainerStopRequest, ExecRequest, LogsRequest,
+    ContainerRemoveRequest, ContainerStopRequest, ExecRequest, LogsRequest, VolumeCreateRequest,
+    VolumeListRequest, VolumeRef, VolumeRemoveRequest,
 };
 use berth_proto::subjects::{self, jetstream as names, queue_groups, service_names, ExecVerb};
 use std::path::PathBuf;
@@ -66,6 +70,8 @@ pub async fn run(
         containers_dir: containers_dir(&data_dir),
         runtime_root: data_dir.join("runtime"),
         monitor_bin: monitor_binary(&settings.service)?,
+        volumes_dir: data_dir.join("volumes"),
+        log_dir: settings.service.log_dir.clone(),
     };
 
     let js = jetstream::new(client.clone());
@@ -131,6 +137,14 @@ pub async fn run(
     serve!(ExecVerb::Logs, LogsRequest, |e, r| e.logs(r));
     serve!(ExecVerb::Exec, ExecRequest, |e, r| e.exec(r));
     serve!(ExecVerb::Stats, ContainerRef, |e, r| e.stats(r));
+    serve!(ExecVerb::VolumeCreate, VolumeCreateRequest, |e, r| e
+        .volume_create(r));
+    serve!(ExecVerb::VolumeList, VolumeListRequest, |e, r| e
+        .volume_list(r));
+    serve!(ExecVerb::VolumeInspect, VolumeRef, |e, r| e
+        .volume_inspect(r));
+    serve!(ExecVerb::VolumeRemove, VolumeRemoveRequest, |e, r| e
+        .volume_remove(r));
 
     let heartbeat = tokio::spawn(node::heartbeat_loop(
         nodes,

@@ -8,6 +8,7 @@
 //! `ok <pid>` or `err <exit code> <message>`.
 
 use crate::crilog::{self, LineSplitter, Stream};
+use crate::logfiles::{LogWriter, Rotation};
 use crate::state::{self, files, ContainerState};
 use berth_proto::messages::exec::ContainerStatus;
 use std::io::{Read, Write};
@@ -41,25 +42,18 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Copies one stream into the log as CRI records until EOF.
-fn pump(reader: OwnedFd, stream: Stream, log: Arc<Mutex<std::fs::File>>) {
+fn pump(reader: OwnedFd, stream: Stream, log: Arc<Mutex<LogWriter>>) {
     let mut reader = std::fs::File::from(reader);
     let mut splitter = LineSplitter::new(crilog::MAX_RECORD_TEXT);
     let mut buf = vec![0u8; 16 * 1024];
-    let mut reported = false;
     let mut emit = |text: &[u8], partial: bool| {
         let ts = crilog::timestamp(std::time::SystemTime::now());
         let record = crilog::format_record(&ts, stream, partial, text);
         // One write per record under the lock: records of two streams never interleave.
-        let result = match log.lock() {
-            Ok(mut file) => file.write_all(&record),
-            Err(_) => Ok(()),
-        };
-        // A full disk must not stop the container: report once, keep draining the pipe.
-        if let Err(err) = result {
-            if !reported {
-                eprintln!("berth-monitor: writing the log failed (lines are dropped): {err}");
-                reported = true;
-            }
+        // A full disk must not stop the container: the writer reports it once and
+        // drops lines while the pipe keeps being drained.
+        if let Ok(mut log) = log.lock() {
+            log.write_record(&record);
         }
     };
     loop {
@@ -91,7 +85,13 @@ fn record_failure(dir: &Path, code: i32, message: &str) {
 
 /// Runs the monitor for the container in `dir`; returns the monitor's exit status.
 /// `report` is where the one-line start report goes (the executor reads it).
-pub fn run(dir: &Path, runtime_root: &Path, id: &str, mut report: impl Write) -> i32 {
+pub fn run(
+    dir: &Path,
+    runtime_root: &Path,
+    id: &str,
+    log_dir: &Path,
+    mut report: impl Write,
+) -> i32 {
     let fail = |report: &mut dyn Write, code: i32, message: String| {
         record_failure(dir, code, &message);
         let _ = writeln!(report, "err {code} {}", message.replace('\n', " "));
@@ -109,18 +109,30 @@ pub fn run(dir: &Path, runtime_root: &Path, id: &str, mut report: impl Write) ->
             )
         }
     };
-    let log_path = dir.join(files::LOG);
-    let log = match std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
+    let rotation = match state::read_record(dir)
+        .map_err(|err| err.to_string())
+        .and_then(|r| Rotation::from_opts(&r.config.log_opts))
     {
-        Ok(file) => Arc::new(Mutex::new(file)),
+        Ok(rotation) => rotation,
+        Err(err) => return fail(&mut report, START_FAILED, err),
+    };
+    let log_error = dir.join(files::LOG_ERROR);
+    let note = Box::new(move |message: &str| {
+        eprintln!("berth-monitor: {message}");
+        // Also beside the state (inspect shows it); gone once logging works again.
+        if message.contains("resumed") {
+            let _ = std::fs::remove_file(&log_error);
+        } else {
+            let _ = state::write_atomic(&log_error, message.as_bytes());
+        }
+    });
+    let log = match LogWriter::open(log_dir, rotation, note) {
+        Ok(writer) => Arc::new(Mutex::new(writer)),
         Err(err) => {
             return fail(
                 &mut report,
                 START_FAILED,
-                format!("{}: {err}", log_path.display()),
+                format!("log {}: {err}", log_dir.display()),
             )
         }
     };
@@ -226,8 +238,8 @@ pub fn run(dir: &Path, runtime_root: &Path, id: &str, mut report: impl Write) ->
     // the last lines before recording the exit, so a reader who sees "exited" sees them.
     let _ = out_thread.join();
     let _ = err_thread.join();
-    if let Ok(file) = log.lock() {
-        let _ = file.sync_data();
+    if let Ok(log) = log.lock() {
+        log.sync();
     }
     let (code, oom) = match exit {
         Ok(info) => (info.code.unwrap_or(START_FAILED), info.oom_killed),

@@ -3,7 +3,7 @@
 //! request's overrides. Pure: the caller reads the image's passwd/group files.
 
 use crate::users::ExecUser;
-use berth_proto::messages::exec::{ContainerCreateRequest, NetworkMode};
+use berth_proto::messages::exec::{BindMount, ContainerCreateRequest, NetworkMode, VolumeMount};
 use oci_spec::runtime::Spec;
 use serde::Deserialize;
 use std::path::Path;
@@ -24,6 +24,9 @@ pub struct ImageRunConfig {
     pub user: Option<String>,
     #[serde(default)]
     pub stop_signal: Option<String>,
+    /// `VOLUME` paths: each gets an anonymous volume unless the request mounts something there.
+    #[serde(default)]
+    pub volumes: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +83,43 @@ pub fn user_spec(image: &ImageRunConfig, request: &ContainerCreateRequest) -> St
         .unwrap_or_default()
 }
 
+/// The volumes a container gets: the request's (`-v NAME:/ctr`, `-v /ctr`), then one
+/// anonymous volume (empty name) for each image `VOLUME` nothing else is mounted on.
+pub fn plan_volumes(
+    request: &ContainerCreateRequest,
+    image: &ImageRunConfig,
+) -> Result<Vec<VolumeMount>, String> {
+    let mut out: Vec<VolumeMount> = Vec::new();
+    for volume in &request.volumes {
+        if !volume.destination.starts_with('/') {
+            return Err(format!(
+                "volume {}:{}: the container path must be absolute",
+                volume.name, volume.destination
+            ));
+        }
+        out.push(volume.clone());
+    }
+    let norm = |p: &str| p.trim_end_matches('/').to_string();
+    let taken: Vec<String> = request
+        .binds
+        .iter()
+        .map(|b| norm(&b.destination))
+        .chain(out.iter().map(|v| norm(&v.destination)))
+        .collect();
+    if let Some(paths) = &image.volumes {
+        for path in paths.keys() {
+            if path.starts_with('/') && !taken.contains(&norm(path)) {
+                out.push(VolumeMount {
+                    name: String::new(),
+                    destination: path.clone(),
+                    read_only: false,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// What the spec builder decided, also recorded in `container.json`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunPlan {
@@ -95,6 +135,120 @@ pub struct SpecInputs<'a> {
     pub id: &'a str,
     pub rootfs: &'a Path,
     pub user: &'a ExecUser,
+    /// Volumes as bind mounts of their host directories (after the request's `-v` binds).
+    pub volume_binds: &'a [BindMount],
+    /// The host's device nodes, given to a `--privileged` container.
+    pub host_devices: &'a [HostDevice],
+    /// The capabilities this host lets us give (our bounding set, bit per capability):
+    /// `--privileged` gets all of these.
+    pub host_bounding: u64,
+}
+
+/// The executor's own bounding set (`CapBnd` of `/proc/self/status`).
+pub fn host_bounding_set() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX)
+}
+
+/// A device node of the host (`/dev/...`), for `--privileged`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostDevice {
+    pub path: String,
+    /// `c` or `b`.
+    pub kind: char,
+    pub major: u64,
+    pub minor: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The character and block devices directly under the host's `/dev` (Docker gives a
+/// privileged container every one; nested directories such as `/dev/pts` are the
+/// container's own).
+pub fn scan_host_devices(dev: &Path) -> Vec<HostDevice> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(entries) = std::fs::read_dir(dev) else {
+        return Vec::new();
+    };
+    let mut out: Vec<HostDevice> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let meta = std::fs::symlink_metadata(entry.path()).ok()?;
+            let kind = meta.file_type();
+            let letter = if kind.is_char_device() {
+                'c'
+            } else if kind.is_block_device() {
+                'b'
+            } else {
+                return None;
+            };
+            let rdev = meta.rdev();
+            Some(HostDevice {
+                path: format!("/dev/{}", entry.file_name().to_string_lossy()),
+                kind: letter,
+                major: nix::sys::stat::major(rdev),
+                minor: nix::sys::stat::minor(rdev),
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+/// `--privileged`, as Docker: every capability, no seccomp, no masked or read-only
+/// paths, /sys and its cgroup mount writable, every device allowed and the host's
+/// device nodes created.
+fn apply_privileged(spec: Spec, devices: &[HostDevice], bounding: u64) -> Result<Spec, String> {
+    let mut value = serde_json::to_value(&spec).map_err(|err| err.to_string())?;
+    // NAMES is indexed by capability number.
+    let all: Vec<&str> = berth_runtime::caps::NAMES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| bounding & (1u64 << bit) != 0)
+        .map(|(_, name)| *name)
+        .collect();
+    for set in ["bounding", "effective", "permitted"] {
+        value["process"]["capabilities"][set] = serde_json::json!(all);
+    }
+    value["process"]["noNewPrivileges"] = serde_json::json!(false);
+    if let Some(linux) = value["linux"].as_object_mut() {
+        linux.remove("seccomp");
+        linux.insert("maskedPaths".into(), serde_json::json!([]));
+        linux.insert("readonlyPaths".into(), serde_json::json!([]));
+        linux.insert(
+            "devices".into(),
+            serde_json::json!(devices
+                .iter()
+                .map(|d| serde_json::json!({
+                    "path": d.path, "type": d.kind.to_string(), "major": d.major,
+                    "minor": d.minor, "fileMode": d.mode, "uid": d.uid, "gid": d.gid,
+                }))
+                .collect::<Vec<_>>()),
+        );
+    }
+    value["linux"]["resources"]["devices"] = serde_json::json!([{"allow": true, "access": "rwm"}]);
+    if let Some(mounts) = value["mounts"].as_array_mut() {
+        for mount in mounts.iter_mut() {
+            let dest = mount["destination"].as_str().unwrap_or_default();
+            if dest == "/sys" || dest == "/sys/fs/cgroup" {
+                if let Some(options) = mount["options"].as_array_mut() {
+                    options.retain(|o| o != "ro");
+                    options.push(serde_json::json!("rw"));
+                }
+            }
+        }
+    }
+    serde_json::from_value(value).map_err(|err| format!("--privileged: {err}"))
 }
 
 /// Builds the plan and the runtime spec.
@@ -144,8 +298,14 @@ pub fn build(
     options.memory_swap = request.memory_swap_bytes;
     options.cpuset_cpus = request.cpuset_cpus.clone();
     let spec = berth_runtime::default_spec(&options).map_err(|err| err.to_string())?;
-    let spec = add_binds(spec, request)?;
+    let spec = add_binds(spec, request, inputs.volume_binds)?;
     let spec = apply_security(spec, request)?;
+    // After the explicit options: --privileged grants everything (Docker's precedence).
+    let spec = if request.privileged {
+        apply_privileged(spec, inputs.host_devices, inputs.host_bounding)?
+    } else {
+        spec
+    };
     Ok((
         RunPlan {
             args,
@@ -159,8 +319,12 @@ pub fn build(
 }
 
 /// Appends `-v` bind mounts. Edited as JSON: the spec's mount list is plain data.
-fn add_binds(spec: Spec, request: &ContainerCreateRequest) -> Result<Spec, String> {
-    if request.binds.is_empty() {
+fn add_binds(
+    spec: Spec,
+    request: &ContainerCreateRequest,
+    volumes: &[BindMount],
+) -> Result<Spec, String> {
+    if request.binds.is_empty() && volumes.is_empty() {
         return Ok(spec);
     }
     let mut value = serde_json::to_value(&spec).map_err(|err| err.to_string())?;
@@ -168,7 +332,7 @@ fn add_binds(spec: Spec, request: &ContainerCreateRequest) -> Result<Spec, Strin
         .get_mut("mounts")
         .and_then(|m| m.as_array_mut())
         .ok_or("the default spec has no mount list")?;
-    for bind in &request.binds {
+    for bind in request.binds.iter().chain(volumes) {
         if !bind.source.starts_with('/') || !bind.destination.starts_with('/') {
             return Err(format!(
                 "bind mount {}:{}: both paths must be absolute",
@@ -383,6 +547,9 @@ mod tests {
             id: "0123456789abcdef",
             rootfs: Path::new("/data/containers/x/rootfs"),
             user: &user,
+            volume_binds: &[],
+            host_devices: &[],
+            host_bounding: u64::MAX,
         };
         let (plan, spec) = build(&request, &image, &inputs).expect("builds");
         assert_eq!(plan.args, ["/bin/entry", "serve", "--port", "80"]);
@@ -431,6 +598,9 @@ mod tests {
             id: "abc",
             rootfs: Path::new("/r"),
             user: &user,
+            volume_binds: &[],
+            host_devices: &[],
+            host_bounding: u64::MAX,
         };
         let (plan, spec) = build(&request, &image, &inputs).expect("builds");
         assert_eq!(plan.args, ["/bin/sh", "-c", "exit 3"]);
@@ -472,6 +642,9 @@ mod tests {
             id: "abc",
             rootfs: Path::new("/r"),
             user: &user,
+            volume_binds: &[],
+            host_devices: &[],
+            host_bounding: u64::MAX,
         };
         let err = build(&ContainerCreateRequest::default(), &empty, &inputs).expect_err("no cmd");
         assert!(err.contains("no command"), "{err}");
@@ -487,6 +660,9 @@ mod tests {
             id: "abc",
             rootfs: Path::new("/r"),
             user: &user,
+            volume_binds: &[],
+            host_devices: &[],
+            host_bounding: u64::MAX,
         };
         let (_, spec) = build(&request, &image, &inputs).expect("builds");
         let base = spec.process().clone().expect("process");
@@ -540,6 +716,9 @@ mod tests {
             id: "abc",
             rootfs: Path::new("/r"),
             user: &user,
+            volume_binds: &[],
+            host_devices: &[],
+            host_bounding: u64::MAX,
         };
         let (_, spec) = build(&request, &image, &inputs).expect("builds");
         let json = serde_json::to_value(&spec).expect("json");
@@ -576,6 +755,88 @@ mod tests {
             ..Default::default()
         };
         assert!(build(&bad, &image, &inputs).is_err());
+    }
+
+    #[test]
+    fn privileged_grants_everything_and_volumes_are_planned() {
+        let image =
+            parse_image_config(r#"{"config":{"Cmd":["sh"],"Volumes":{"/data":{},"/cache":{}}}}"#)
+                .expect("parses");
+        let request = ContainerCreateRequest {
+            privileged: true,
+            volumes: vec![VolumeMount {
+                name: "named".into(),
+                destination: "/data/".into(),
+                read_only: true,
+            }],
+            ..Default::default()
+        };
+        let planned = plan_volumes(&request, &image).expect("plans");
+        assert_eq!(planned.len(), 2, "{planned:?}");
+        assert_eq!(planned[0].name, "named");
+        assert_eq!(
+            (planned[1].name.as_str(), planned[1].destination.as_str()),
+            ("", "/cache")
+        );
+        let bad = ContainerCreateRequest {
+            volumes: vec![VolumeMount {
+                name: "v".into(),
+                destination: "rel".into(),
+                read_only: false,
+            }],
+            ..Default::default()
+        };
+        assert!(plan_volumes(&bad, &image).is_err());
+
+        let user = root();
+        let devices = [HostDevice {
+            path: "/dev/loop0".into(),
+            kind: 'b',
+            major: 7,
+            minor: 0,
+            mode: 0o660,
+            uid: 0,
+            gid: 6,
+        }];
+        let binds = [BindMount {
+            source: "/var/lib/berth/volumes/named/_data".into(),
+            destination: "/data".into(),
+            read_only: true,
+        }];
+        let inputs = SpecInputs {
+            id: "abc",
+            rootfs: Path::new("/r"),
+            user: &user,
+            volume_binds: &binds,
+            host_devices: &devices,
+            host_bounding: u64::MAX,
+        };
+        let (_, spec) = build(&request, &image, &inputs).expect("builds");
+        let json = serde_json::to_value(&spec).expect("json");
+        assert_eq!(
+            json["process"]["capabilities"]["effective"]
+                .as_array()
+                .map(Vec::len),
+            Some(41)
+        );
+        assert!(json["linux"]["seccomp"].is_null());
+        assert_eq!(json["linux"]["maskedPaths"], serde_json::json!([]));
+        assert_eq!(json["linux"]["devices"][0]["path"], "/dev/loop0");
+        assert_eq!(json["linux"]["resources"]["devices"][0]["allow"], true);
+        let sys = json["mounts"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["destination"] == "/sys"))
+            .expect("sys");
+        assert!(!sys["options"].to_string().contains("\"ro\""), "{sys}");
+        let volume = json["mounts"]
+            .as_array()
+            .and_then(|m| m.last())
+            .expect("volume");
+        assert_eq!(volume["source"], "/var/lib/berth/volumes/named/_data");
+        assert!(volume["options"].to_string().contains("\"ro\""));
+        assert!(
+            !scan_host_devices(Path::new("/dev")).is_empty() || !Path::new("/dev/null").exists()
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! executor while created and by the monitor from start to exit). Both are written
 //! atomically: temp file, fsync, rename, fsync of the directory.
 
-use berth_proto::messages::exec::{ContainerCreateRequest, ContainerStatus};
+use berth_proto::messages::exec::{ContainerCreateRequest, ContainerStatus, VolumeMount};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,6 +30,9 @@ pub struct ContainerRecord {
     /// Resolved: the request's, else the image's, else SIGTERM.
     pub stop_signal: String,
     pub stop_timeout: u32,
+    /// Volumes as mounted: anonymous ones with the name they were given.
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
 }
 
 /// `containers/<id>/state.json`: the mutable part.
@@ -80,6 +83,12 @@ pub mod files {
     pub const UPPER: &str = "upper";
     pub const WORK: &str = "work";
     pub const MONITOR_LOG: &str = "monitor.log";
+    /// Present while the container is stopped on purpose (`stop`, `rm`).
+    pub const STOPPED: &str = "stopped";
+    /// `finished_at` of the last exit the executor handled (events, restart policy).
+    pub const EXIT_SEEN: &str = "exit-seen";
+    /// Why the log cannot be written (a full disk), while that lasts.
+    pub const LOG_ERROR: &str = "log-error";
 }
 
 /// Errors reading or writing a container's files; each names the path.

@@ -91,6 +91,10 @@ verbs!(
         Logs => "logs",
         Stop => "stop",
         Wait => "wait",
+        VolumeCreate => "volume_create",
+        VolumeList => "volume_list",
+        VolumeInspect => "volume_inspect",
+        VolumeRemove => "volume_remove",
     }
 );
 

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     berth_runtime::init_if_requested();
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("run") if args.len() == 5 => {
+        Some("run") if args.len() == 5 || args.len() == 6 => {
             // A fixed mmap threshold: glibc would otherwise raise it after the runtime frees
             // its large init-protocol buffer, and the next such buffer would be carved from
             // the heap and zeroed — megabytes of dirty memory kept for the container's life.
@@ -20,10 +20,14 @@ fn main() -> ExitCode {
             unsafe {
                 libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
             }
+            let dir = Path::new(&args[2]);
+            // The log directory: the container's own unless the executor says otherwise.
+            let log_dir = args.get(5).map_or(dir, |d| Path::new(d));
             let code = berth_executor::monitor::run(
-                Path::new(&args[2]),
+                dir,
                 Path::new(&args[3]),
                 &args[4],
+                log_dir,
                 std::io::stdout(),
             );
             ExitCode::from(code as u8)
@@ -45,7 +49,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: berth-monitor run <container dir> <runtime root> <id>\n       berth-monitor mount-overlay <cwd> <target> <options>"
+                "usage: berth-monitor run <container dir> <runtime root> <id> [<log dir>]\n       berth-monitor mount-overlay <cwd> <target> <options>"
             );
             ExitCode::from(2)
         }

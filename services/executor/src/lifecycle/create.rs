@@ -31,6 +31,12 @@ impl Executor {
                 "auto-remove (--rm) and a restart policy cannot be combined",
             ));
         }
+        if request.open_stdin || request.tty {
+            return Err(ErrorEnvelope::invalid(
+                "interactive containers (stdin, tty) are not supported by this executor yet",
+            ));
+        }
+        crate::logfiles::Rotation::from_opts(&request.log_opts).map_err(ErrorEnvelope::invalid)?;
         for bind in &request.binds {
             if !bind.source.starts_with('/') || !bind.destination.starts_with('/') {
                 return Err(ErrorEnvelope::invalid(format!(
@@ -113,6 +119,22 @@ impl Executor {
         let image_config = runspec::parse_image_config(&image.config).map_err(|err| {
             ErrorEnvelope::invalid(format!("image {} ({}): {err}", request.image, image.digest))
         })?;
+        // Volumes: anonymous ones get their name now; every one is reserved so that a
+        // concurrent `volume rm` cannot take it before the record names it.
+        let mut volumes = runspec::plan_volumes(&request, &image_config)
+            .map_err(|err| ErrorEnvelope::invalid(format!("container {id}: {err}")))?;
+        let mut anonymous = Vec::new();
+        for volume in volumes.iter_mut() {
+            if volume.name.is_empty() {
+                volume.name = new_id()?;
+                anonymous.push(volume.name.clone());
+            } else {
+                crate::volumes::check_volume_name(&volume.name)
+                    .map_err(crate::volumes_verbs::volume_error)?;
+            }
+        }
+        let names: Vec<String> = volumes.iter().map(|v| v.name.clone()).collect();
+        self.volumes.reserve(&names);
         let record_base = (
             id.to_string(),
             name.to_string(),
@@ -123,22 +145,35 @@ impl Executor {
         let monitor_bin = self.paths.monitor_bin.clone();
         let lowerdirs = prepared.lowerdirs.clone();
         let req = request.clone();
-        let record = blocking(move || {
-            let result = build_container(
-                &dir,
-                &monitor_bin,
-                &lowerdirs,
-                &req,
-                &image_config,
-                record_base,
-            );
+        let this = Arc::clone(self);
+        let built = blocking(move || {
+            let mut made = Vec::new();
+            let result = this
+                .make_volumes(&volumes, &anonymous, &request.image, &mut made)
+                .and_then(|()| {
+                    build_container(
+                        &dir,
+                        &monitor_bin,
+                        &lowerdirs,
+                        &req,
+                        &image_config,
+                        (&this.volumes, &volumes),
+                        record_base,
+                    )
+                });
             if result.is_err() {
                 let _ = overlay::unmount(&dir.join(files::ROOTFS));
                 let _ = std::fs::remove_dir_all(&dir);
+                // Volumes this create made for itself go with it; named ones stay.
+                for name in made {
+                    let _ = this.volumes.remove(&name, Vec::new, true);
+                }
             }
             result
         })
-        .await?;
+        .await;
+        self.volumes.release(&names);
+        let record = built?;
         tracing::info!(name = %record.name, "container created");
         self.publish_event(&record, "create", None, None).await;
         Ok(ContainerCreated {
@@ -146,6 +181,40 @@ impl Executor {
             name: record.name,
             image_digest: record.image_digest,
         })
+    }
+}
+
+impl Executor {
+    /// Creates the volumes a container names that do not exist yet; `made` collects the
+    /// anonymous ones created here.
+    fn make_volumes(
+        &self,
+        volumes: &[VolumeMount],
+        anonymous_names: &[String],
+        image: &str,
+        made: &mut Vec<String>,
+    ) -> Handled<()> {
+        for volume in volumes {
+            let anonymous = anonymous_names.contains(&volume.name);
+            let existed = self.volumes.get(&volume.name).is_ok();
+            let labels =
+                std::collections::BTreeMap::from([("berth.image".to_string(), image.to_string())]);
+            self.volumes
+                .create(
+                    &volume.name,
+                    if anonymous {
+                        labels
+                    } else {
+                        Default::default()
+                    },
+                    anonymous,
+                )
+                .map_err(crate::volumes_verbs::volume_error)?;
+            if anonymous && !existed {
+                made.push(volume.name.clone());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -170,6 +239,7 @@ fn build_container(
     lowerdirs: &[String],
     request: &ContainerCreateRequest,
     image: &ImageRunConfig,
+    (store, volumes): (&crate::volumes::Volumes, &[VolumeMount]),
     (id, name, node_id, image_digest): (String, String, String, String),
 ) -> Handled<ContainerRecord> {
     let io = |what: &Path, err: std::io::Error| {
@@ -190,10 +260,29 @@ fn build_container(
     let user_spec = runspec::user_spec(image, request);
     let user = users::resolve(&user_spec, passwd.as_deref(), group.as_deref())
         .map_err(|err| ErrorEnvelope::invalid(format!("container {id}: {err}")))?;
+    let mut volume_binds = Vec::new();
+    for volume in volumes {
+        let data = store.data_path(&volume.name);
+        copy_up(&rootfs, &volume.destination, &data)
+            .map_err(|err| internal(format!("container {id}: volume {}: {err}", volume.name)))?;
+        volume_binds.push(BindMount {
+            source: data.display().to_string(),
+            destination: volume.destination.clone(),
+            read_only: volume.read_only,
+        });
+    }
+    let host_devices = if request.privileged {
+        runspec::scan_host_devices(Path::new("/dev"))
+    } else {
+        Vec::new()
+    };
     let inputs = SpecInputs {
         id: &id,
         rootfs: &rootfs,
         user: &user,
+        volume_binds: &volume_binds,
+        host_devices: &host_devices,
+        host_bounding: runspec::host_bounding_set(),
     };
     let (plan, spec) = runspec::build(request, image, &inputs)
         .map_err(|err| ErrorEnvelope::invalid(format!("container {id}: {err}")))?;
@@ -216,10 +305,28 @@ fn build_container(
         hostname: plan.hostname,
         stop_signal: plan.stop_signal,
         stop_timeout: request.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
+        volumes: volumes.to_vec(),
     };
     state::write_state(dir, &ContainerState::created())
         .map_err(|err| internal(format!("container {id}: {err}")))?;
     // The record last: a directory with a record is a complete container.
     state::write_record(dir, &record).map_err(|err| internal(format!("container {id}: {err}")))?;
     Ok(record)
+}
+
+/// Docker's copy-up: an empty volume mounted where the image has a directory starts
+/// with that directory's content. The path is resolved inside the rootfs only.
+fn copy_up(rootfs: &Path, destination: &str, data: &Path) -> std::io::Result<()> {
+    let empty = std::fs::read_dir(data)?.next().is_none();
+    if !empty {
+        return Ok(());
+    }
+    let root = std::fs::canonicalize(rootfs)?;
+    let Ok(source) = std::fs::canonicalize(root.join(destination.trim_start_matches('/'))) else {
+        return Ok(());
+    };
+    if !source.starts_with(&root) || !source.is_dir() {
+        return Ok(());
+    }
+    crate::volumes::copy_tree(&source, data)
 }

@@ -9,11 +9,9 @@ mod query;
 mod start;
 mod stop;
 
-use query::read_log;
 pub use query::MAX_LOG_PAYLOAD;
 pub use start::{restart_delay, should_restart};
 
-use crate::crilog;
 use crate::monitor;
 use crate::overlay;
 use crate::runspec::{self, ImageRunConfig, SpecInputs};
@@ -21,10 +19,10 @@ use crate::state::{self, files, ContainerRecord, ContainerState, StateError};
 use crate::users;
 use berth_bus::BusError;
 use berth_proto::messages::exec::{
-    ContainerCreateRequest, ContainerCreated, ContainerDone, ContainerEvent, ContainerExit,
-    ContainerInspect, ContainerKillRequest, ContainerList, ContainerRef, ContainerRemoveRequest,
-    ContainerStarted, ContainerStatus, ContainerStopRequest, ContainerSummary, LogChunk, LogsPage,
-    LogsRequest, RestartPolicy,
+    BindMount, ContainerCreateRequest, ContainerCreated, ContainerDone, ContainerEvent,
+    ContainerExit, ContainerInspect, ContainerKillRequest, ContainerList, ContainerRef,
+    ContainerRemoveRequest, ContainerStarted, ContainerStatus, ContainerStopRequest,
+    ContainerSummary, LogChunk, LogsPage, LogsRequest, RestartPolicy, VolumeMount,
 };
 use berth_proto::messages::image::{ImageInspect, ImageInspectRequest};
 use berth_proto::messages::unpack::{
@@ -33,7 +31,7 @@ use berth_proto::messages::unpack::{
 use berth_proto::subjects::{self, EventKind, ImageVerb, UnpackVerb};
 use berth_proto::{Encoding, ErrorEnvelope};
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,6 +49,10 @@ pub struct Paths {
     pub runtime_root: PathBuf,
     /// The `berth-monitor` binary.
     pub monitor_bin: PathBuf,
+    /// `<data>/volumes`
+    pub volumes_dir: PathBuf,
+    /// Where container logs go (`<log_dir>/<id>/log`); default the container's directory.
+    pub log_dir: Option<PathBuf>,
 }
 
 /// The executor's containers.
@@ -66,6 +68,18 @@ pub struct Executor {
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Containers stopped on purpose: restart policies other than `always` leave them.
     stopped: Mutex<HashSet<String>>,
+    /// The node's named and anonymous volumes.
+    pub(crate) volumes: crate::volumes::Volumes,
+    /// Where each running container's live log stands (shared by the one log pump).
+    log_cursors: Mutex<HashMap<String, Arc<tokio::sync::Mutex<LogCursor>>>>,
+    log_pump_started: std::sync::atomic::AtomicBool,
+}
+
+/// How far a container's log was published, and the current file as last seen.
+pub(crate) struct LogCursor {
+    offset: u64,
+    /// (inode, size) of the current log file at the last read.
+    seen: Option<(u64, u64)>,
 }
 
 fn internal(err: impl std::fmt::Display) -> ErrorEnvelope {
@@ -102,7 +116,7 @@ fn upstream(what: &str, err: BusError) -> ErrorEnvelope {
 }
 
 /// 64 random hex digits, as Docker ids.
-fn new_id() -> Handled<String> {
+pub(crate) fn new_id() -> Handled<String> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
@@ -146,13 +160,13 @@ fn summary(record: &ContainerRecord, st: &ContainerState) -> ContainerSummary {
         exit_code: st.exit_code,
         created: record.created.clone(),
         command: record.command.clone(),
+        labels: record.config.labels.clone(),
     }
 }
 
-fn log_len(dir: &Path) -> u64 {
-    std::fs::metadata(dir.join(files::LOG))
-        .map(|m| m.len())
-        .unwrap_or(0)
+/// Logical end of a container's log (see `logfiles`).
+fn log_len(log_dir: &Path) -> u64 {
+    crate::logfiles::LogSet::open(log_dir).map_or(0, |set| set.end())
 }
 
 impl Executor {
@@ -164,13 +178,56 @@ impl Executor {
         }
         Ok(Executor {
             node_id,
-            paths,
             client,
             tracked: Mutex::new(HashMap::new()),
             reserved_names: Mutex::new(HashSet::new()),
             op_locks: Mutex::new(HashMap::new()),
             stopped: Mutex::new(HashSet::new()),
+            log_cursors: Mutex::new(HashMap::new()),
+            log_pump_started: std::sync::atomic::AtomicBool::new(false),
+            volumes: {
+                let volumes =
+                    crate::volumes::Volumes::new(paths.volumes_dir.clone()).map_err(|err| {
+                        anyhow::anyhow!("cannot create {}: {err}", paths.volumes_dir.display())
+                    })?;
+                volumes.clean_leftovers();
+                volumes
+            },
+            paths,
         })
+    }
+
+    /// Remembers (on disk too, for `unless-stopped` across executor restarts) that the
+    /// container was stopped on purpose, or forgets it when it is started again.
+    pub(crate) fn set_stopped(&self, id: &str, stopped: bool) {
+        let marker = self.dir(id).join(files::STOPPED);
+        let mut set = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        if stopped {
+            set.insert(id.to_string());
+            if let Err(err) = std::fs::write(&marker, b"") {
+                tracing::warn!(container_id = %id, error = %err, "cannot record the stop");
+            }
+        } else {
+            set.remove(id);
+            let _ = std::fs::remove_file(&marker);
+        }
+    }
+
+    /// The container was stopped on purpose (this run of the executor or an earlier one).
+    pub(crate) fn is_stopped(&self, id: &str) -> bool {
+        self.stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+            || self.dir(id).join(files::STOPPED).is_file()
+    }
+
+    /// The directory of a container's log files.
+    pub(crate) fn log_dir(&self, id: &str) -> PathBuf {
+        match &self.paths.log_dir {
+            Some(dir) => dir.join(id),
+            None => self.dir(id),
+        }
     }
 
     pub(crate) fn dir(&self, id: &str) -> PathBuf {
@@ -249,6 +306,8 @@ impl Executor {
             exit_code: st.and_then(|s| s.exit_code),
             signal,
             oom_killed: st.is_some_and(|s| s.oom_killed),
+            exec_id: None,
+            command: None,
             time: state::now_rfc3339(),
         };
         berth_bus::events::publish(

@@ -93,11 +93,8 @@ impl Executor {
                 pid: st.pid,
             });
         }
-        self.stopped
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        let offset = log_len(&dir);
+        self.set_stopped(id, false);
+        let offset = log_len(&self.log_dir(id));
         let monitor_log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -108,6 +105,7 @@ impl Executor {
             .arg(&dir)
             .arg(&self.paths.runtime_root)
             .arg(id)
+            .arg(self.log_dir(id))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(monitor_log)
@@ -191,42 +189,104 @@ impl Executor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), Arc::new(sender));
+        let cursor = Arc::new(tokio::sync::Mutex::new(LogCursor { offset, seen: None }));
+        self.log_cursors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), Arc::clone(&cursor));
+        self.ensure_log_pump();
         let this = Arc::clone(self);
         let span = tracing::info_span!("supervise", container_id = %id);
         tokio::spawn(
             async move {
-                let exited = process_exit(monitor_pid, monitor_start);
-                tokio::pin!(exited);
-                let mut offset = offset;
-                let mut tick = tokio::time::interval(LOG_POLL);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        () = &mut exited => break,
-                        _ = tick.tick() => offset = this.publish_logs(&id, offset, false).await,
-                    }
-                }
-                this.publish_logs(&id, offset, true).await;
+                process_exit(monitor_pid, monitor_start).await;
+                // The pump lets go of this container; the last lines and the end mark go
+                // out from here, after everything the pump sent.
+                this.log_cursors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                let mut cursor = cursor.lock().await;
+                cursor.offset = this.publish_logs(&id, cursor.offset, true).await;
+                drop(cursor);
                 this.after_exit(&id).await;
             }
             .instrument(span),
         );
     }
 
+    /// Starts (once) the one task that checks every running container's log for new
+    /// lines: a `stat` per container per tick, and a read only when the file changed,
+    /// so hundreds of idle containers cost next to nothing.
+    fn ensure_log_pump(self: &Arc<Self>) {
+        if self
+            .log_pump_started
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LOG_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let cursors: Vec<(String, Arc<tokio::sync::Mutex<LogCursor>>)> = this
+                    .log_cursors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|(id, c)| (id.clone(), Arc::clone(c)))
+                    .collect();
+                let dirs: Vec<PathBuf> = cursors.iter().map(|(id, _)| this.log_dir(id)).collect();
+                let seen = tokio::task::spawn_blocking(move || {
+                    dirs.iter()
+                        .map(|d| {
+                            std::fs::metadata(d.join(crate::logfiles::CURRENT))
+                                .ok()
+                                .map(|m| {
+                                    use std::os::unix::fs::MetadataExt;
+                                    (m.ino(), m.len())
+                                })
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
+                for ((id, cursor), now) in cursors.iter().zip(seen) {
+                    let Ok(mut cursor) = cursor.try_lock() else {
+                        continue;
+                    };
+                    if now.is_none() || cursor.seen == now {
+                        continue;
+                    }
+                    cursor.seen = now;
+                    cursor.offset = this.publish_logs(id, cursor.offset, false).await;
+                }
+            }
+        });
+    }
+
     /// Publishes the whole new lines after `offset`; returns the new offset.
     pub(super) async fn publish_logs(&self, id: &str, offset: u64, final_chunk: bool) -> u64 {
-        let path = self.dir(id).join(files::LOG);
+        let log_dir = self.log_dir(id);
         let mut offset = offset;
         loop {
-            let read_path = path.clone();
-            let read =
-                tokio::task::spawn_blocking(move || read_log(&read_path, offset, MAX_LOG_PAYLOAD))
-                    .await;
-            let data = match read {
-                Ok(Ok((data, _))) => data,
-                _ => Vec::new(),
+            let dir = log_dir.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let set = crate::logfiles::LogSet::open(&dir)?;
+                let (from, data) = set.read(offset, MAX_LOG_PAYLOAD)?;
+                Ok::<_, std::io::Error>((from, data, set.end()))
+            })
+            .await;
+            let (from, data, end) = match read {
+                Ok(Ok(read)) => read,
+                _ => (offset, Vec::new(), offset),
             };
-            let done = data.len() < MAX_LOG_PAYLOAD / 2;
+            // Lines rotated away before they were sent are skipped, not waited for.
+            let offset_now = from;
+            offset = offset_now;
+            let done = data.is_empty() || from + data.len() as u64 >= end;
             if !data.is_empty() || final_chunk && done {
                 let chunk = LogChunk {
                     id: id.to_string(),
@@ -286,17 +346,20 @@ impl Executor {
             }
         }
         tracing::info!(exit_code = ?st.exit_code, oom_killed = st.oom_killed, "container exited");
+        // This exit is handled: a restarted executor must not handle it again.
+        if let Some(finished) = &st.finished_at {
+            if let Err(err) = state::write_atomic(&dir.join(files::EXIT_SEEN), finished.as_bytes())
+            {
+                tracing::warn!(error = %err, "cannot record that the exit was handled");
+            }
+        }
         if st.oom_killed {
             self.publish_event(&record, "oom", Some(&st), None).await;
         }
         self.publish_event(&record, "die", Some(&st), None).await;
         self.untrack(id);
 
-        let stopped = self
-            .stopped
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(id);
+        let stopped = self.is_stopped(id);
         let code = st.exit_code.unwrap_or(monitor::START_FAILED);
         if should_restart(record.config.restart, code, st.restart_count, stopped) {
             let delay = restart_delay(st.restart_count);
@@ -309,12 +372,7 @@ impl Executor {
             let id = id.to_string();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                if this
-                    .stopped
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .contains(&id)
-                {
+                if this.is_stopped(&id) {
                     return;
                 }
                 if let Err(err) = this.start(ContainerRef { id: id.clone() }).await {
@@ -326,6 +384,8 @@ impl Executor {
                 .remove(ContainerRemoveRequest {
                     id: id.to_string(),
                     force: true,
+                    // Docker's --rm takes the container's anonymous volumes with it.
+                    volumes: true,
                 })
                 .await
             {
@@ -392,24 +452,28 @@ impl Executor {
             .await
             .unwrap_or_default();
         for (record, mut st) in records {
+            let id = record.id.clone();
             if st.status != ContainerStatus::Running {
+                self.adopt_stopped(&record, &st);
                 continue;
             }
-            let id = record.id.clone();
             if state::same_process(st.monitor_pid, st.monitor_start) {
                 tracing::info!(container_id = %id, monitor_pid = st.monitor_pid, "re-adopted running container");
                 self.supervise(
                     id.clone(),
                     st.monitor_pid,
                     st.monitor_start,
-                    log_len(&self.dir(&id)),
+                    log_len(&self.log_dir(&id)),
                 );
                 continue;
             }
             // The monitor wrote nothing before it went: the exit code is unknown.
             let dir = self.dir(&id);
             match state::read_state(&dir) {
-                Ok(fresh) if fresh.status != ContainerStatus::Running => continue,
+                Ok(fresh) if fresh.status != ContainerStatus::Running => {
+                    self.adopt_stopped(&record, &fresh);
+                    continue;
+                }
                 _ => {}
             }
             st.status = ContainerStatus::Dead;
@@ -419,6 +483,37 @@ impl Executor {
                 tracing::error!(container_id = %id, error = %err, "cannot record a lost container");
             }
             tracing::warn!(container_id = %id, "monitor lost while the executor was down");
+            self.adopt_stopped(&record, &st);
+        }
+    }
+
+    /// A container found not running at start: an exit nobody handled yet (it happened
+    /// while the executor was down) gets its events, restart policy and auto-remove now;
+    /// `always` containers start again, and `unless-stopped` ones unless they were
+    /// stopped on purpose (Docker's behaviour when its daemon starts).
+    fn adopt_stopped(self: &Arc<Self>, record: &ContainerRecord, st: &ContainerState) {
+        if st.status == ContainerStatus::Created {
+            return;
+        }
+        let id = record.id.clone();
+        let seen = std::fs::read_to_string(self.dir(&id).join(files::EXIT_SEEN)).ok();
+        let this = Arc::clone(self);
+        if st.finished_at.is_some() && seen.as_deref() != st.finished_at.as_deref() {
+            tracing::info!(container_id = %id, exit_code = ?st.exit_code, "exited while the executor was down");
+            tokio::spawn(async move { this.after_exit(&id).await });
+            return;
+        }
+        let start = match record.config.restart {
+            RestartPolicy::Always => true,
+            RestartPolicy::UnlessStopped => !self.is_stopped(&id),
+            _ => false,
+        };
+        if start {
+            tokio::spawn(async move {
+                if let Err(err) = this.start(ContainerRef { id: id.clone() }).await {
+                    tracing::warn!(container_id = %id, error = %err, "restart at executor start failed");
+                }
+            });
         }
     }
 }

@@ -59,10 +59,7 @@ impl Executor {
             let dir = self.dir(&id);
             let record = state::read_record(&dir).map_err(|err| state_error(&id, err))?;
             let st = state::read_state(&dir).map_err(|err| state_error(&id, err))?;
-            self.stopped
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id.clone());
+            self.set_stopped(&id, true);
             if st.status != ContainerStatus::Running {
                 return Ok(ContainerDone { id: id.clone() });
             }
@@ -105,10 +102,7 @@ impl Executor {
             let dir = self.dir(&id);
             let record = state::read_record(&dir).map_err(|err| state_error(&id, err))?;
             let st = state::read_state(&dir).map_err(|err| state_error(&id, err))?;
-            self.stopped
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id.clone());
+            self.set_stopped(&id, true);
             if st.status == ContainerStatus::Running {
                 if !request.force {
                     return Err(ErrorEnvelope::conflict(format!(
@@ -126,7 +120,11 @@ impl Executor {
             }
             let runtime_root = self.paths.runtime_root.clone();
             let remove_id = id.clone();
+            let log_dir = self.log_dir(&id);
             blocking(move || {
+                if log_dir != dir {
+                    let _ = std::fs::remove_dir_all(&log_dir);
+                }
                 overlay::unmount(&dir.join(files::ROOTFS)).map_err(internal)?;
                 if let Ok(container) = berth_runtime::Container::load(&runtime_root, &remove_id) {
                     let _ = container.delete(true);
@@ -144,12 +142,36 @@ impl Executor {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
             tracing::info!("container removed");
+            if request.volumes {
+                self.remove_anonymous_volumes(&record).await;
+            }
             self.release_snapshots(&id).await;
             self.publish_event(&record, "destroy", None, None).await;
             Ok(ContainerDone { id: id.clone() })
         }
         .instrument(span)
         .await
+    }
+
+    /// `rm -v` / `--rm`: the container's anonymous volumes, unless another container
+    /// mounts one too. Named volumes stay, as in Docker.
+    async fn remove_anonymous_volumes(self: &Arc<Self>, record: &ContainerRecord) {
+        let this = Arc::clone(self);
+        let names: Vec<String> = record.volumes.iter().map(|v| v.name.clone()).collect();
+        let _ = blocking(move || {
+            for name in names {
+                if this.volumes.get(&name).is_ok_and(|v| v.anonymous) {
+                    if let Err(err) = this
+                        .volumes
+                        .remove(&name, || this.volume_users(&name), false)
+                    {
+                        tracing::warn!(volume = %name, error = %err, "anonymous volume kept");
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await;
     }
 
     /// Drops the container's pin on its image's snapshots so `prune` can reclaim them.

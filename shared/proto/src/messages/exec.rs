@@ -51,6 +51,9 @@ pub struct ContainerSummary {
     /// The process as run (entrypoint + cmd).
     #[serde(default)]
     pub command: Vec<String>,
+    /// `--label`s given at create (`ps --filter label=…`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Reply to `list`.
@@ -65,6 +68,19 @@ pub struct ContainerList {
 pub struct BindMount {
     /// Absolute host path.
     pub source: String,
+    /// Absolute path in the container.
+    pub destination: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// `-v NAME:/ctr[:ro]` (a named volume, created on first use) or `-v /ctr` (an
+/// anonymous volume: `name` empty, a fresh one per container).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    /// Volume name; empty for a new anonymous volume.
+    #[serde(default)]
+    pub name: String,
     /// Absolute path in the container.
     pub destination: String,
     #[serde(default)]
@@ -168,6 +184,22 @@ pub struct ContainerCreateRequest {
     /// `--ulimit name=soft[:hard]`.
     #[serde(default)]
     pub ulimits: Vec<Ulimit>,
+    /// Named and anonymous volumes (`-v NAME:/ctr`, `-v /ctr`).
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+    /// `--privileged`: every capability, no seccomp, no masked or read-only paths,
+    /// writable /sys, the host's devices.
+    #[serde(default)]
+    pub privileged: bool,
+    /// `--log-opt key=value`: `max-size` (bytes, k/m/g suffix) and `max-file`.
+    #[serde(default)]
+    pub log_opts: BTreeMap<String, String>,
+    /// `-i`: keep the container's stdin open for `attach`.
+    #[serde(default)]
+    pub open_stdin: bool,
+    /// `-t`: the process gets a pseudo-terminal (stdout and stderr are one stream).
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// One `--ulimit`.
@@ -226,6 +258,9 @@ pub struct ContainerRemoveRequest {
     /// Kill it first if it runs.
     #[serde(default)]
     pub force: bool,
+    /// Also remove its anonymous volumes (`rm -v`).
+    #[serde(default)]
+    pub volumes: bool,
 }
 
 /// Reply to `kill`, `stop` and `remove`: the full id acted on.
@@ -277,6 +312,9 @@ pub struct ContainerInspect {
     pub log_path: String,
     /// Times the node restarted it under its restart policy.
     pub restart_count: u32,
+    /// Why the log is not being written (a full disk), while that lasts.
+    #[serde(default)]
+    pub log_error: Option<String>,
 }
 
 /// `logs`: a page of the container's CRI log (`<RFC3339Nano> stdout|stderr F|P <text>`).
@@ -289,6 +327,9 @@ pub struct LogsRequest {
     /// Only the last N lines.
     #[serde(default)]
     pub tail: Option<u64>,
+    /// Only records at or after this time (Unix nanoseconds), `--since`.
+    #[serde(default)]
+    pub since_ns: Option<i64>,
 }
 
 /// Reply to `logs`: whole CRI lines from `start` to `end` (byte offsets in the log).
@@ -317,7 +358,8 @@ pub struct LogChunk {
 /// Body of `berth.v1.events.container.<id>.<action>` (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerEvent {
-    /// `create`, `start`, `die`, `stop`, `kill`, `destroy` or `oom`.
+    /// `create`, `start`, `die`, `stop`, `kill`, `destroy`, `oom`, `exec_start`,
+    /// `exec_die`, `attach`.
     pub action: String,
     pub id: String,
     pub name: String,
@@ -328,6 +370,11 @@ pub struct ContainerEvent {
     /// `kill`: the signal sent.
     pub signal: Option<String>,
     pub oom_killed: bool,
+    /// `exec_start`/`exec_die`: the exec session and its command.
+    #[serde(default)]
+    pub exec_id: Option<String>,
+    #[serde(default)]
+    pub command: Option<String>,
     /// RFC 3339.
     pub time: String,
 }
@@ -350,6 +397,64 @@ pub struct ExecRequest {
     pub workdir: Option<String>,
     /// Where the output goes.
     pub output: String,
+}
+
+/// `volume_create`: a named volume on this node (idempotent: an existing one is returned).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeCreateRequest {
+    /// Generated (64 hex digits) when empty.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A volume (reply to `volume_create` and `volume_inspect`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub node_id: String,
+    /// `local`: a directory under the node's data dir.
+    pub driver: String,
+    /// Host path of the volume's data.
+    pub mountpoint: String,
+    /// RFC 3339.
+    pub created: String,
+    pub labels: BTreeMap<String, String>,
+    /// Made for one container (`-v /ctr`, an image VOLUME): removed with it by `rm -v`/`--rm`.
+    pub anonymous: bool,
+    /// Ids of the containers that use it.
+    pub containers: Vec<String>,
+}
+
+/// `volume_list`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeListRequest {
+    /// Only volumes with every one of these labels (`key` or `key=value`).
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+/// `volume_inspect`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRef {
+    pub name: String,
+}
+
+/// `volume_remove`: refused while a container uses the volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRemoveRequest {
+    pub name: String,
+    /// A missing volume is not an error.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Reply to `volume_list`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeList {
+    pub node_id: String,
+    pub volumes: Vec<VolumeInfo>,
 }
 
 /// One piece of an exec'd process's output (bincode).
