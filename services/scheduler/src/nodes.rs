@@ -81,6 +81,7 @@ mod tests {
             containers: 0,
             last_heartbeat_ms,
             executor_version: "0.1.0".into(),
+            ports: Vec::new(),
         }
     }
 

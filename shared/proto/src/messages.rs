@@ -6,5 +6,6 @@
 
 pub mod exec;
 pub mod image;
+pub mod network;
 pub mod node;
 pub mod unpack;

@@ -99,6 +99,18 @@ verbs!(
 );
 
 verbs!(
+    /// Verbs of a node's networks, served by its executor (`berth.v1.net.<node>.<verb>`).
+    NetVerb {
+        Create => "create",
+        List => "list",
+        Inspect => "inspect",
+        Remove => "remove",
+        Connect => "connect",
+        Disconnect => "disconnect",
+    }
+);
+
+verbs!(
     /// What an event is about (`berth.v1.events.<kind>.…`).
     EventKind {
         Container => "container",
@@ -126,6 +138,11 @@ pub fn sched(verb: SchedVerb) -> String {
 /// `berth.v1.exec.<node>.<verb>`
 pub fn exec(node: &str, verb: ExecVerb) -> String {
     format!("{ROOT}.exec.{node}.{verb}")
+}
+
+/// `berth.v1.net.<node>.<verb>`
+pub fn net(node: &str, verb: NetVerb) -> String {
+    format!("{ROOT}.net.{node}.{verb}")
 }
 
 /// `berth.v1.events.<kind>.<id>.<action>`
@@ -279,6 +296,7 @@ mod tests {
         );
         assert_eq!(sched(SchedVerb::Run), "berth.v1.sched.run");
         assert_eq!(exec("n1", ExecVerb::Logs), "berth.v1.exec.n1.logs");
+        assert_eq!(net("n1", NetVerb::Connect), "berth.v1.net.n1.connect");
         assert_eq!(
             event(EventKind::Container, "abc", "start"),
             "berth.v1.events.container.abc.start"
@@ -298,7 +316,8 @@ mod tests {
             .map(|v| v.as_str())
             .chain(UnpackVerb::ALL.iter().map(|v| v.as_str()))
             .chain(SchedVerb::ALL.iter().map(|v| v.as_str()))
-            .chain(ExecVerb::ALL.iter().map(|v| v.as_str()));
+            .chain(ExecVerb::ALL.iter().map(|v| v.as_str()))
+            .chain(NetVerb::ALL.iter().map(|v| v.as_str()));
         for token in tokens {
             assert!(check_token("verb", token).is_ok(), "{token}");
             assert_eq!(token, token.to_lowercase());

@@ -54,6 +54,9 @@ pub struct ContainerSummary {
     /// `--label`s given at create (`ps --filter label=…`).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Ports published while it runs.
+    #[serde(default)]
+    pub ports: Vec<crate::messages::network::PortBinding>,
 }
 
 /// Reply to `list`.
@@ -88,14 +91,30 @@ pub struct VolumeMount {
 }
 
 /// `--network`: which network namespace the container gets.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkMode {
-    /// Its own network namespace with only loopback (bridge comes with networking).
+    /// Its own network namespace on the node's default bridge network (Docker's default).
     #[default]
+    Bridge,
+    /// Its own network namespace with only loopback.
     None,
     /// The host's network namespace.
     Host,
+    /// Its own network namespace on a user network of the node (by name or id).
+    Named(String),
+}
+
+impl NetworkMode {
+    /// As `--network` spells it: `bridge`, `none`, `host` or the network's name.
+    pub fn name(&self) -> &str {
+        match self {
+            NetworkMode::Bridge => "bridge",
+            NetworkMode::None => "none",
+            NetworkMode::Host => "host",
+            NetworkMode::Named(name) => name,
+        }
+    }
 }
 
 /// `--restart`: what the node does when the container exits.
@@ -200,6 +219,15 @@ pub struct ContainerCreateRequest {
     /// `-t`: the process gets a pseudo-terminal (stdout and stderr are one stream).
     #[serde(default)]
     pub tty: bool,
+    /// `-p`: ports published on the node while the container runs.
+    #[serde(default)]
+    pub ports: Vec<crate::messages::network::PortSpec>,
+    /// `-P`: publish every port the image exposes on a free host port.
+    #[serde(default)]
+    pub publish_all: bool,
+    /// `--network-alias`: more names on its user network.
+    #[serde(default)]
+    pub network_aliases: Vec<String>,
 }
 
 /// One `--ulimit`.
@@ -315,6 +343,9 @@ pub struct ContainerInspect {
     /// Why the log is not being written (a full disk), while that lasts.
     #[serde(default)]
     pub log_error: Option<String>,
+    /// Networks, addresses, gateway, MAC and published ports.
+    #[serde(default)]
+    pub network: crate::messages::network::ContainerNetwork,
 }
 
 /// `logs`: a page of the container's CRI log (`<RFC3339Nano> stdout|stderr F|P <text>`).
@@ -498,7 +529,7 @@ mod tests {
             .decode(br#"{"image":"busybox"}"#)
             .expect("decodes");
         assert_eq!(request.image, "busybox");
-        assert_eq!(request.network, NetworkMode::None);
+        assert_eq!(request.network, NetworkMode::Bridge);
         assert_eq!(request.restart, RestartPolicy::No);
     }
 

@@ -37,6 +37,9 @@ pub struct NodeRecord {
     pub last_heartbeat_ms: u64,
     /// Version of the executor that wrote the record.
     pub executor_version: String,
+    /// Host ports its running containers publish.
+    #[serde(default)]
+    pub ports: Vec<crate::messages::network::PortBinding>,
 }
 
 /// `nodes`: every node record.
