@@ -20,6 +20,9 @@ pub struct Config {
     /// (a disk of their own, so a flood of output cannot fill the node's data disk).
     #[serde(default)]
     pub log_dir: Option<std::path::PathBuf>,
+    /// Bridge, subnets, nftables table (`[network]`).
+    #[serde(default)]
+    pub network: crate::network::config::NetworkConfig,
 }
 
 impl Config {

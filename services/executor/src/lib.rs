@@ -9,6 +9,7 @@ pub mod exec;
 pub mod lifecycle;
 pub mod logfiles;
 pub mod monitor;
+pub mod network;
 pub mod node;
 pub mod overlay;
 pub mod runspec;
@@ -27,7 +28,13 @@ use berth_proto::messages::exec::{
     ContainerRemoveRequest, ContainerStopRequest, ExecRequest, LogsRequest, VolumeCreateRequest,
     VolumeListRequest, VolumeRef, VolumeRemoveRequest,
 };
-use berth_proto::subjects::{self, jetstream as names, queue_groups, service_names, ExecVerb};
+use berth_proto::messages::network::{
+    NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest, NetworkListRequest,
+    NetworkRef,
+};
+use berth_proto::subjects::{
+    self, jetstream as names, queue_groups, service_names, ExecVerb, NetVerb,
+};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -91,10 +98,26 @@ pub async fn run(
         return Ok(());
     }
 
+    let network_config = settings
+        .service
+        .network
+        .check()
+        .map_err(|err| anyhow::anyhow!("executor config: {err}"))?;
+    let networks = Arc::new(
+        network::Networks::new(
+            network_config,
+            node_id.clone(),
+            &data_dir,
+            paths.containers_dir.clone(),
+            Box::new(network::netlink::Linux),
+        )
+        .map_err(|err| anyhow::anyhow!("networks of node {node_id}: {err}"))?,
+    );
     let executor = Arc::new(lifecycle::Executor::new(
         node_id.clone(),
         paths,
         client.clone(),
+        networks,
     )?);
     executor.adopt().await;
 
@@ -145,6 +168,31 @@ pub async fn run(
         .volume_inspect(r));
     serve!(ExecVerb::VolumeRemove, VolumeRemoveRequest, |e, r| e
         .volume_remove(r));
+
+    macro_rules! serve_net {
+        ($verb:expr, $request:ty, |$exec:ident, $req:ident| $body:expr) => {{
+            let executor = Arc::clone(&executor);
+            service
+                .endpoint(
+                    &format!("network_{}", $verb.as_str()),
+                    subjects::net(&node_id, $verb),
+                    move |$req: $request, _context| {
+                        let $exec = Arc::clone(&executor);
+                        async move { $body.await }
+                    },
+                )
+                .await?;
+        }};
+    }
+    serve_net!(NetVerb::Create, NetworkCreateRequest, |e, r| e
+        .network_create(r));
+    serve_net!(NetVerb::List, NetworkListRequest, |e, _r| e.network_list());
+    serve_net!(NetVerb::Inspect, NetworkRef, |e, r| e.network_inspect(r));
+    serve_net!(NetVerb::Remove, NetworkRef, |e, r| e.network_remove(r));
+    serve_net!(NetVerb::Connect, NetworkConnectRequest, |e, r| e
+        .network_connect(r));
+    serve_net!(NetVerb::Disconnect, NetworkDisconnectRequest, |e, r| e
+        .network_disconnect(r));
 
     let heartbeat = tokio::spawn(node::heartbeat_loop(
         nodes,

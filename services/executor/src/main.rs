@@ -8,6 +8,8 @@ use std::process::ExitCode;
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
+    #[command(flatten)]
+    network: berth_executor::network::config::NetworkArgs,
 }
 
 fn main() -> ExitCode {
@@ -19,6 +21,11 @@ fn main() -> ExitCode {
         berth_proto::subjects::service_names::EXECUTOR,
         "executor",
         args.common,
-        berth_executor::run,
+        move |client,
+              mut settings: berth_bus::settings::Settings<berth_executor::Config>,
+              shutdown| {
+            settings.service.network.apply(&args.network);
+            berth_executor::run(client, settings, shutdown)
+        },
     )
 }

@@ -54,10 +54,12 @@ fn unix_millis(now: SystemTime) -> u64 {
 }
 
 /// What the node's running containers use: their count and the limits they reserve.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Usage {
     pub containers: u32,
     pub allocated: Resources,
+    /// Host ports published by running containers.
+    pub ports: Vec<berth_proto::messages::network::PortBinding>,
 }
 
 /// Reports the node's current usage at each heartbeat.
@@ -80,6 +82,7 @@ pub fn record(
         containers: usage.containers,
         last_heartbeat_ms: unix_millis(now),
         executor_version: identity.version.clone(),
+        ports: usage.ports,
     }
 }
 
@@ -147,8 +150,9 @@ mod tests {
                 memory_bytes: 64 << 20,
                 pids: 0,
             },
+            ports: Vec::new(),
         };
-        let record = record(&identity, host_capacity(), usage, now);
+        let record = record(&identity, host_capacity(), usage.clone(), now);
         assert_eq!(record.last_heartbeat_ms, 1_234);
         assert_eq!(record.containers, 2);
         assert_eq!(record.allocated, usage.allocated);

@@ -27,6 +27,9 @@ pub struct ImageRunConfig {
     /// `VOLUME` paths: each gets an anonymous volume unless the request mounts something there.
     #[serde(default)]
     pub volumes: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    /// `{"80/tcp": {}}`: what `-P` publishes.
+    #[serde(default)]
+    pub exposed_ports: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 #[derive(Deserialize)]

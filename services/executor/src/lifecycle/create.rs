@@ -135,12 +135,26 @@ impl Executor {
         }
         let names: Vec<String> = volumes.iter().map(|v| v.name.clone()).collect();
         self.volumes.reserve(&names);
+        let hostname = request
+            .hostname
+            .clone()
+            .unwrap_or_else(|| id.chars().take(12).collect());
+        let exposed: Vec<String> = image_config
+            .exposed_ports
+            .as_ref()
+            .map(|ports| ports.keys().cloned().collect())
+            .unwrap_or_default();
+        let network = self
+            .net
+            .plan(&request, &exposed, name, &hostname)
+            .map_err(|err| crate::network::in_context(err, &format!("container {id}")))?;
         let record_base = (
             id.to_string(),
             name.to_string(),
             self.node_id.clone(),
             prepared.image_digest.clone(),
         );
+        let net = Arc::clone(&self.net);
         let dir = self.dir(id);
         let monitor_bin = self.paths.monitor_bin.clone();
         let lowerdirs = prepared.lowerdirs.clone();
@@ -159,6 +173,7 @@ impl Executor {
                         &image_config,
                         (&this.volumes, &volumes),
                         record_base,
+                        (&net, &network),
                     )
                 });
             if result.is_err() {
@@ -241,6 +256,10 @@ fn build_container(
     image: &ImageRunConfig,
     (store, volumes): (&crate::volumes::Volumes, &[VolumeMount]),
     (id, name, node_id, image_digest): (String, String, String, String),
+    (networks, network): (
+        &crate::network::Networks,
+        &crate::network::store::ContainerNet,
+    ),
 ) -> Handled<ContainerRecord> {
     let io = |what: &Path, err: std::io::Error| {
         internal(format!("container {id}: {}: {err}", what.display()))
@@ -286,6 +305,12 @@ fn build_container(
     };
     let (plan, spec) = runspec::build(request, image, &inputs)
         .map_err(|err| ErrorEnvelope::invalid(format!("container {id}: {err}")))?;
+    networks
+        .write_container_files(dir, network)
+        .map_err(|err| crate::network::in_context(err, &format!("container {id}")))?;
+    let spec = networks
+        .edit_spec(spec, &id, dir, network, request.read_only)
+        .map_err(|err| internal(format!("container {id}: {err}")))?;
     let spec_path = dir.join(files::SPEC);
     spec.save(&spec_path)
         .map_err(|err| internal(format!("container {id}: {}: {err}", spec_path.display())))?;

@@ -73,6 +73,8 @@ pub struct Executor {
     /// Where each running container's live log stands (shared by the one log pump).
     log_cursors: Mutex<HashMap<String, Arc<tokio::sync::Mutex<LogCursor>>>>,
     log_pump_started: std::sync::atomic::AtomicBool,
+    /// The node's networks (bridges, addresses, ports) that containers attach to.
+    pub(crate) net: Arc<crate::network::Networks>,
 }
 
 /// How far a container's log was published, and the current file as last seen.
@@ -161,6 +163,7 @@ fn summary(record: &ContainerRecord, st: &ContainerState) -> ContainerSummary {
         created: record.created.clone(),
         command: record.command.clone(),
         labels: record.config.labels.clone(),
+        ports: Vec::new(),
     }
 }
 
@@ -171,7 +174,12 @@ fn log_len(log_dir: &Path) -> u64 {
 
 impl Executor {
     /// An executor over `paths` (created if missing).
-    pub fn new(node_id: String, paths: Paths, client: async_nats::Client) -> anyhow::Result<Self> {
+    pub fn new(
+        node_id: String,
+        paths: Paths,
+        client: async_nats::Client,
+        net: Arc<crate::network::Networks>,
+    ) -> anyhow::Result<Self> {
         for dir in [&paths.containers_dir, &paths.runtime_root] {
             std::fs::create_dir_all(dir)
                 .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", dir.display()))?;
@@ -194,6 +202,7 @@ impl Executor {
                 volumes
             },
             paths,
+            net,
         })
     }
 
@@ -234,7 +243,7 @@ impl Executor {
         self.paths.containers_dir.join(id)
     }
 
-    pub(super) fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.op_locks.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(locks.entry(id.to_string()).or_default())
     }
@@ -332,6 +341,7 @@ impl Executor {
             .collect();
         let mut usage = crate::node::Usage {
             containers: ids.len() as u32,
+            ports: self.net.used_ports(),
             ..Default::default()
         };
         for id in ids {

@@ -66,6 +66,7 @@ impl Executor {
                 .to_string(),
             restart_count: st.restart_count,
             log_error: std::fs::read_to_string(dir.join(files::LOG_ERROR)).ok(),
+            network: self.net.describe(&id, &dir),
         })
     }
 
@@ -73,11 +74,16 @@ impl Executor {
     pub async fn list(self: &Arc<Self>, all: bool) -> Handled<ContainerList> {
         let dir = self.paths.containers_dir.clone();
         let node_id = self.node_id.clone();
+        let net = Arc::clone(&self.net);
         blocking(move || {
             let mut containers: Vec<ContainerSummary> = Executor::records_in(&dir)
                 .iter()
                 .filter(|(_, st)| all || st.status == ContainerStatus::Running)
-                .map(|(record, st)| summary(record, st))
+                .map(|(record, st)| {
+                    let mut row = summary(record, st);
+                    row.ports = net.ports_of(&record.id);
+                    row
+                })
                 .collect();
             containers.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
             Ok(ContainerList {

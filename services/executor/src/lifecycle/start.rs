@@ -94,6 +94,35 @@ impl Executor {
             });
         }
         self.set_stopped(id, false);
+        let net = Arc::clone(&self.net);
+        let (attach_id, attach_dir) = (id.to_string(), dir.clone());
+        blocking(move || {
+            net.attach(&attach_id, &attach_dir)
+                .map_err(ErrorEnvelope::from)
+        })
+        .await?;
+        let started = self.spawn_monitor(id, &dir, &record).await;
+        if started.is_err() {
+            self.release_network(id).await;
+        }
+        started
+    }
+
+    /// Releases the container's network (interfaces, namespace, address, ports).
+    pub(crate) async fn release_network(&self, id: &str) {
+        let net = Arc::clone(&self.net);
+        let id = id.to_string();
+        let _ = tokio::task::spawn_blocking(move || net.release(&id)).await;
+    }
+
+    /// Runs the container's monitor and waits for its report.
+    async fn spawn_monitor(
+        self: &Arc<Self>,
+        id: &str,
+        dir: &Path,
+        record: &ContainerRecord,
+    ) -> Handled<ContainerStarted> {
+        let dir = dir.to_path_buf();
         let offset = log_len(&self.log_dir(id));
         let monitor_log = std::fs::OpenOptions::new()
             .create(true)
@@ -147,7 +176,7 @@ impl Executor {
             let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
             let code: i32 = code.parse().unwrap_or(monitor::START_FAILED);
             let st = state::read_state(&dir).ok();
-            self.publish_event(&record, "die", st.as_ref(), None).await;
+            self.publish_event(record, "die", st.as_ref(), None).await;
             // The runtime's message names the container already.
             let message = message.to_string();
             return Err(
@@ -168,7 +197,7 @@ impl Executor {
         let st = state::read_state(&dir).map_err(|err| state_error(id, err))?;
         self.supervise(id.to_string(), st.monitor_pid, st.monitor_start, offset);
         tracing::info!(pid = st.pid, "container started");
-        self.publish_event(&record, "start", Some(&st), None).await;
+        self.publish_event(record, "start", Some(&st), None).await;
         Ok(ContainerStarted {
             id: id.to_string(),
             pid: st.pid,
@@ -318,6 +347,7 @@ impl Executor {
             Err(err) => {
                 // Removed while running (rm -f): nothing to record.
                 tracing::debug!(error = %err, "container gone after exit");
+                self.release_network(id).await;
                 self.untrack(id);
                 return;
             }
@@ -326,6 +356,7 @@ impl Executor {
             Ok(st) => st,
             Err(err) => {
                 tracing::error!(error = %err, "cannot read state after exit");
+                self.release_network(id).await;
                 self.untrack(id);
                 return;
             }
@@ -357,6 +388,7 @@ impl Executor {
             self.publish_event(&record, "oom", Some(&st), None).await;
         }
         self.publish_event(&record, "die", Some(&st), None).await;
+        self.release_network(id).await;
         self.untrack(id);
 
         let stopped = self.is_stopped(id);
@@ -451,13 +483,18 @@ impl Executor {
         let records = tokio::task::spawn_blocking(move || Executor::records_in(&dir))
             .await
             .unwrap_or_default();
+        let mut running = HashSet::new();
+        // Handled after the network is reconciled, so that a restart they trigger
+        // attaches to a clean state rather than racing the cleanup.
+        let mut stopped = Vec::new();
         for (record, mut st) in records {
             let id = record.id.clone();
             if st.status != ContainerStatus::Running {
-                self.adopt_stopped(&record, &st);
+                stopped.push((record, st));
                 continue;
             }
             if state::same_process(st.monitor_pid, st.monitor_start) {
+                running.insert(id.clone());
                 tracing::info!(container_id = %id, monitor_pid = st.monitor_pid, "re-adopted running container");
                 self.supervise(
                     id.clone(),
@@ -471,7 +508,7 @@ impl Executor {
             let dir = self.dir(&id);
             match state::read_state(&dir) {
                 Ok(fresh) if fresh.status != ContainerStatus::Running => {
-                    self.adopt_stopped(&record, &fresh);
+                    stopped.push((record, fresh));
                     continue;
                 }
                 _ => {}
@@ -483,6 +520,12 @@ impl Executor {
                 tracing::error!(container_id = %id, error = %err, "cannot record a lost container");
             }
             tracing::warn!(container_id = %id, "monitor lost while the executor was down");
+            stopped.push((record, st));
+        }
+        // Whatever no running container holds goes: leases, interfaces, namespaces, rules.
+        let net = Arc::clone(&self.net);
+        let _ = tokio::task::spawn_blocking(move || net.reconcile(&running)).await;
+        for (record, st) in stopped {
             self.adopt_stopped(&record, &st);
         }
     }

@@ -118,6 +118,7 @@ impl Executor {
             } else if self.is_tracked(&id) {
                 self.wait_exit(&id, Duration::from_secs(10)).await;
             }
+            self.release_network(&id).await;
             let runtime_root = self.paths.runtime_root.clone();
             let remove_id = id.clone();
             let log_dir = self.log_dir(&id);
