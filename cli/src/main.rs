@@ -6,6 +6,7 @@ mod discovery;
 mod events;
 mod exit;
 mod images;
+mod network;
 mod pull;
 mod snapshots;
 mod system;
@@ -51,6 +52,11 @@ enum Command {
         #[command(subcommand)]
         command: system::SystemCommand,
     },
+    /// User networks of a node: create, ls, inspect, rm, connect, disconnect.
+    Network {
+        #[command(subcommand)]
+        command: network::NetworkCommand,
+    },
     #[command(flatten)]
     Images(images::ImagesCommand),
     #[command(flatten)]
@@ -85,6 +91,7 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async move {
         match cli.command {
             Command::System { command } => system::run(command, &nats, timeout).await,
+            Command::Network { command } => network::run(command, &nats, timeout).await,
             Command::Images(command) => images::run(command, &nats, timeout).await,
             Command::Containers(command) => containers::run(command, &nats, timeout).await,
             Command::Transfer(command) => pull::run(command, &nats, timeout).await,

@@ -34,9 +34,18 @@ pub struct CreateArgs {
     /// Mount the root filesystem read-only.
     #[arg(long)]
     pub(super) read_only: bool,
-    /// none or host.
-    #[arg(long, default_value = "none", value_parser = parse_network)]
+    /// bridge (the node's default network), none, host, or a user network's name.
+    #[arg(long, default_value = "bridge", value_parser = parse_network)]
     pub(super) network: NetworkMode,
+    /// Another name on the user network (repeatable).
+    #[arg(long = "network-alias")]
+    pub(super) network_alias: Vec<String>,
+    /// Publish a port: [hostIP:][hostPort:]containerPort[/tcp|udp] (repeatable).
+    #[arg(short = 'p', long = "publish")]
+    pub(super) publish: Vec<String>,
+    /// Publish every port the image exposes on a free host port.
+    #[arg(short = 'P', long = "publish-all")]
+    pub(super) publish_all: bool,
     /// Bind mount /host:/container[:ro|rw] (repeatable).
     #[arg(short = 'v', long = "volume", value_parser = parse_bind)]
     pub(super) volumes: Vec<Mount>,
@@ -122,11 +131,11 @@ pub fn parse_size(text: &str) -> Result<i64, String> {
 
 fn parse_network(text: &str) -> Result<NetworkMode, String> {
     match text {
+        "" => Err("--network needs a value: bridge, none, host or a network name".into()),
+        "bridge" | "default" => Ok(NetworkMode::Bridge),
         "none" => Ok(NetworkMode::None),
         "host" => Ok(NetworkMode::Host),
-        other => Err(format!(
-            "network {other:?} is not supported yet: use none or host"
-        )),
+        other => Ok(NetworkMode::Named(other.to_string())),
     }
 }
 
@@ -295,7 +304,14 @@ impl CreateArgs {
             Some(c) => Some((c * 1e9) as u64),
             None => None,
         };
+        let mut ports = Vec::new();
+        for text in &self.publish {
+            ports.extend(crate::network::parse_publish(text).map_err(Failure::berth)?);
+        }
         Ok(ContainerCreateRequest {
+            ports,
+            publish_all: self.publish_all,
+            network_aliases: self.network_alias.clone(),
             image: self.image.clone(),
             name: self.name.clone(),
             entrypoint: self.entrypoint.as_ref().map(|e| {
@@ -314,7 +330,7 @@ impl CreateArgs {
             nano_cpus,
             pids_limit: self.pids_limit,
             read_only: self.read_only,
-            network: self.network,
+            network: self.network.clone(),
             binds: self
                 .volumes
                 .iter()

@@ -142,8 +142,8 @@ pub(super) async fn ps(
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<12}  {:<20}  {:<22}  {:<30}  {:<12}  NAMES",
-        "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS"
+        "{:<12}  {:<20}  {:<22}  {:<30}  {:<12}  {:<24}  NAMES",
+        "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS"
     );
     for c in &list.containers {
         let mut command = c.command.join(" ");
@@ -151,12 +151,13 @@ pub(super) async fn ps(
             command = command.chars().take(19).collect::<String>() + "…";
         }
         println!(
-            "{:<12}  {:<20}  {:<22}  {:<30}  {:<12}  {}",
+            "{:<12}  {:<20}  {:<22}  {:<30}  {:<12}  {:<24}  {}",
             &c.id[..c.id.len().min(12)],
             c.image,
             format!("\"{command}\""),
             c.created,
             status_text(c.status, c.exit_code),
+            crate::network::show_ports(&c.ports),
             c.name
         );
     }
