@@ -242,6 +242,140 @@ impl NatsServer {
     }
 }
 
+/// Networking settings no other executor on this host uses at the same time: a bridge,
+/// a default subnet, a pool of user-network subnets and an nftables table. Slot `i` is
+/// held by an exclusive `flock` on `/tmp/berth-test-netslots/<i>.lock`, so test
+/// processes running in parallel (and the several nodes of one test) never share one;
+/// the kernel drops the lock when the holder dies. 10.201.i.0/24 and 10.210.0.0/18
+/// (/20 per slot) are used; 192.0.2.0/24 (this host's uplink) is never touched.
+pub struct NetSlot {
+    pub index: u32,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// How many slots exist.
+pub const NET_SLOTS: u32 = 64;
+
+impl NetSlot {
+    /// The first free slot; its leftovers from a crashed earlier holder are removed.
+    pub fn acquire() -> Result<NetSlot, HarnessError> {
+        let dir = Path::new("/tmp/berth-test-netslots");
+        std::fs::create_dir_all(dir).map_err(io_error(format!("create {}", dir.display())))?;
+        for index in 0..NET_SLOTS {
+            let path = dir.join(format!("{index}.lock"));
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io_error(format!("open {}", path.display())))?;
+            if let Ok(lock) =
+                nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            {
+                let slot = NetSlot { index, _lock: lock };
+                slot.clean();
+                return Ok(slot);
+            }
+        }
+        Err(HarnessError::Missing(format!(
+            "all {NET_SLOTS} network slots are held by other tests"
+        )))
+    }
+
+    /// Bridge of the default network.
+    pub fn bridge(&self) -> String {
+        format!("berth-t{}", self.index)
+    }
+
+    /// Subnet of the default network.
+    pub fn subnet(&self) -> String {
+        format!("10.201.{}.0/24", self.index)
+    }
+
+    /// Pool of user network subnets (16 /24s).
+    pub fn pool(&self) -> String {
+        format!(
+            "10.{}.{}.0/20",
+            210 + self.index / 16,
+            (self.index % 16) * 16
+        )
+    }
+
+    /// berth's nftables table for this slot.
+    pub fn nft_table(&self) -> String {
+        format!("berth_t{}", self.index)
+    }
+
+    /// The alias prefix every interface of this slot's executor carries.
+    pub fn tag(&self) -> String {
+        format!("berth:{}:", self.nft_table())
+    }
+
+    /// Environment for an executor using this slot. `ip_forward` stays off: only the
+    /// slot's own bridges get `forwarding=1`.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("BERTH_BRIDGE".into(), self.bridge()),
+            ("BERTH_BRIDGE_SUBNET".into(), self.subnet()),
+            ("BERTH_NETWORK_POOL".into(), self.pool()),
+            ("BERTH_NFT_TABLE".into(), self.nft_table()),
+            ("BERTH_IP_FORWARD".into(), "false".into()),
+        ]
+    }
+
+    /// Interfaces of the host tagged as this slot's (name, alias).
+    pub fn links(&self) -> Vec<(String, String)> {
+        host_links()
+            .into_iter()
+            .filter(|(_, alias)| alias.starts_with(&self.tag()))
+            .collect()
+    }
+
+    /// Deletes the slot's interfaces and nftables table (nothing else).
+    pub fn clean(&self) {
+        for (name, _) in self.links() {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "delete", &name])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let table = self.nft_table();
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "ip", &table])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for NetSlot {
+    fn drop(&mut self) {
+        self.clean();
+    }
+}
+
+/// Every interface of the host namespace with its alias (empty when it has none).
+pub fn host_links() -> Vec<(String, String)> {
+    let Ok(output) = std::process::Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let name = line.split(": ").nth(1)?;
+            let name = name.split('@').next()?.to_string();
+            let alias = line
+                .split("alias ")
+                .nth(1)
+                .map(|a| a.trim().to_string())
+                .unwrap_or_default();
+            Some((name, alias))
+        })
+        .collect()
+}
+
 /// One berth service binary running as a child process.
 pub struct ServiceProcess {
     pub name: String,
@@ -290,6 +424,9 @@ pub struct Stack {
     pub node_id: String,
     env: Vec<(String, String)>,
     dir: TempDir,
+    /// The node's own bridge, subnets and nftables table (dropped last: after the
+    /// services are gone, its leftovers are removed).
+    pub net: NetSlot,
 }
 
 impl Stack {
@@ -310,15 +447,17 @@ impl Stack {
             .prefix("berth-stack-")
             .tempdir()
             .map_err(io_error("create the stack temp dir"))?;
+        let net = NetSlot::acquire()?;
+        // The slot's settings first: a test's own environment may override them.
+        let mut all_env = net.env();
+        all_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut stack = Stack {
             nats,
             services: Vec::new(),
             node_id: node_id.to_string(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env: all_env,
             dir,
+            net,
         };
         for service in services {
             stack.spawn_service(service)?;
