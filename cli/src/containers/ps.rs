@@ -181,6 +181,7 @@ mod tests {
             created: String::new(),
             command: vec![],
             labels: [("tier".to_string(), "front".to_string())].into(),
+            ports: vec![],
         };
         let f = |list: &[&str]| {
             PsFilter::parse(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())

@@ -167,8 +167,7 @@ impl Executor {
                 .and_then(|()| {
                     build_container(
                         &dir,
-                        &monitor_bin,
-                        &lowerdirs,
+                        (&monitor_bin, &lowerdirs),
                         &req,
                         &image_config,
                         (&this.volumes, &volumes),
@@ -250,8 +249,7 @@ async fn request_inspect(client: &async_nats::Client, name: &str) -> Handled<Ima
 /// The blocking part of create: directories, overlay mount, user, spec, records.
 fn build_container(
     dir: &Path,
-    monitor_bin: &Path,
-    lowerdirs: &[String],
+    (monitor_bin, lowerdirs): (&Path, &[String]),
     request: &ContainerCreateRequest,
     image: &ImageRunConfig,
     (store, volumes): (&crate::volumes::Volumes, &[VolumeMount]),
