@@ -570,6 +570,26 @@ async fn exec_runs_in_the_container_with_its_own_exit_code_and_stats_count() -> 
         env.berth(&["exec", "host", "cat", "/tmp/inside"])
             .is_ok_and(|o| o.status.success() && o.stdout == b"marker\n")
     }));
+    // The monitor gave its sealed copy of the init binary back after the start (several
+    // MB of node memory per container otherwise).
+    let id = env.inspect("host")?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        env.stack
+            .data_dir()
+            .join("containers")
+            .join(&id)
+            .join("state.json"),
+    )?)?;
+    let monitor = state["monitor_pid"].as_i64().unwrap_or_default();
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{monitor}/fd"))?
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(!fds.iter().any(|f| f.contains("memfd:")), "{fds:?}");
     let output = env.berth(&["exec", "host", "sh", "-c", "echo out; echo err >&2; exit 4"])?;
     assert_eq!(output.status.code(), Some(4));
     assert_eq!(String::from_utf8_lossy(&output.stdout), "out\n");

@@ -70,6 +70,41 @@ fn pump(reader: OwnedFd, stream: Stream, log: Arc<Mutex<LogWriter>>) {
     splitter.finish(&mut emit);
 }
 
+/// Asks the kernel to reclaim the file-backed pages (program text, libc) that only this
+/// process maps: set-up touched megabytes of runtime code the idle monitor never runs
+/// again. Pages shared with other monitors stay; what is needed at exit faults back in.
+fn page_out_file_mappings() {
+    const MADV_PAGEOUT: libc::c_int = 21;
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // address perms offset dev inode path: file-backed, not writable.
+        let (Some(range), Some(perms), Some(path)) = (fields.first(), fields.get(1), fields.get(5))
+        else {
+            continue;
+        };
+        if !path.starts_with('/') || perms.contains('w') {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        // SAFETY: advice on our own read-only file mappings; the pages stay mapped and
+        // are read back from the page cache or the file on the next access.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, MADV_PAGEOUT);
+        }
+    }
+}
+
 fn record_failure(dir: &Path, code: i32, message: &str) {
     let mut st = state::read_state(dir).unwrap_or_else(|_| ContainerState::created());
     st.status = ContainerStatus::Exited;
@@ -227,11 +262,17 @@ pub fn run(
     let _ = writeln!(report, "ok {pid}");
     let _ = report.flush();
     drop(report);
-    // Set-up is over: give what it allocated back, the monitor lives as long as the container.
+    // Set-up is over: give what it took back, the monitor lives as long as the container.
+    // SAFETY: the container is created and started, and this process creates no other
+    // (exec runs from the executor), so nothing uses the init copy any more.
+    unsafe {
+        berth_runtime::forget_sealed_inits();
+    }
     // SAFETY: malloc_trim only returns free heap memory to the kernel.
     unsafe {
         libc::malloc_trim(0);
     }
+    page_out_file_mappings();
 
     let exit = container.wait();
     // The pid namespace is gone with its init, so the pipes reach EOF soon; wait for

@@ -53,4 +53,5 @@ pub use cgroups::CgroupStats;
 pub use container::{Container, ContainerStatus, CreateOptions, ExitInfo, Stdio};
 pub use error::{Error, Result};
 pub use init::init_if_requested;
+pub use spawn::forget_sealed_inits;
 pub use spec::{default_spec, DefaultSpecOptions};

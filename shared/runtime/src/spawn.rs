@@ -17,15 +17,37 @@ use crate::init::{recv_msg, recv_msg_fd, send_msg, InitConfig, Msg, INIT_ENV, IN
 
 /// A sealed memfd holding a copy of the init binary, made once per process.
 pub(crate) fn sealed_init(binary: &Path) -> Result<&'static OwnedFd> {
-    // One sealed fd per distinct binary for the life of the process (in practice one or two).
-    static CACHE: Mutex<Vec<(PathBuf, &'static OwnedFd)>> = Mutex::new(Vec::new());
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    // One sealed fd per distinct binary for the life of the process (in practice one or
+    // two), unless `forget_sealed_inits` gives them back.
+    let mut cache = sealed_cache().lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, fd)) = cache.iter().find(|(p, _)| p == binary) {
         return Ok(fd);
     }
     let fd: &'static OwnedFd = Box::leak(Box::new(make_sealed(binary)?));
     cache.push((binary.to_path_buf(), fd));
     Ok(fd)
+}
+
+/// Closes every sealed init copy this process made, giving its memory back (a memfd's
+/// pages live as long as an fd to it: several MB per process that keeps one).
+///
+/// # Safety
+/// No reference returned by an earlier `sealed_init` may be in use, and no container
+/// may be created or exec'd concurrently; a later create simply makes a new copy.
+pub unsafe fn forget_sealed_inits() {
+    let mut cache = sealed_cache().lock().unwrap_or_else(|e| e.into_inner());
+    for (_, fd) in cache.drain(..) {
+        // SAFETY: each entry was leaked from a Box in `sealed_init` and, per the
+        // caller's promise, nothing borrows it any more.
+        drop(unsafe { Box::from_raw(fd as *const OwnedFd as *mut OwnedFd) });
+    }
+}
+
+type SealedCache = Mutex<Vec<(PathBuf, &'static OwnedFd)>>;
+
+fn sealed_cache() -> &'static SealedCache {
+    static CACHE: SealedCache = Mutex::new(Vec::new());
+    &CACHE
 }
 
 fn make_sealed(binary: &Path) -> Result<OwnedFd> {
