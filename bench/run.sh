@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Warm start end to end: `berth run --rm busybox true` over the bus (CLI -> executor ->
 # monitor -> runtime, overlay mount, logs, wait, rm) vs `crun run` of the same rootfs
-# with the spec berth generated. Medians of >= 30 runs (hyperfine), then the ratio.
-# Also prints the RSS of one container's monitor. Run as root.
+# with the spec berth generated vs `podman run --rm --network none` of the same image
+# (imported with `podman import`, podman's own storage under the bench's temp dir).
+# Medians of >= 30 runs (hyperfine), then the ratios. Also prints one container's
+# monitor memory (RSS, and what is its own: private pages). Run as root.
 #
 #   bench/run.sh                    # builds the release binaries first
 #   RUNS=50 bench/run.sh
@@ -33,8 +35,13 @@ cleanup() {
         ids=$("$work/bin/berth" ps -a -q 2>/dev/null || true)
         [ -z "$ids" ] || "$work/bin/berth" rm -f $ids >/dev/null 2>&1 || true
     fi
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    # Services before nats-server; whatever has not exited a moment later is killed.
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done
+    sleep 1
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    [ -z "${pm:-}" ] || $pm rm -af >/dev/null 2>&1 || true
+    awk -v w="$work" 'index($2, w) == 1 {print $2}' /proc/mounts | sort -r | xargs -r umount -l
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -86,19 +93,32 @@ mkdir -p "$work/root-crun"
 crun_cmd="unshare -m sh -c 'umount /sys/fs/cgroup/unified 2>/dev/null; crun --root $work/root-crun run -b $bundle bench-c'"
 eval "$crun_cmd"
 
+# podman: its own root and runroot under the bench dir, so no host state is touched.
+podman_args=()
+if command -v podman >/dev/null; then
+    pm="podman --root $work/podman/root --runroot $work/podman/run --storage-driver overlay"
+    $pm import --change 'ENV PATH=/bin' "$work/busybox.tar" busybox:bench >/dev/null
+    $pm run --rm --network none busybox:bench true
+    podman_args=(-n "podman run --rm" "$pm run --rm --network none busybox:bench true")
+else
+    echo "podman not installed: its column is skipped" >&2
+fi
+
 hyperfine -N --warmup "$WARMUP" --runs "$RUNS" --export-json "$work/result.json" \
     -n "berth run --rm" "$B/berth run --rm --node bench busybox:bench true" \
     -n "crun run" "$crun_cmd" \
+    "${podman_args[@]}" \
     -n "crun wrapper alone" "unshare -m sh -c 'umount /sys/fs/cgroup/unified 2>/dev/null; true'"
 
 # One container's monitor: resident memory while its container sleeps.
 cid=$("$B/berth" run -d --node bench busybox:bench sleep 60)
 sleep 0.5
 mpid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["monitor_pid"])' "$work/data/containers/$cid/state.json")
-rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$mpid/status")
+rss_kb=$(awk '/^Rss:/ {print $2}' "/proc/$mpid/smaps_rollup")
+own_kb=$(awk '/^Private_(Clean|Dirty):/ {s += $2} END {print s}' "/proc/$mpid/smaps_rollup")
 "$B/berth" rm -f "$cid" >/dev/null
 
-python3 - "$work/result.json" "$rss_kb" <<'PY'
+python3 - "$work/result.json" "$rss_kb" "$own_kb" <<'PY'
 import json, sys
 r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
 med = {k: v["median"] * 1000 for k, v in r.items()}
@@ -109,5 +129,8 @@ for k, v in r.items():
 b, c, w = med["berth run --rm"], med["crun run"], med["crun wrapper alone"]
 print()
 print(f"berth / crun = {b / c:.2f}x   (<= 1 is the aim; crun without its wrapper ~ {c - w:.2f} ms -> {b / max(c - w, 0.01):.2f}x)")
-print(f"monitor RSS per container: {int(sys.argv[2]) / 1024:.1f} MiB")
+if "podman run --rm" in med:
+    p = med["podman run --rm"]
+    print(f"berth / podman = {b / p:.2f}x")
+print(f"monitor per container: RSS {int(sys.argv[2]) / 1024:.2f} MiB, private {int(sys.argv[3]) / 1024:.2f} MiB")
 PY

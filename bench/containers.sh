@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Density: N (default 500) concurrent `sleep 600` containers on one node, started with
+# `berth run -d` from 8 parallel CLIs. Prints the time until all N run, the executor's
+# RSS and CPU while it supervises them idle (the one shared log pump), each monitor's
+# memory (RSS and private pages), and node memory per container (MemAvailable before
+# and after, divided by N; noisy when other work runs on the host). Run as root.
+#
+#   bench/containers.sh            N=100 bench/containers.sh
+set -euo pipefail
+N=${N:-500}
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "bench/containers.sh needs root" >&2; exit 1; }
+for t in nats-server busybox python3 tar xargs; do
+    command -v "$t" >/dev/null || { echo "missing tool: $t" >&2; exit 1; }
+done
+if [ -z "${BERTH_BIN_DIR:-}" ]; then
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+    cargo build --release -q --bins -p berth-executor -p berth-cli -p berth-image-store -p berth-layer-unpacker
+    BERTH_BIN_DIR=$CARGO_TARGET_DIR/release
+fi
+work=$(mktemp -d /tmp/berth-bench-containers.XXXXXX)
+pids=()
+cleanup() {
+    if [ -x "$work/bin/berth" ]; then
+        "$work/bin/berth" ps -a -q 2>/dev/null | xargs -r -n 50 "$work/bin/berth" rm -f >/dev/null 2>&1 || true
+    fi
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done
+    sleep 1
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    awk -v w="$work" 'index($2, w) == 1 {print $2}' /proc/mounts | sort -r | xargs -r umount -l
+    rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir -p "$work/bin"
+for b in berth berth-executor berth-monitor berth-image-store berth-layer-unpacker; do
+    strip -o "$work/bin/$b" "$BERTH_BIN_DIR/$b"
+done
+B=$work/bin
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+export BERTH_NATS_URL=nats://127.0.0.1:$port BERTH_DATA_DIR=$work/data BERTH_NODE_ID=density RUST_LOG=warn
+nats-server -a 127.0.0.1 -p "$port" -js -sd "$work/js" >"$work/nats.log" 2>&1 & pids+=($!)
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+for s in image-store layer-unpacker executor; do
+    "$B/berth-$s" >"$work/$s.log" 2>&1 & pids+=($!)
+done
+executor_pid=${pids[3]}
+for _ in $(seq 100); do "$B/berth" ps --node density >/dev/null 2>&1 && break; sleep 0.1; done
+rootfs=$work/rootfs
+mkdir -p "$rootfs/bin" "$rootfs/etc"
+cp "$(command -v busybox)" "$rootfs/bin/busybox"
+for a in $("$rootfs/bin/busybox" --list); do [ "$a" = busybox ] || ln -s busybox "$rootfs/bin/$a"; done
+echo 'root:x:0:0:root:/root:/bin/sh' >"$rootfs/etc/passwd"
+tar -C "$rootfs" --numeric-owner -cf "$work/busybox.tar" .
+"$B/berth" import "$work/busybox.tar" busybox:bench --change 'ENV PATH=/bin' >/dev/null
+"$B/berth" run --rm --node density busybox:bench true
+sync
+avail() { awk '/MemAvailable/ {print $2}' /proc/meminfo; }
+before_kb=$(avail)
+start=$(date +%s.%N)
+seq "$N" | xargs -P 8 -I{} "$B/berth" --timeout 120 run -d --node density busybox:bench sleep 600 >/dev/null
+while [ "$("$B/berth" ps -q --node density | wc -l)" -lt "$N" ]; do sleep 0.2; done
+end=$(date +%s.%N)
+sleep 5
+after_kb=$(avail)
+ticks() { awk '{print $14 + $15}' "/proc/$executor_pid/stat"; }
+t0=$(ticks); sleep 10; t1=$(ticks)
+hz=$(getconf CLK_TCK)
+exec_rss=$(awk '/^VmRSS/ {print $2}' "/proc/$executor_pid/status")
+python3 - "$work/data/containers" "$N" "$start" "$end" "$before_kb" "$after_kb" "$exec_rss" "$t0" "$t1" "$hz" <<'PY'
+import json, os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+start, end = float(sys.argv[3]), float(sys.argv[4])
+before, after, exec_rss = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+t0, t1, hz = int(sys.argv[8]), int(sys.argv[9]), int(sys.argv[10])
+rss, own = [], []
+for cid in os.listdir(root):
+    try:
+        pid = json.load(open(f"{root}/{cid}/state.json"))["monitor_pid"]
+        fields = dict(l.split(":", 1) for l in open(f"/proc/{pid}/smaps_rollup").read().splitlines()[1:])
+        kb = lambda k: int(fields[k].split()[0])
+        rss.append(kb("Rss")); own.append(kb("Private_Clean") + kb("Private_Dirty"))
+    except (OSError, KeyError, ValueError):
+        pass
+med = lambda xs: sorted(xs)[len(xs) // 2] if xs else 0
+print(f"containers running:          {len(rss)} of {n}")
+print(f"time to start all:           {end - start:.1f} s ({n / (end - start):.1f} containers/s)")
+print(f"executor RSS:                {exec_rss / 1024:.1f} MiB")
+print(f"executor CPU while idle:     {(t1 - t0) / hz / 10 * 100:.1f} % of a core ({n} containers, 10 s)")
+print(f"monitor RSS (median):        {med(rss) / 1024:.2f} MiB, private {med(own) / 1024:.2f} MiB")
+print(f"node memory per container:   {(before - after) / n / 1024:.2f} MiB (MemAvailable delta / {n})")
+PY
