@@ -254,6 +254,26 @@ async fn services_exit_cleanly_on_sigterm() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A service whose NATS server has gone for good still stops on SIGTERM (its micro
+/// service stop and connection drain are bounded instead of waiting for the server).
+#[tokio::test]
+async fn services_exit_on_sigterm_after_their_nats_server_is_gone() -> anyhow::Result<()> {
+    let mut stack = Stack::start(&ALL_SERVICES, NODE).await?;
+    stack.nats.kill().await?;
+    // Let every client notice the disconnect before the signal.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let exits = futures::future::join_all(stack.services.iter_mut().map(|service| async move {
+        let status = service.terminate(Duration::from_secs(30)).await;
+        (service.name.clone(), status)
+    }))
+    .await;
+    for (name, status) in exits {
+        let status = status?;
+        assert!(status.success(), "{name} exited with {status}");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_request_nobody_serves_is_a_typed_no_responders_error() -> anyhow::Result<()> {
     let stack = Stack::start(&[], NODE).await?;

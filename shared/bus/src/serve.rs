@@ -146,11 +146,25 @@ impl ServiceHandle {
                 }
             }
         }
-        self.service
-            .stop()
-            .await
-            .map_err(|err| anyhow::anyhow!("cannot stop micro service: {err}"))?;
-        while self.endpoint_loops.join_next().await.is_some() {}
+        // Stopping the micro service unsubscribes through the connection, which waits for
+        // a server that may be gone for good: bound it like the drain below, then drop the
+        // endpoint loops (their replies could not be sent anyway).
+        let stopped = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            let result = self.service.stop().await;
+            while self.endpoint_loops.join_next().await.is_some() {}
+            result
+        })
+        .await;
+        match stopped {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "stopping the micro service failed"),
+            Err(_) => {
+                tracing::warn!(
+                    "micro service not stopped within {DRAIN_TIMEOUT:?}; exiting anyway"
+                );
+                self.endpoint_loops.abort_all();
+            }
+        }
         // With NATS gone a drain would wait for a server that may never return; replies
         // still queued then are lost either way, so give up after a bounded wait.
         match tokio::time::timeout(DRAIN_TIMEOUT, self.client.drain()).await {
