@@ -114,6 +114,72 @@ impl Drop for Registry {
     }
 }
 
+/// A TCP proxy in front of the registry that stops forwarding a response once it has
+/// passed `stall_after` bytes (only a layer blob is that big), once; later connections
+/// pass through whole. `stalled` fires when it holds.
+struct StallingProxy {
+    port: u16,
+    stalled: std::sync::Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StallingProxy {
+    async fn start(upstream: u16, stall_after: usize) -> anyhow::Result<Self> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let port = listener.local_addr()?.port();
+        let stalled = std::sync::Arc::new(tokio::sync::Notify::new());
+        let has_stalled = std::sync::Arc::new(AtomicBool::new(false));
+        let notify = stalled.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                let (notify, has_stalled) = (notify.clone(), has_stalled.clone());
+                tokio::spawn(async move {
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let requests = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                    });
+                    let mut passed = 0usize;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match server_read.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if client_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        passed += n;
+                        if passed > stall_after && !has_stalled.swap(true, Ordering::SeqCst) {
+                            notify.notify_one();
+                            // Hold the connection open, forwarding nothing more.
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    requests.abort();
+                });
+            }
+        });
+        Ok(StallingProxy {
+            port,
+            stalled,
+            task,
+        })
+    }
+}
+
+impl Drop for StallingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 // ---- an image-store with its own environment ----------------------------------------
 
 /// A stack of nats-server plus one `berth-image-store` process started here.
@@ -695,7 +761,8 @@ async fn pull_twice_at_once_fetches_each_blob_once() -> anyhow::Result<()> {
 
 /// SIGKILL of the image-store mid-pull: no reference appears, and after a restart the
 /// same pull succeeds (the dead writer's claim expires) with every blob intact.
-#[tokio::test]
+// Multi-threaded: the proxy's tasks must run while a blocking `berth` call waits on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_survives_sigkill_of_the_image_store() -> anyhow::Result<()> {
     let registry = Registry::start(None).await?;
     let mut env = Env::start().await?;
@@ -721,21 +788,19 @@ async fn pull_survives_sigkill_of_the_image_store() -> anyhow::Result<()> {
     env.ok(&["push", &name])?;
     env.ok(&["rmi", &name])?;
 
-    let layer = before.layers[0].digest.clone();
-    let mark = registry.log().len();
+    // The pull goes through a proxy that holds the first large blob response part-way,
+    // so the kill lands mid-blob every time (a loopback registry serves 32 MB faster
+    // than its access log shows the GET).
+    let proxy = StallingProxy::start(registry.port, 4 * 1024 * 1024).await?;
+    let name = format!("127.0.0.1:{}/big/image:1", proxy.port);
     let pull = env
         .berth(&["pull", "-q", &name])?
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while registry.gets(mark, &format!("/v2/big/image/blobs/{layer}")) == 0 {
-        ensure!(
-            Instant::now() < deadline,
-            "the pull never fetched the layer"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    tokio::time::timeout(Duration::from_secs(60), proxy.stalled.notified())
+        .await
+        .context("the pull never got part-way into the layer")?;
     env.kill_store().await?;
     let out = tokio::task::spawn_blocking(move || pull.wait_with_output()).await??;
     ensure!(
