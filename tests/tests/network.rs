@@ -460,6 +460,52 @@ async fn bridge_nat_and_published_ports() -> anyhow::Result<()> {
         "a refused start leaves nothing behind"
     );
 
+    // -P publishes the image's ExposedPorts (80/tcp) on a random host port; a UDP
+    // port carries datagrams from the host to the container.
+    let exposed = env.run_d(
+        &["--name", "exposed", "-P"],
+        &["httpd", "-f", "-p", "80", "-h", "/www"],
+    )?;
+    let ports = env.inspect(&exposed)?["network"]["ports"].clone();
+    let bindings = ports.as_array().cloned().unwrap_or_default();
+    assert_eq!(bindings.len(), 1, "-P of EXPOSE 80/tcp: {ports}");
+    assert_eq!(bindings[0]["container_port"], 80, "{ports}");
+    let exposed_port = bindings[0]["host_port"].as_u64().unwrap_or_default();
+    assert!(exposed_port > 0, "{ports}");
+    let body = eventually(Duration::from_secs(5), || {
+        http_get(&format!("127.0.0.1:{exposed_port}"), "/index.html")
+    })?;
+    assert_eq!(body, "hello from berth\n");
+    assert!(
+        env.ok(&["ps"])?
+            .contains(&format!("0.0.0.0:{exposed_port}->80/tcp")),
+        "ps lacks the -P port"
+    );
+    // A UDP port (busybox-static has no UDP server to answer, so the proof is the
+    // reservation and the rule): berth holds the host port and DNATs udp to it.
+    let udp_port = berth_tests::free_port()?;
+    let udp = env.run_d(
+        &["--name", "udp", "-p", &format!("{udp_port}:5353/udp")],
+        &["sleep", "600"],
+    )?;
+    assert!(
+        env.ok(&["ps"])?
+            .contains(&format!("0.0.0.0:{udp_port}->5353/udp")),
+        "ps lacks the udp port"
+    );
+    let taken = std::net::UdpSocket::bind(("0.0.0.0", udp_port));
+    assert!(taken.is_err(), "berth does not hold udp port {udp_port}");
+    let rules = footprint(&env)?.rules;
+    assert!(
+        rules.contains(&format!("udp dport {udp_port}")) && rules.contains(":5353"),
+        "{rules}"
+    );
+    env.rm(&[&exposed, &udp]);
+    eventually(Duration::from_secs(5), || {
+        Ok(std::net::UdpSocket::bind(("0.0.0.0", udp_port))?)
+    })
+    .map_err(|err| anyhow::anyhow!("rm did not give the udp port back: {err}"))?;
+
     // --network none and host still work.
     let (_, out) = {
         let output = env.berth(&[
