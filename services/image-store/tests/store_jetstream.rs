@@ -51,9 +51,20 @@ async fn nats_server() -> Server {
 }
 
 async fn backend(server: &Server) -> JetStreamBackend {
-    let client = async_nats::connect(format!("nats://127.0.0.1:{}", server.port))
-        .await
-        .expect("connect");
+    // The port answers before nats-server is ready to talk on a loaded machine: retry.
+    let url = format!("nats://127.0.0.1:{}", server.port);
+    let mut attempt = 0;
+    let client = loop {
+        match async_nats::connect(&url).await {
+            Ok(client) => break client,
+            Err(err) if attempt < 40 => {
+                attempt += 1;
+                eprintln!("connect to {url}: {err}; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(err) => panic!("connect to {url}: {err}"),
+        }
+    };
     let js = jetstream::new(client);
     let kv = js
         .create_key_value(jetstream::kv::Config {
