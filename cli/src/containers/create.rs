@@ -91,6 +91,12 @@ pub struct CreateArgs {
     /// name=soft[:hard], e.g. nofile=1024:2048 (repeatable).
     #[arg(long, value_parser = parse_ulimit)]
     pub(super) ulimit: Vec<Ulimit>,
+    /// Keep stdin open: `run` sends the CLI's stdin, `attach` can later.
+    #[arg(short = 'i', long)]
+    pub(super) interactive: bool,
+    /// Give the process a pseudo-terminal.
+    #[arg(short = 't', long)]
+    pub(super) tty: bool,
     /// Image to run.
     pub(super) image: String,
     /// Command and arguments (replace the image's Cmd).
@@ -349,8 +355,9 @@ impl CreateArgs {
                 .collect(),
             privileged: self.privileged,
             log_opts: self.log_opts.iter().cloned().collect(),
-            open_stdin: false,
-            tty: false,
+            open_stdin: self.interactive,
+            tty: self.tty,
+            console_size: self.tty.then(super::interactive::console_size).flatten(),
             labels,
             restart: self.restart,
             stop_signal: self.stop_signal.clone(),

@@ -1,5 +1,6 @@
 //! `exec`: a command in a running container, its output streamed back.
 
+use super::interactive;
 use super::*;
 
 #[derive(clap::Args, Debug)]
@@ -15,6 +16,12 @@ pub struct ExecArgs {
     /// Working directory inside the container.
     #[arg(short = 'w', long)]
     pub(super) workdir: Option<String>,
+    /// Send the CLI's stdin to the command.
+    #[arg(short = 'i', long)]
+    pub(super) interactive: bool,
+    /// Give the command a pseudo-terminal.
+    #[arg(short = 't', long)]
+    pub(super) tty: bool,
     pub(super) container: String,
     /// Command and arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
@@ -33,6 +40,8 @@ pub(super) async fn exec(
         .subscribe(output.clone())
         .await
         .map_err(|err| Failure::berth(format!("cannot subscribe for exec output: {err}")))?;
+    let exec_id =
+        (args.interactive || args.tty).then(|| format!("{:016x}", interactive::random_u64()));
     let request = ExecRequest {
         id: args.container.clone(),
         cmd: args.command.clone(),
@@ -40,7 +49,21 @@ pub(super) async fn exec(
         user: args.user.clone(),
         workdir: args.workdir.clone(),
         output,
+        open_stdin: args.interactive,
+        tty: args.tty,
+        console_size: args.tty.then(interactive::console_size).flatten(),
+        exec_id: exec_id.clone(),
     };
+    let _session = interactive::Session::start(
+        &target,
+        &args.container,
+        exec_id,
+        interactive::SessionOptions {
+            stdin: args.interactive,
+            tty: args.tty,
+            resize_now: false,
+        },
+    )?;
     let reply = target.call::<_, ExecExit>(ExecVerb::Exec, &request, Some(WAIT_DEADLINE));
     tokio::pin!(reply);
     let mut eof = false;

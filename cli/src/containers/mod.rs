@@ -3,8 +3,10 @@
 //! Until `run` goes through the scheduler, each verb addresses one node's executor
 //! (`--node`, default: the only executor on the bus).
 
+mod attach;
 mod create;
 mod exec;
+mod interactive;
 mod logs;
 mod ps;
 mod run;
@@ -112,6 +114,8 @@ pub enum ContainersCommand {
     Exec(ExecArgs),
     /// CPU, memory and pids of running containers.
     Stats(StatsArgs),
+    /// Attach to a running container: its output, its stdin if created with -i.
+    Attach(attach::AttachArgs),
 }
 
 /// A connected client and the executor node it addresses.
@@ -200,6 +204,7 @@ pub async fn run(
         ContainersCommand::Ps(args) => ps::ps(args, nats, timeout).await,
         ContainersCommand::Exec(args) => exec::exec(args, nats, timeout).await,
         ContainersCommand::Stats(args) => stats::stats(args, nats, timeout).await,
+        ContainersCommand::Attach(args) => attach::attach(args, nats, timeout).await,
         ContainersCommand::Logs(args) => logs::logs(args, nats, timeout).await,
         ContainersCommand::Stop(args) => {
             let grace = args.time;

@@ -182,6 +182,8 @@ mod tests {
             command: vec![],
             labels: [("tier".to_string(), "front".to_string())].into(),
             ports: vec![],
+            started_at: None,
+            finished_at: None,
         };
         let f = |list: &[&str]| {
             PsFilter::parse(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())

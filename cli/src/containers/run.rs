@@ -71,6 +71,16 @@ pub(super) async fn run_container(
         println!("{id}");
         return Ok(ExitCode::SUCCESS);
     };
+    let _session = super::interactive::Session::start(
+        &target,
+        &id,
+        None,
+        super::interactive::SessionOptions {
+            stdin: args.create.interactive,
+            tty: args.create.tty,
+            resize_now: false,
+        },
+    )?;
     let mut follower = Follower {
         target: &target,
         id: id.clone(),

@@ -7,6 +7,7 @@ use crate::lifecycle::{blocking, read_in_root, state_error, Executor};
 use crate::monitor;
 use crate::runspec;
 use crate::state::{self, files};
+use crate::stdio;
 use crate::users;
 use berth_proto::messages::exec::{
     ContainerRef, ContainerStats, ContainerStatus, ExecExit, ExecOutput, ExecRequest,
@@ -22,6 +23,54 @@ type Handled<T> = Result<T, ErrorEnvelope>;
 fn pipe() -> Handled<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|err| ErrorEnvelope::internal(format!("pipe: {err}")))
+}
+
+/// An exec's standard streams and the ends the executor keeps.
+struct ExecStreams {
+    stdio: berth_runtime::Stdio,
+    /// Read ends of stdout and stderr (`true`: stderr).
+    outputs: Vec<(OwnedFd, bool)>,
+    /// `-i` without a terminal: the write end of its stdin.
+    stdin_w: Option<OwnedFd>,
+}
+
+impl ExecStreams {
+    fn new(tty: bool, open_stdin: bool) -> Handled<ExecStreams> {
+        let null = || {
+            std::fs::File::open("/dev/null")
+                .map(OwnedFd::from)
+                .map_err(|err| ErrorEnvelope::internal(format!("/dev/null: {err}")))
+        };
+        if tty {
+            // The runtime puts the terminal's slave on 0, 1 and 2.
+            return Ok(ExecStreams {
+                stdio: berth_runtime::Stdio {
+                    stdin: Some(null()?),
+                    stdout: Some(null()?),
+                    stderr: Some(null()?),
+                },
+                outputs: Vec::new(),
+                stdin_w: None,
+            });
+        }
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (stdin, stdin_w) = if open_stdin {
+            let (r, w) = pipe()?;
+            (r, Some(w))
+        } else {
+            (null()?, None)
+        };
+        Ok(ExecStreams {
+            stdio: berth_runtime::Stdio {
+                stdin: Some(stdin),
+                stdout: Some(out_w),
+                stderr: Some(err_w),
+            },
+            outputs: vec![(out_r, false), (err_r, true)],
+            stdin_w,
+        })
+    }
 }
 
 /// Reads `fd` to EOF, sending pieces to `sink`.
@@ -68,6 +117,24 @@ impl Executor {
                 request.output
             )));
         }
+        let input_id = match (&request.exec_id, request.open_stdin || request.tty) {
+            (Some(exec_id), true) => {
+                berth_proto::subjects::check_token("exec id", exec_id)
+                    .map_err(ErrorEnvelope::invalid)?;
+                if self.exec_inputs.contains(exec_id) {
+                    return Err(ErrorEnvelope::conflict(format!(
+                        "exec session {exec_id} exists already"
+                    )));
+                }
+                Some(exec_id.clone())
+            }
+            (None, true) => {
+                return Err(ErrorEnvelope::invalid(
+                    "exec with -i or -t needs an exec_id for its input",
+                ))
+            }
+            (_, false) => None,
+        };
         let dir = self.dir(&id);
         let record = state::read_record(&dir).map_err(|err| state_error(&id, err))?;
         let st = state::read_state(&dir).map_err(|err| state_error(&id, err))?;
@@ -80,8 +147,11 @@ impl Executor {
         let init = self.paths.monitor_bin.clone();
         let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
         let exec_id = id.clone();
+        let exec_id_container = id.clone();
         let session = crate::lifecycle::new_id()?;
         let command = request.cmd.join(" ");
+        let this = Arc::clone(self);
+        let session_input = input_id.clone();
         let started = blocking(move || {
             let container = berth_runtime::Container::load(&runtime_root, &exec_id)
                 .map_err(|err| ErrorEnvelope::conflict(format!("container {exec_id}: {err}")))?;
@@ -100,7 +170,7 @@ impl Executor {
                 }
                 None => None,
             };
-            let process = runspec::exec_process(
+            let mut process = runspec::exec_process(
                 &base,
                 &request.cmd,
                 &request.env,
@@ -108,23 +178,39 @@ impl Executor {
                 user.as_ref(),
             )
             .map_err(ErrorEnvelope::invalid)?;
-            let (out_r, out_w) = pipe()?;
-            let (err_r, err_w) = pipe()?;
-            let stdin = std::fs::File::open("/dev/null")
-                .map_err(|err| ErrorEnvelope::internal(format!("/dev/null: {err}")))?;
-            let stdio = berth_runtime::Stdio {
-                stdin: Some(OwnedFd::from(stdin)),
-                stdout: Some(out_w),
-                stderr: Some(err_w),
-            };
-            match container.exec(&process, stdio, Some(&init)) {
+            if request.tty {
+                process = runspec::with_terminal(process, request.console_size)
+                    .map_err(ErrorEnvelope::invalid)?;
+            }
+            let streams = ExecStreams::new(request.tty, request.open_stdin)?;
+            match container.exec(&process, streams.stdio, Some(&init)) {
                 Ok(process) => {
                     let pid = process.pid;
-                    let out_sender = sender.clone();
-                    let readers = [
-                        std::thread::spawn(move || pump(out_r, false, out_sender)),
-                        std::thread::spawn(move || pump(err_r, true, sender)),
-                    ];
+                    // With a terminal its master is the one output and where input goes.
+                    let (outputs, sink) = match (request.tty, process.console) {
+                        (true, Some(master)) => {
+                            let copy = master.try_clone().map_err(|err| {
+                                ErrorEnvelope::internal(format!("pty master: {err}"))
+                            })?;
+                            (vec![(master, false)], Some(stdio::Sink::pty(copy)))
+                        }
+                        (true, None) => {
+                            return Err(ErrorEnvelope::internal(
+                                "the runtime gave no terminal for the exec",
+                            ))
+                        }
+                        (false, _) => (streams.outputs, streams.stdin_w.map(stdio::Sink::pipe)),
+                    };
+                    if let (Some(exec_id), Some(sink)) = (&session_input, sink) {
+                        this.exec_inputs.insert(exec_id, &exec_id_container, sink);
+                    }
+                    let readers: Vec<_> = outputs
+                        .into_iter()
+                        .map(|(fd, stderr)| {
+                            let sender = sender.clone();
+                            std::thread::spawn(move || pump(fd, stderr, sender))
+                        })
+                        .collect();
                     Ok(Ok((pid, readers)))
                 }
                 Err(err) => {
@@ -168,8 +254,12 @@ impl Executor {
         }
         let code = waited
             .await
-            .map_err(|err| ErrorEnvelope::internal(format!("exec wait task: {err}")))?
-            .map_err(|err| ErrorEnvelope::internal(format!("container {id}: {err}")))?;
+            .map_err(|err| ErrorEnvelope::internal(format!("exec wait task: {err}")));
+        if let Some(exec_id) = &input_id {
+            self.exec_inputs.remove(exec_id);
+        }
+        let code =
+            code?.map_err(|err| ErrorEnvelope::internal(format!("container {id}: {err}")))?;
         self.publish_exec_output(
             &request.output,
             ExecOutput {

@@ -3,6 +3,7 @@
 //! `berth-nodes` KV bucket current with a heartbeat. Each container runs under its own
 //! `berth-monitor` process, so the executor can restart without disturbing them.
 
+mod attach;
 pub mod config;
 pub mod crilog;
 pub mod exec;
@@ -14,6 +15,7 @@ pub mod node;
 pub mod overlay;
 pub mod runspec;
 pub mod state;
+pub mod stdio;
 pub mod users;
 pub mod volumes;
 mod volumes_verbs;
@@ -25,8 +27,8 @@ use berth_bus::settings::Settings;
 use berth_bus::{ServiceHandle, ServiceIdentity};
 use berth_proto::messages::exec::{
     ContainerCreateRequest, ContainerKillRequest, ContainerListRequest, ContainerRef,
-    ContainerRemoveRequest, ContainerStopRequest, ExecRequest, LogsRequest, VolumeCreateRequest,
-    VolumeListRequest, VolumeRef, VolumeRemoveRequest,
+    ContainerRemoveRequest, ContainerStopRequest, ExecRequest, LogsRequest, StdinRequest,
+    VolumeCreateRequest, VolumeListRequest, VolumeRef, VolumeRemoveRequest,
 };
 use berth_proto::messages::network::{
     NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest, NetworkListRequest,
@@ -160,6 +162,7 @@ pub async fn run(
     serve!(ExecVerb::Logs, LogsRequest, |e, r| e.logs(r));
     serve!(ExecVerb::Exec, ExecRequest, |e, r| e.exec(r));
     serve!(ExecVerb::Stats, ContainerRef, |e, r| e.stats(r));
+    serve!(ExecVerb::Stdin, StdinRequest, |e, r| e.stdin(r));
     serve!(ExecVerb::VolumeCreate, VolumeCreateRequest, |e, r| e
         .volume_create(r));
     serve!(ExecVerb::VolumeList, VolumeListRequest, |e, r| e

@@ -10,6 +10,7 @@
 use crate::crilog::{self, LineSplitter, Stream};
 use crate::logfiles::{LogWriter, Rotation};
 use crate::state::{self, files, ContainerState};
+use crate::stdio;
 use berth_proto::messages::exec::ContainerStatus;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -41,8 +42,10 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)
 }
 
-/// Copies one stream into the log as CRI records until EOF.
-fn pump(reader: OwnedFd, stream: Stream, log: Arc<Mutex<LogWriter>>) {
+/// Copies one stream into the log as CRI records until EOF. `flush` (interactive
+/// containers): what a read ends with goes out as a partial record at once, so that a
+/// prompt or a terminal's echo is seen before the line is finished.
+fn pump(reader: OwnedFd, stream: Stream, log: Arc<Mutex<LogWriter>>, flush: bool) {
     let mut reader = std::fs::File::from(reader);
     let mut splitter = LineSplitter::new(crilog::MAX_RECORD_TEXT);
     let mut buf = vec![0u8; 16 * 1024];
@@ -59,8 +62,15 @@ fn pump(reader: OwnedFd, stream: Stream, log: Arc<Mutex<LogWriter>>) {
     loop {
         match reader.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => splitter.push(&buf[..n], &mut emit),
+            Ok(n) => {
+                splitter.push(&buf[..n], &mut emit);
+                if flush {
+                    splitter.finish(&mut emit);
+                }
+            }
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            // A pty master once no process has the terminal open any more.
+            Err(err) if err.raw_os_error() == Some(libc::EIO) => break,
             Err(err) => {
                 eprintln!("berth-monitor: reading {}: {err}", stream.as_str());
                 break;
@@ -105,6 +115,53 @@ fn page_out_file_mappings() {
     }
 }
 
+/// The container's standard streams as the monitor sets them up, and the ends it keeps.
+struct Streams {
+    stdio: berth_runtime::Stdio,
+    out_r: Option<OwnedFd>,
+    err_r: Option<OwnedFd>,
+    /// `-i` without a terminal: the write end of the container's stdin.
+    stdin_w: Option<OwnedFd>,
+}
+
+impl Streams {
+    fn new(tty: bool, open_stdin: bool) -> std::io::Result<Streams> {
+        let null = || std::fs::File::open("/dev/null").map(OwnedFd::from);
+        if tty {
+            // The runtime puts the terminal's slave on 0, 1 and 2; these only keep the
+            // monitor's own streams (its report pipe) out of the container.
+            return Ok(Streams {
+                stdio: berth_runtime::Stdio {
+                    stdin: Some(null()?),
+                    stdout: Some(null()?),
+                    stderr: Some(null()?),
+                },
+                out_r: None,
+                err_r: None,
+                stdin_w: None,
+            });
+        }
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (stdin, stdin_w) = if open_stdin {
+            let (r, w) = pipe()?;
+            (r, Some(w))
+        } else {
+            (null()?, None)
+        };
+        Ok(Streams {
+            stdio: berth_runtime::Stdio {
+                stdin: Some(stdin),
+                stdout: Some(out_w),
+                stderr: Some(err_w),
+            },
+            out_r: Some(out_r),
+            err_r: Some(err_r),
+            stdin_w,
+        })
+    }
+}
+
 fn record_failure(dir: &Path, code: i32, message: &str) {
     let mut st = state::read_state(dir).unwrap_or_else(|_| ContainerState::created());
     st.status = ContainerStatus::Exited;
@@ -144,13 +201,16 @@ pub fn run(
             )
         }
     };
-    let rotation = match state::read_record(dir)
-        .map_err(|err| err.to_string())
-        .and_then(|r| Rotation::from_opts(&r.config.log_opts))
-    {
+    let record = match state::read_record(dir) {
+        Ok(record) => record,
+        Err(err) => return fail(&mut report, START_FAILED, err.to_string()),
+    };
+    let rotation = match Rotation::from_opts(&record.config.log_opts) {
         Ok(rotation) => rotation,
         Err(err) => return fail(&mut report, START_FAILED, err),
     };
+    let tty = record.config.tty;
+    let interactive = tty || record.config.open_stdin;
     let log_error = dir.join(files::LOG_ERROR);
     let note = Box::new(move |message: &str| {
         eprintln!("berth-monitor: {message}");
@@ -171,15 +231,16 @@ pub fn run(
             )
         }
     };
-    let pipes = pipe().and_then(|out| Ok((out, pipe()?)));
-    let ((out_r, out_w), (err_r, err_w)) = match pipes {
-        Ok(p) => p,
-        Err(err) => return fail(&mut report, START_FAILED, format!("pipes: {err}")),
+    let streams = match Streams::new(tty, record.config.open_stdin) {
+        Ok(streams) => streams,
+        Err(err) => return fail(&mut report, START_FAILED, format!("stdio: {err}")),
     };
-    let stdin = match std::fs::File::open("/dev/null") {
-        Ok(f) => OwnedFd::from(f),
-        Err(err) => return fail(&mut report, START_FAILED, format!("/dev/null: {err}")),
-    };
+    let Streams {
+        stdio,
+        out_r,
+        err_r,
+        stdin_w,
+    } = streams;
     // A container of a previous run (start after exit) leaves no runtime state: the
     // monitor deletes it on exit. One left by a crashed monitor is removed here.
     if let Ok(old) = berth_runtime::Container::load(runtime_root, id) {
@@ -190,11 +251,7 @@ pub fn run(
         bundle: dir.to_path_buf(),
         spec: Some(spec),
         state_root: runtime_root.to_path_buf(),
-        stdio: berth_runtime::Stdio {
-            stdin: Some(stdin),
-            stdout: Some(out_w),
-            stderr: Some(err_w),
-        },
+        stdio,
         init_binary: None,
     });
     let mut container = match created {
@@ -204,7 +261,42 @@ pub fn run(
             return fail(&mut report, start_failure_code(&message), message);
         }
     };
-    let out_log = Arc::clone(&log);
+    // With a terminal, its master is the one output stream and where input goes.
+    let (out_r, sink) = match (tty, out_r, stdin_w) {
+        (true, _, _) => {
+            let master = container.take_console();
+            let copy = master.as_ref().map(|m| m.try_clone());
+            match (master, copy) {
+                (Some(master), Some(Ok(copy))) => (Some(master), Some(stdio::Sink::pty(copy))),
+                _ => {
+                    let _ = container.delete(true);
+                    return fail(
+                        &mut report,
+                        START_FAILED,
+                        "the runtime gave no terminal for the container".into(),
+                    );
+                }
+            }
+        }
+        (false, out_r, stdin_w) => (out_r, stdin_w.map(stdio::Sink::pipe)),
+    };
+    // The FIFO the executor writes input into, made before "ok" so that input sent as
+    // soon as `start` replies finds it.
+    let fifo_path = dir.join(files::STDIN);
+    let fifo = match sink {
+        Some(sink) => match stdio::create_fifo(&fifo_path) {
+            Ok(fifo) => Some((fifo, sink)),
+            Err(err) => {
+                let _ = container.delete(true);
+                return fail(
+                    &mut report,
+                    START_FAILED,
+                    format!("{}: {err}", fifo_path.display()),
+                );
+            }
+        },
+        None => None,
+    };
     // Small stacks: the pumps only read into a buffer on the heap and format a line.
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
@@ -212,31 +304,38 @@ pub fn run(
             .stack_size(128 * 1024)
             .spawn(f)
     };
-    let out_thread = spawn(
-        "stdout",
-        Box::new(move || pump(out_r, Stream::Stdout, out_log)),
-    );
-    let err_log = Arc::clone(&log);
-    let err_thread = spawn(
-        "stderr",
-        Box::new(move || pump(err_r, Stream::Stderr, err_log)),
-    );
-    let (out_thread, err_thread) = match (out_thread, err_thread) {
-        (Ok(o), Ok(e)) => (o, e),
-        _ => {
-            let _ = container.delete(true);
-            return fail(
-                &mut report,
-                START_FAILED,
-                "cannot start the log threads".into(),
-            );
+    let mut threads = Vec::new();
+    let mut spawned = true;
+    for (fd, stream) in [(out_r, Stream::Stdout), (err_r, Stream::Stderr)] {
+        let Some(fd) = fd else { continue };
+        let stream_log = Arc::clone(&log);
+        match spawn(
+            stream.as_str(),
+            Box::new(move || pump(fd, stream, stream_log, interactive)),
+        ) {
+            Ok(thread) => threads.push(thread),
+            Err(_) => spawned = false,
         }
-    };
+    }
+    // Never joined: it blocks on the FIFO (which this process keeps open) until exit.
+    if let Some((fifo, sink)) = fifo {
+        spawned &= spawn("stdin", Box::new(move || stdio::relay(fifo, sink))).is_ok();
+    }
+    if !spawned {
+        let _ = container.delete(true);
+        return fail(
+            &mut report,
+            START_FAILED,
+            "cannot start the stdio threads".into(),
+        );
+    }
     if let Err(err) = container.start() {
         let message = err.to_string();
         let _ = container.delete(true);
-        let _ = out_thread.join();
-        let _ = err_thread.join();
+        for thread in threads {
+            let _ = thread.join();
+        }
+        let _ = std::fs::remove_file(&fifo_path);
         return fail(&mut report, start_failure_code(&message), message);
     }
     let pid = container.pid();
@@ -277,8 +376,10 @@ pub fn run(
     let exit = container.wait();
     // The pid namespace is gone with its init, so the pipes reach EOF soon; wait for
     // the last lines before recording the exit, so a reader who sees "exited" sees them.
-    let _ = out_thread.join();
-    let _ = err_thread.join();
+    for thread in threads {
+        let _ = thread.join();
+    }
+    let _ = std::fs::remove_file(&fifo_path);
     if let Ok(log) = log.lock() {
         log.sync();
     }

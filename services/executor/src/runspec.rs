@@ -268,6 +268,10 @@ pub fn build(
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", inputs.user.home));
     }
+    // Docker's habit: a terminal says what it is.
+    if request.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".to_string());
+    }
     let cwd = request
         .workdir
         .clone()
@@ -300,7 +304,12 @@ pub fn build(
     options.host_network = request.network == NetworkMode::Host;
     options.memory_swap = request.memory_swap_bytes;
     options.cpuset_cpus = request.cpuset_cpus.clone();
+    options.terminal = request.tty;
     let spec = berth_runtime::default_spec(&options).map_err(|err| err.to_string())?;
+    let spec = match (request.tty, request.console_size) {
+        (true, Some(size)) => with_console_size(spec, size)?,
+        _ => spec,
+    };
     let spec = add_binds(spec, request, inputs.volume_binds)?;
     let spec = apply_security(spec, request)?;
     // After the explicit options: --privileged grants everything (Docker's precedence).
@@ -319,6 +328,16 @@ pub fn build(
         },
         spec,
     ))
+}
+
+/// The terminal's size at start (`process.consoleSize`).
+pub fn with_console_size(
+    spec: Spec,
+    size: berth_proto::messages::exec::ConsoleSize,
+) -> Result<Spec, String> {
+    let mut value = serde_json::to_value(&spec).map_err(|err| err.to_string())?;
+    value["process"]["consoleSize"] = serde_json::json!({"height": size.rows, "width": size.cols});
+    serde_json::from_value(value).map_err(|err| format!("console size: {err}"))
 }
 
 /// Appends `-v` bind mounts. Edited as JSON: the spec's mount list is plain data.
@@ -500,6 +519,23 @@ pub fn exec_process(
         });
     }
     serde_json::from_value(value).map_err(|err| err.to_string())
+}
+
+/// An exec's process on a terminal (`exec -t`) of `size` at start.
+pub fn with_terminal(
+    process: oci_spec::runtime::Process,
+    size: Option<berth_proto::messages::exec::ConsoleSize>,
+) -> Result<oci_spec::runtime::Process, String> {
+    let mut value = serde_json::to_value(&process).map_err(|err| err.to_string())?;
+    value["terminal"] = serde_json::json!(true);
+    if let Some(size) = size {
+        value["consoleSize"] = serde_json::json!({"height": size.rows, "width": size.cols});
+    }
+    let env: Vec<String> = process.env().clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("TERM=")) {
+        value["env"] = serde_json::json!(merge_env(&env, &["TERM=xterm".to_string()]));
+    }
+    serde_json::from_value(value).map_err(|err| format!("terminal: {err}"))
 }
 
 /// A signal by name (`TERM`, `SIGTERM`, `sigkill`) or number.

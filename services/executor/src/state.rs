@@ -89,6 +89,8 @@ pub mod files {
     pub const EXIT_SEEN: &str = "exit-seen";
     /// Why the log cannot be written (a full disk), while that lasts.
     pub const LOG_ERROR: &str = "log-error";
+    /// FIFO of a `-i`/`-t` container's input, read by its monitor while it runs.
+    pub const STDIN: &str = "stdin";
 }
 
 /// Errors reading or writing a container's files; each names the path.

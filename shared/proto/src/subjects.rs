@@ -91,6 +91,7 @@ verbs!(
         Logs => "logs",
         Stop => "stop",
         Wait => "wait",
+        Stdin => "stdin",
         VolumeCreate => "volume_create",
         VolumeList => "volume_list",
         VolumeInspect => "volume_inspect",

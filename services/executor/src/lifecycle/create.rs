@@ -31,9 +31,9 @@ impl Executor {
                 "auto-remove (--rm) and a restart policy cannot be combined",
             ));
         }
-        if request.open_stdin || request.tty {
+        if request.console_size.is_some() && !request.tty {
             return Err(ErrorEnvelope::invalid(
-                "interactive containers (stdin, tty) are not supported by this executor yet",
+                "a console size needs a terminal (-t)",
             ));
         }
         crate::logfiles::Rotation::from_opts(&request.log_opts).map_err(ErrorEnvelope::invalid)?;

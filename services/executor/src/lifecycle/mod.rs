@@ -75,6 +75,8 @@ pub struct Executor {
     log_pump_started: std::sync::atomic::AtomicBool,
     /// The node's networks (bridges, addresses, ports) that containers attach to.
     pub(crate) net: Arc<crate::network::Networks>,
+    /// Input ends of the exec sessions that take stdin.
+    pub(crate) exec_inputs: crate::attach::ExecInputs,
 }
 
 /// How far a container's log was published, and the current file as last seen.
@@ -164,6 +166,8 @@ fn summary(record: &ContainerRecord, st: &ContainerState) -> ContainerSummary {
         command: record.command.clone(),
         labels: record.config.labels.clone(),
         ports: Vec::new(),
+        started_at: st.started_at.clone(),
+        finished_at: st.finished_at.clone(),
     }
 }
 
@@ -203,6 +207,7 @@ impl Executor {
             },
             paths,
             net,
+            exec_inputs: Default::default(),
         })
     }
 

@@ -57,6 +57,11 @@ pub struct ContainerSummary {
     /// Ports published while it runs.
     #[serde(default)]
     pub ports: Vec<crate::messages::network::PortBinding>,
+    /// RFC 3339: when it last started and last exited (`ps` STATUS: "Up 3 seconds").
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub finished_at: Option<String>,
 }
 
 /// Reply to `list`.
@@ -219,6 +224,9 @@ pub struct ContainerCreateRequest {
     /// `-t`: the process gets a pseudo-terminal (stdout and stderr are one stream).
     #[serde(default)]
     pub tty: bool,
+    /// With `tty`: the terminal's size at start (later changes: [`StdinPayload::Resize`]).
+    #[serde(default)]
+    pub console_size: Option<ConsoleSize>,
     /// `-p`: ports published on the node while the container runs.
     #[serde(default)]
     pub ports: Vec<crate::messages::network::PortSpec>,
@@ -428,6 +436,65 @@ pub struct ExecRequest {
     pub workdir: Option<String>,
     /// Where the output goes.
     pub output: String,
+    /// `-i`: the process reads [`StdinRequest`]s sent for `exec_id` (else /dev/null).
+    #[serde(default)]
+    pub open_stdin: bool,
+    /// `-t`: the process gets a pseudo-terminal (its output comes as stdout).
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default)]
+    pub console_size: Option<ConsoleSize>,
+    /// Client-chosen session id (a subject token) that stdin requests name; required with
+    /// `open_stdin` or `tty`.
+    #[serde(default)]
+    pub exec_id: Option<String>,
+}
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Largest `StdinPayload::Data` the executor takes: one atomic pipe write on the node
+/// (PIPE_BUF less a frame header), far below the NATS payload limit.
+pub const MAX_STDIN_CHUNK: usize = 4000;
+
+/// What one `stdin` request carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StdinPayload {
+    /// Bytes for the process's stdin (at most [`MAX_STDIN_CHUNK`]).
+    Data(Vec<u8>),
+    /// End of input: the process's stdin is closed (on a terminal: the EOF character).
+    Eof,
+    /// The client's terminal changed size.
+    Resize(ConsoleSize),
+}
+
+/// `stdin`: input for a container created with `-i`/`-t` (`exec_id` empty) or for an
+/// exec session. A client sends them one at a time, each after the previous reply, so
+/// they arrive in order; `seq` (counting from 1 per `client`) lets the node drop a
+/// repeat of one whose reply was lost. The container's monitor owns its stdin, so input
+/// keeps flowing when the executor restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StdinRequest {
+    /// Container id or name.
+    pub id: String,
+    /// The exec session, for an exec's stdin.
+    #[serde(default)]
+    pub exec_id: Option<String>,
+    /// Random per attached client, so two clients' sequence numbers do not collide.
+    pub client: u64,
+    pub seq: u64,
+    pub payload: StdinPayload,
+}
+
+/// Reply to `stdin`: the request with this `seq` was delivered (or was a repeat).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StdinAck {
+    pub seq: u64,
 }
 
 /// `volume_create`: a named volume on this node (idempotent: an existing one is returned).
@@ -549,5 +616,31 @@ mod tests {
         let bytes = Encoding::Bincode.encode(&request).expect("encodes");
         let back: ContainerCreateRequest = Encoding::Bincode.decode(&bytes).expect("decodes");
         assert_eq!(back, request);
+    }
+
+    #[test]
+    fn stdin_requests_round_trip_in_both_encodings() {
+        for payload in [
+            StdinPayload::Data(b"hi\n".to_vec()),
+            StdinPayload::Eof,
+            StdinPayload::Resize(ConsoleSize { rows: 24, cols: 80 }),
+        ] {
+            let request = StdinRequest {
+                id: "abc".into(),
+                exec_id: Some("e1".into()),
+                client: 7,
+                seq: 1,
+                payload,
+            };
+            for encoding in [Encoding::Bincode, Encoding::Json] {
+                let bytes = encoding.encode(&request).expect("encodes");
+                let back: StdinRequest = encoding.decode(&bytes).expect("decodes");
+                assert_eq!(back, request);
+            }
+        }
+        let json: StdinRequest = Encoding::Json
+            .decode(br#"{"id":"abc","client":1,"seq":2,"payload":"eof"}"#)
+            .expect("decodes");
+        assert_eq!((json.exec_id, json.payload), (None, StdinPayload::Eof));
     }
 }

@@ -1,0 +1,134 @@
+//! `attach`: a running container's live output, its stdin when it was created with `-i`,
+//! and its exit code. Output comes from the container's log (live chunks, gaps filled
+//! from history), so an executor restart while attached loses nothing.
+
+use super::interactive::{Session, SessionOptions};
+use super::logs::Follower;
+use super::*;
+use std::time::Instant;
+
+/// How long attach rides out an executor that does not answer.
+const OUTAGE_PATIENCE: Duration = Duration::from_secs(120);
+
+#[derive(clap::Args, Debug)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    pub(super) node: NodeArg,
+    /// Do not send stdin, even to a container created with -i.
+    #[arg(long)]
+    pub(super) no_stdin: bool,
+    pub(super) container: String,
+}
+
+/// Tells an executor outage (worth waiting out) from a real error.
+fn transient(err: &BusError) -> bool {
+    matches!(
+        err,
+        BusError::NoResponders { .. } | BusError::TimedOut { .. }
+    ) || err.kind() == Some(ErrorKind::Unavailable)
+}
+
+pub(super) async fn attach(
+    args: AttachArgs,
+    nats: &NatsSettings,
+    timeout: Duration,
+) -> Result<ExitCode, Failure> {
+    let target = Target::connect(nats, &args.node, timeout).await?;
+    let inspect: ContainerInspect = target
+        .call(
+            ExecVerb::Inspect,
+            &ContainerRef {
+                id: args.container.clone(),
+            },
+            None,
+        )
+        .await
+        .map_err(failure)?;
+    let id = inspect.id.clone();
+    if inspect.status != berth_proto::messages::exec::ContainerStatus::Running {
+        return Err(Failure::berth(format!(
+            "cannot attach to container {id}: it is not running (start it first)"
+        )));
+    }
+    let mut live = target
+        .client
+        .subscribe(subjects::logs(&id))
+        .await
+        .map_err(|err| Failure::berth(format!("cannot follow the output of {id}: {err}")))?;
+    // From the end: attach shows what comes, not what was (that is `logs`).
+    let now: LogsPage = target
+        .call(
+            ExecVerb::Logs,
+            &LogsRequest {
+                id: id.clone(),
+                from_offset: None,
+                tail: Some(0),
+                since_ns: None,
+            },
+            None,
+        )
+        .await
+        .map_err(failure)?;
+    let session = Session::start(
+        &target,
+        &id,
+        None,
+        SessionOptions {
+            stdin: inspect.config.open_stdin && !args.no_stdin,
+            tty: inspect.config.tty,
+            resize_now: inspect.config.tty,
+        },
+    )?;
+    let mut follower = Follower {
+        target: &target,
+        id: id.clone(),
+        next: now.end,
+        print: Default::default(),
+    };
+    let mut running = now.running;
+    let mut outage: Option<Instant> = None;
+    while running {
+        let step = match tokio::time::timeout(Duration::from_secs(2), live.next()).await {
+            Ok(Some(message)) => match Encoding::Bincode.decode::<LogChunk>(&message.payload) {
+                Ok(chunk) => follower.chunk(chunk).await.map(|eof| !eof),
+                Err(_) => Ok(true),
+            },
+            Ok(None) => Ok(false),
+            // Quiet: an exit while the executor was away sends no end chunk.
+            Err(_) => follower.catch_up(None).await,
+        };
+        match step {
+            Ok(still) => {
+                running = still;
+                outage = None;
+            }
+            // Failures here are requests for history: the executor is away. Its monitor
+            // keeps the log, so what is missed now is read when it is back.
+            Err(err) => {
+                if outage.get_or_insert_with(Instant::now).elapsed() > OUTAGE_PATIENCE {
+                    return Err(err);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    drop(session);
+    let started = Instant::now();
+    let exit = loop {
+        match target
+            .call::<_, ContainerExit>(
+                ExecVerb::Wait,
+                &ContainerRef { id: id.clone() },
+                Some(Duration::from_secs(60)),
+            )
+            .await
+        {
+            Ok(exit) => break exit,
+            Err(err) if transient(&err) && started.elapsed() < OUTAGE_PATIENCE => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(err) => return Err(failure(err)),
+        }
+    };
+    Ok(ExitCode::from(exit.exit_code.clamp(0, 255) as u8))
+}
