@@ -6,6 +6,7 @@
 mod attach;
 mod create;
 mod exec;
+mod human;
 mod interactive;
 mod logs;
 mod ps;

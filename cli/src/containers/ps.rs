@@ -89,25 +89,6 @@ impl PsFilter {
     }
 }
 
-fn status_text(
-    status: berth_proto::messages::exec::ContainerStatus,
-    exit_code: Option<i32>,
-) -> String {
-    use berth_proto::messages::exec::ContainerStatus as S;
-    match (status, exit_code) {
-        (S::Running, _) => "Up".to_string(),
-        (S::Exited, Some(code)) => format!("Exited ({code})"),
-        (other, _) => {
-            let text = other.as_str();
-            let mut chars = text.chars();
-            chars
-                .next()
-                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
-                .unwrap_or_default()
-        }
-    }
-}
-
 pub(super) async fn ps(
     args: PsArgs,
     nats: &NatsSettings,
@@ -141,8 +122,9 @@ pub(super) async fn ps(
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let now = super::human::now();
     println!(
-        "{:<12}  {:<20}  {:<22}  {:<30}  {:<12}  {:<24}  NAMES",
+        "{:<12}  {:<20}  {:<22}  {:<18}  {:<26}  {:<24}  NAMES",
         "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS"
     );
     for c in &list.containers {
@@ -151,12 +133,12 @@ pub(super) async fn ps(
             command = command.chars().take(19).collect::<String>() + "…";
         }
         println!(
-            "{:<12}  {:<20}  {:<22}  {:<30}  {:<12}  {:<24}  {}",
+            "{:<12}  {:<20}  {:<22}  {:<18}  {:<26}  {:<24}  {}",
             &c.id[..c.id.len().min(12)],
             c.image,
             format!("\"{command}\""),
-            c.created,
-            status_text(c.status, c.exit_code),
+            super::human::created(&c.created, now),
+            super::human::status(c, now),
             crate::network::show_ports(&c.ports),
             c.name
         );
