@@ -85,7 +85,7 @@ impl Env {
         Ok(self.ok(&args)?.trim().to_string())
     }
 
-    /// Runs a shell line under a pty of `rows`×`cols` made by `script`; its exit code
+    /// Runs `berth line` under a pty of `rows`×`cols` made by `script`; its exit code
     /// and everything the terminal showed.
     fn under_pty(
         &self,
@@ -94,15 +94,18 @@ impl Env {
         line: &str,
         input: &[u8],
     ) -> anyhow::Result<(i32, String)> {
+        self.pty_shell(&format!("stty rows {rows} cols {cols}; $B {line}"), input)
+    }
+
+    /// Runs a shell script under a pty made by `script`, with `$B` the CLI pointed at
+    /// this stack; its exit code and everything the terminal showed.
+    fn pty_shell(&self, shell: &str, input: &[u8]) -> anyhow::Result<(i32, String)> {
         need("script")?;
         let berth = berth_tests::bin_path("berth")?;
-        let shell = format!(
-            "stty rows {rows} cols {cols}; BERTH_NATS_URL={} {} {line}",
-            self.stack.nats.url(),
-            berth.display()
-        );
         let mut child = Command::new("script")
-            .args(["-q", "-e", "-c", &shell, "/dev/null"])
+            .args(["-q", "-e", "-c", shell, "/dev/null"])
+            .env("BERTH_NATS_URL", self.stack.nats.url())
+            .env("B", &berth)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -342,6 +345,32 @@ async fn tty_gives_a_pty_of_the_clients_size() -> anyhow::Result<()> {
     let (code, shown) = env.under_pty(24, 80, &script, b"abc\r")?;
     assert_eq!(code, 4, "{shown:?}");
     assert!(shown.contains("got:abc"), "{shown:?}");
+
+    // Raw mode while attached, the settings back after a normal exit and after SIGTERM
+    // (the background CLI gets the terminal back as stdin: sh gives &-jobs /dev/null).
+    let check = format!(
+        r#"b=$(stty -g)
+$B run --rm -it {IMAGE} true
+[ "$(stty -g)" = "$b" ] && echo RESTORED-AT-EXIT
+$B run -it {IMAGE} sleep 600 </dev/tty &
+p=$!
+i=0
+while [ "$(stty -g)" = "$b" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+[ "$(stty -g)" != "$b" ] && echo RAW-WHILE-ATTACHED
+kill $p
+wait $p
+echo "CLI-EXIT=$?"
+[ "$(stty -g)" = "$b" ] && echo RESTORED-AFTER-SIGTERM"#
+    );
+    let (_, shown) = env.pty_shell(&check, b"")?;
+    for mark in [
+        "RESTORED-AT-EXIT",
+        "RAW-WHILE-ATTACHED",
+        "CLI-EXIT=143",
+        "RESTORED-AFTER-SIGTERM",
+    ] {
+        assert!(shown.contains(mark), "no {mark} in {shown:?}");
+    }
 
     let id = env.detached(&[], &["sleep", "600"])?;
     let script = format!("exec -t {id} sh -c 'tty; stty size'");
