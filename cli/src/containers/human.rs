@@ -65,6 +65,32 @@ pub fn status(c: &ContainerSummary, now: i64) -> String {
     }
 }
 
+/// Columns as wide as their widest cell, three spaces apart (Docker's tabwriter): a
+/// long STATUS such as "Exited (3) Less than a second ago" never runs into PORTS.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if i + 1 < row.len() {
+                let pad = widths.get(i).copied().unwrap_or(0) - cell.chars().count();
+                line.push_str(&" ".repeat(pad + 3));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// Now, in Unix seconds.
 pub fn now() -> i64 {
     std::time::SystemTime::now()
@@ -89,6 +115,24 @@ mod tests {
         assert_eq!(duration(20 * 86_400), "2 weeks");
         assert_eq!(duration(90 * 86_400), "3 months");
         assert_eq!(duration(800 * 86_400), "2 years");
+    }
+
+    #[test]
+    fn table_columns_fit_their_widest_cell() {
+        let rows = vec![
+            vec![
+                "a".to_string(),
+                "Exited (3) Less than a second ago".to_string(),
+                "x".to_string(),
+            ],
+            vec!["bb".to_string(), "Up 1 second".to_string(), String::new()],
+        ];
+        let text = table(&["ID", "STATUS", "PORTS"], &rows);
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines[0].find("PORTS").expect("header");
+        assert_eq!(lines[0], format!("ID   STATUS{}PORTS", " ".repeat(at - 11)));
+        assert_eq!(&lines[1][at..], "x");
+        assert_eq!(lines[2].trim_end(), "bb   Up 1 second");
     }
 
     #[test]

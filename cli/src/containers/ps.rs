@@ -123,26 +123,35 @@ pub(super) async fn ps(
         return Ok(ExitCode::SUCCESS);
     }
     let now = super::human::now();
-    println!(
-        "{:<12}  {:<20}  {:<22}  {:<18}  {:<26}  {:<24}  NAMES",
-        "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS"
-    );
-    for c in &list.containers {
-        let mut command = c.command.join(" ");
-        if command.chars().count() > 20 {
-            command = command.chars().take(19).collect::<String>() + "…";
-        }
-        println!(
-            "{:<12}  {:<20}  {:<22}  {:<18}  {:<26}  {:<24}  {}",
-            &c.id[..c.id.len().min(12)],
-            c.image,
-            format!("\"{command}\""),
-            super::human::created(&c.created, now),
-            super::human::status(c, now),
-            crate::network::show_ports(&c.ports),
-            c.name
-        );
-    }
+    let rows: Vec<Vec<String>> = list
+        .containers
+        .iter()
+        .map(|c| {
+            let mut command = c.command.join(" ");
+            if command.chars().count() > 20 {
+                command = command.chars().take(19).collect::<String>() + "…";
+            }
+            vec![
+                c.id[..c.id.len().min(12)].to_string(),
+                c.image.clone(),
+                format!("\"{command}\""),
+                super::human::created(&c.created, now),
+                super::human::status(c, now),
+                crate::network::show_ports(&c.ports),
+                c.name.clone(),
+            ]
+        })
+        .collect();
+    let header = [
+        "CONTAINER ID",
+        "IMAGE",
+        "COMMAND",
+        "CREATED",
+        "STATUS",
+        "PORTS",
+        "NAMES",
+    ];
+    print!("{}", super::human::table(&header, &rows));
     Ok(ExitCode::SUCCESS)
 }
 
