@@ -85,7 +85,13 @@ pub async fn run(
     prepare_spool(&spool)?;
     let verbs = verbs::Verbs {
         store: store::Store::new(
-            store::jetstream::JetStreamBackend::new(images, blobs, chunks, names::BLOBS_BUCKET),
+            store::jetstream::JetStreamBackend::new(
+                js.clone(),
+                images,
+                blobs,
+                chunks,
+                names::BLOBS_BUCKET,
+            ),
             store::GcSettings {
                 pin_grace: settings
                     .service

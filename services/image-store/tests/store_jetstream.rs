@@ -82,7 +82,7 @@ async fn backend(server: &Server) -> JetStreamBackend {
         .await
         .expect("object store");
     let chunks = js.get_stream("OBJ_berth-blobs").await.expect("stream");
-    JetStreamBackend::new(kv, blobs, chunks, "berth-blobs")
+    JetStreamBackend::new(js, kv, blobs, chunks, "berth-blobs")
 }
 
 #[tokio::test]

@@ -206,6 +206,167 @@ impl AsyncRead for ChunkReader {
     }
 }
 
+/// Why an object could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum PutError {
+    /// The data source failed (a digest or size check of the caller, a broken stream).
+    #[error("reading the data of object {name}: {source}")]
+    Read {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("object {name}: {reason}")]
+    Unavailable { name: String, reason: String },
+}
+
+/// Writes objects the way `ObjectStore::put` lays them out (chunks under
+/// `$O.<bucket>.C.<nuid>`, then the metadata, which makes the object visible), but with
+/// full-size chunks and up to `window` chunk acks outstanding. async-nats sends one
+/// chunk per read of the source (a few KiB from an HTTP body) and waits for each ack
+/// before the next: a round trip per read. Cheap to clone.
+#[derive(Clone)]
+pub struct ObjectWriter {
+    bucket: String,
+    js: jetstream::Context,
+    store: object_store::ObjectStore,
+    chunks: stream::Stream,
+    chunk_size: usize,
+    window: usize,
+}
+
+impl ObjectWriter {
+    /// Wraps a bucket's handles; `chunk_size` must stay below the server's `max_payload`.
+    pub fn from_parts(
+        bucket: &str,
+        js: jetstream::Context,
+        store: object_store::ObjectStore,
+        chunks: stream::Stream,
+        chunk_size: usize,
+        window: usize,
+    ) -> Self {
+        ObjectWriter {
+            bucket: bucket.to_string(),
+            js,
+            store,
+            chunks,
+            chunk_size: chunk_size.max(1),
+            window: window.max(1),
+        }
+    }
+
+    /// Streams `data` into object `name`; returns its size. On any error the chunks
+    /// written so far are purged and no metadata is published, so nothing is visible.
+    pub async fn put(
+        &self,
+        name: &str,
+        data: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<u64, PutError> {
+        use tokio::io::AsyncReadExt as _;
+        let unavailable = |reason: String| PutError::Unavailable {
+            name: name.to_string(),
+            reason,
+        };
+        let previous = self.store.info(name).await.ok().filter(|i| !i.deleted);
+        let nuid = nuid::next().to_string();
+        let subject = names::chunks(&self.bucket, &nuid);
+        let mut acks = std::collections::VecDeque::new();
+        let mut hasher = sha2::Sha256::default();
+        let (mut size, mut count) = (0usize, 0usize);
+        let outcome: Result<(), PutError> = async {
+            loop {
+                let mut chunk = bytes::BytesMut::with_capacity(self.chunk_size);
+                while chunk.len() < self.chunk_size {
+                    let n = data
+                        .read_buf(&mut chunk)
+                        .await
+                        .map_err(|source| PutError::Read {
+                            name: name.to_string(),
+                            source,
+                        })?;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                if chunk.is_empty() {
+                    break;
+                }
+                let last = chunk.len() < self.chunk_size;
+                hasher.update(&chunk);
+                size += chunk.len();
+                count += 1;
+                let ack = self
+                    .js
+                    .publish(subject.clone(), chunk.freeze())
+                    .await
+                    .map_err(|err| unavailable(format!("publishing chunk {count}: {err}")))?;
+                acks.push_back(ack);
+                if acks.len() >= self.window {
+                    if let Some(ack) = acks.pop_front() {
+                        ack.await
+                            .map_err(|err| unavailable(format!("chunk ack: {err}")))?;
+                    }
+                }
+                if last {
+                    break;
+                }
+            }
+            while let Some(ack) = acks.pop_front() {
+                ack.await
+                    .map_err(|err| unavailable(format!("chunk ack: {err}")))?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(err) = outcome {
+            let _ = self.chunks.purge().filter(&subject).await;
+            return Err(err);
+        }
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::URL_SAFE.encode(name);
+        let info = object_store::ObjectInfo {
+            name: name.to_string(),
+            description: None,
+            metadata: Default::default(),
+            headers: None,
+            options: Some(object_store::ObjectOptions {
+                max_chunk_size: Some(self.chunk_size),
+                link: None,
+            }),
+            bucket: self.bucket.clone(),
+            nuid: nuid.clone(),
+            size,
+            chunks: count,
+            modified: Some(time::OffsetDateTime::now_utc()),
+            digest: Some(object_digest(&hasher.finalize())),
+            deleted: false,
+        };
+        let body = serde_json::to_vec(&info)
+            .map_err(|err| unavailable(format!("encoding the metadata: {err}")))?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Rollup", "sub");
+        let published = async {
+            self.js
+                .publish_with_headers(names::meta(&self.bucket, &encoded), headers, body.into())
+                .await
+                .map_err(|err| err.to_string())?
+                .await
+                .map_err(|err| err.to_string())
+        }
+        .await;
+        if let Err(err) = published {
+            let _ = self.chunks.purge().filter(&subject).await;
+            return Err(unavailable(format!("publishing the metadata: {err}")));
+        }
+        if let Some(previous) = previous {
+            let old = names::chunks(&self.bucket, &previous.nuid);
+            if let Err(err) = self.chunks.purge().filter(&old).await {
+                tracing::warn!(object = %name, error = %err, "old chunks of a replaced object stay");
+            }
+        }
+        Ok(size as u64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -268,6 +268,12 @@ pub mod object_store {
     pub fn chunks(bucket: &str, nuid: &str) -> String {
         format!("$O.{bucket}.C.{nuid}")
     }
+
+    /// The subject of one object's metadata; `encoded_name` is the object name in
+    /// base64url (with padding), as every Object Store client writes it.
+    pub fn meta(bucket: &str, encoded_name: &str) -> String {
+        format!("$O.{bucket}.M.{encoded_name}")
+    }
 }
 
 /// JetStream resources of DESIGN.md.

@@ -6,11 +6,11 @@ use futures::TryStreamExt;
 use std::collections::BTreeSet;
 use tokio::io::AsyncRead;
 
-/// Bytes per Object Store chunk. async-nats waits for each chunk's ack before sending
-/// the next, so a pull costs one round trip per chunk: 960 KiB chunks (under the
-/// 1 MiB default `max_payload`, with room for headers) make that 7.5x fewer than the
-/// 128 KiB default.
+/// Bytes per Object Store chunk: under the 1 MiB default `max_payload`, with room for
+/// headers.
 const BLOB_CHUNK_BYTES: usize = 960 * 1024;
+/// Chunk acks a blob write may have outstanding (8 MiB in flight per blob).
+const BLOB_ACK_WINDOW: usize = 8;
 
 /// KV bucket plus Object Store; cheap to clone.
 #[derive(Clone)]
@@ -20,21 +20,32 @@ pub struct JetStreamBackend {
     /// The stream under the Object Store, to find chunks no object refers to.
     chunks: stream::Stream,
     bucket: String,
+    writer: berth_bus::objects::ObjectWriter,
 }
 
 impl JetStreamBackend {
     /// Wraps the two buckets; `chunks` is the Object Store's stream (`OBJ_<bucket>`).
     pub fn new(
+        js: async_nats::jetstream::Context,
         kv: kv::Store,
         blobs: object_store::ObjectStore,
         chunks: stream::Stream,
         bucket: &str,
     ) -> Self {
+        let writer = berth_bus::objects::ObjectWriter::from_parts(
+            bucket,
+            js,
+            blobs.clone(),
+            chunks.clone(),
+            BLOB_CHUNK_BYTES,
+            BLOB_ACK_WINDOW,
+        );
         JetStreamBackend {
             kv,
             blobs,
             chunks,
             bucket: bucket.to_string(),
+            writer,
         }
     }
 }
@@ -122,17 +133,11 @@ impl Backend for JetStreamBackend {
         name: &'a str,
         data: &'a mut (dyn AsyncRead + Unpin + Send),
     ) -> Result<u64, BackendError> {
-        // Object Store publishes the object's metadata only after the last chunk, so a
-        // reader that fails (digest or size mismatch) leaves no visible object.
-        let mut data = data;
-        let meta = object_store::ObjectMetadata {
-            name: name.to_string(),
-            chunk_size: Some(BLOB_CHUNK_BYTES),
-            ..Default::default()
-        };
-        match self.blobs.put(meta, &mut data).await {
-            Ok(info) => Ok(info.size as u64),
-            Err(err) if err.kind() == object_store::PutErrorKind::ReadChunks => {
+        // The metadata is published only after the last chunk is acked, so a reader
+        // that fails (digest or size mismatch) leaves no visible object.
+        match self.writer.put(name, data).await {
+            Ok(size) => Ok(size),
+            Err(err @ berth_bus::objects::PutError::Read { .. }) => {
                 Err(BackendError::Input(err.to_string()))
             }
             Err(err) => Err(unavailable(&format!("write blob {name}"), err)),
