@@ -91,7 +91,9 @@ pub async fn pick_node(
     if let Some(node) = given {
         return Ok(node);
     }
-    let nodes = service_nodes(client, service, deadline.min(Duration::from_secs(2))).await?;
+    // 5 s for the first answer: a service busy starting up (an executor re-adopting
+    // its containers on a loaded host) was seen to need more than 2.
+    let nodes = service_nodes(client, service, deadline.min(Duration::from_secs(5))).await?;
     match nodes.as_slice() {
         [only] => Ok(only.clone()),
         [] => Err(format!("no {service} is running on the bus")),
