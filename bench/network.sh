@@ -3,20 +3,21 @@
 #  1. start latency: `berth run --rm busybox true` with --network bridge vs --network none,
 #     and podman's default network (`podman run --rm` of the same rootfs), medians of
 #     hyperfine runs;
-#  2. TCP throughput with busybox nc (512 MiB from /dev/zero, medians of 5):
+#  2. TCP throughput with iperf3 (Debian's; the containers run the host's binary from a
+#     read-only bind of /usr), medians of $ROUNDS runs of $SECONDS_EACH s:
 #     container -> container over the bridge, host -> published port (loopback DNAT),
 #     and host loopback as the ceiling; ratios printed.
 # Traffic stays on this host: loopback and the bench's own bridge. Run as root.
 #
 #   bench/network.sh            # builds the release binaries first
-#   RUNS=40 MIB=1024 bench/network.sh
+#   RUNS=40 ROUNDS=5 bench/network.sh
 set -euo pipefail
 RUNS=${RUNS:-30}
-MIB=${MIB:-512}
-ROUNDS=${ROUNDS:-5}
+ROUNDS=${ROUNDS:-3}
+SECONDS_EACH=${SECONDS_EACH:-3}
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench/network.sh needs root" >&2; exit 1; }
-for t in hyperfine nats-server busybox python3 tar nft ip; do
+for t in hyperfine nats-server busybox python3 tar nft ip iperf3; do
     command -v "$t" >/dev/null || { echo "missing tool: $t" >&2; exit 1; }
 done
 
@@ -60,6 +61,11 @@ for a in $("$rootfs/bin/busybox" --list); do
     [ "$a" = busybox ] || ln -s busybox "$rootfs/bin/$a"
 done
 echo 'root:x:0:0:root:/root:/bin/sh' >"$rootfs/etc/passwd"
+# The host's /usr is bound read-only into the iperf3 containers; its libraries are
+# found through the merged-/usr links.
+mkdir -p "$rootfs/usr"
+ln -s usr/lib "$rootfs/lib"
+ln -s usr/lib64 "$rootfs/lib64"
 tar -C "$rootfs" --numeric-owner -cf "$work/busybox.tar" .
 "$B/berth" import "$work/busybox.tar" busybox:bench --change 'ENV PATH=/bin' >/dev/null
 "$B/berth" run --rm --network none busybox:bench true   # warm: unpacked from now on
@@ -68,11 +74,15 @@ echo "== start latency (hyperfine, $RUNS runs each, same run)"
 cmds=("$B/berth run --rm --network bridge busybox:bench true"
       "$B/berth run --rm --network none busybox:bench true")
 podman_ok=0
+# runc: crun refuses this host's hybrid cgroups. Explicit nofile/nproc: podman's
+# defaults are above what this host lets a container set.
+pm="podman --runtime runc"
+pm_run="$pm run --rm --ulimit nofile=1024:1024 --ulimit nproc=4096:4096"
 if command -v podman >/dev/null \
     && podman import --change 'ENV PATH=/bin' "$work/busybox.tar" localhost/busybox:bench-net >/dev/null 2>"$work/podman.err" \
-    && podman run --rm localhost/busybox:bench-net true >/dev/null 2>>"$work/podman.err"; then
+    && $pm_run localhost/busybox:bench-net true >/dev/null 2>>"$work/podman.err"; then
     podman_ok=1
-    cmds+=("podman run --rm localhost/busybox:bench-net true")
+    cmds+=("$pm_run localhost/busybox:bench-net true")
 else
     echo "podman: not measured: $(tail -n 2 "$work/podman.err" 2>/dev/null | tr '\n' ' ')"
 fi
@@ -89,54 +99,34 @@ if len(med) > 2:
     print(f"  berth bridge / podman    {med[0] / med[2]:.2f}x")
 PY
 
-echo "== TCP throughput (busybox nc, $MIB MiB, median of $ROUNDS)"
-count=$((MIB * 16)) # 64 KiB blocks
-# Seconds for one transfer: $1 starts the listener (it exits after one connection),
-# $2 sends.
-transfer() {
-    local listen=$1 send=$2
-    bash -c "$listen" & local lp=$!
-    sleep 0.3
-    local t0 t1
-    t0=$(date +%s%N)
-    bash -c "$send"
-    wait "$lp" 2>/dev/null || true
-    t1=$(date +%s%N)
-    python3 -c "print(($t1 - $t0) / 1e9)"
-}
+echo "== TCP throughput (iperf3, median of $ROUNDS runs of ${SECONDS_EACH} s)"
 median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
+# Receiver-side rate of one iperf3 client run, in MiB/s.
+rate() {
+    "$@" -t "$SECONDS_EACH" -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 8 / 2**20)'
+}
 
-server=$("$B/berth" run -d --name nc-server -p 5001 busybox:bench sleep 3600)
-client=$("$B/berth" run -d --name nc-client busybox:bench sleep 3600)
+server=$("$B/berth" run -d --name iperf-server -p 5201 -v /usr:/usr:ro busybox:bench /usr/bin/iperf3 -s)
+client=$("$B/berth" run -d --name iperf-client -v /usr:/usr:ro busybox:bench sleep 3600)
 sip=$("$B/berth" inspect "$server" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["network"]["endpoints"][0]["ip_address"])')
 hport=$("$B/berth" inspect "$server" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["network"]["ports"][0]["host_port"])')
 lport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+iperf3 -s -B 127.0.0.1 -p "$lport" >"$work/iperf-host.log" 2>&1 & pids+=($!)
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$lport) 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$hport) 2>/dev/null && break; sleep 0.1; done
 
-# The container-to-container sender runs through `berth exec`: its own cost (median of
-# `berth exec true`) is taken off that transfer's time.
-ex=()
-for _ in $(seq 5); do
-    t0=$(date +%s%N); "$B/berth" exec "$client" true; t1=$(date +%s%N)
-    ex+=("$(python3 -c "print(($t1 - $t0) / 1e9)")")
-done
-m_exec=$(median "${ex[@]}")
 c2c=(); pub=(); lo=()
 for _ in $(seq "$ROUNDS"); do
-    c2c+=("$(transfer "$B/berth exec $server sh -c 'nc -l -p 5001 >/dev/null'" \
-        "$B/berth exec $client sh -c 'dd if=/dev/zero bs=65536 count=$count 2>/dev/null | nc $sip 5001'")")
-    pub+=("$(transfer "$B/berth exec $server sh -c 'nc -l -p 5001 >/dev/null'" \
-        "dd if=/dev/zero bs=65536 count=$count 2>/dev/null | busybox nc 127.0.0.1 $hport")")
-    lo+=("$(transfer "busybox nc -l -p $lport >/dev/null" \
-        "dd if=/dev/zero bs=65536 count=$count 2>/dev/null | busybox nc 127.0.0.1 $lport")")
+    c2c+=("$(rate "$B/berth" exec "$client" /usr/bin/iperf3 -c "$sip")")
+    pub+=("$(rate iperf3 -c 127.0.0.1 -p "$hport")")
+    lo+=("$(rate iperf3 -c 127.0.0.1 -p "$lport")")
 done
-python3 - "$MIB" "$m_exec" "$(median "${c2c[@]}")" "$(median "${pub[@]}")" "$(median "${lo[@]}")" <<'PY'
+python3 - "$(median "${c2c[@]}")" "$(median "${pub[@]}")" "$(median "${lo[@]}")" <<'PY'
 import sys
-mib, ex, c2c, pub, lo = (float(x) for x in sys.argv[1:])
-rate = lambda t: mib / t
-c2c_rate, pub_rate, lo_rate = rate(max(c2c - ex, 1e-3)), rate(pub), rate(lo)
-print(f"  container -> container (bridge)   {c2c_rate:8.0f} MiB/s  ({c2c:.2f} s less {ex*1000:.0f} ms of berth exec)")
-print(f"  host -> published port (DNAT)     {pub_rate:8.0f} MiB/s  ({pub:.2f} s)")
-print(f"  host loopback                     {lo_rate:8.0f} MiB/s  ({lo:.2f} s)")
-print(f"  container->container / loopback   {c2c_rate / lo_rate:.2f}x")
-print(f"  published port / loopback         {pub_rate / lo_rate:.2f}x")
+c2c, pub, lo = (float(x) for x in sys.argv[1:])
+print(f"  container -> container (bridge)   {c2c:8.0f} MiB/s")
+print(f"  host -> published port (DNAT)     {pub:8.0f} MiB/s")
+print(f"  host loopback                     {lo:8.0f} MiB/s")
+print(f"  container->container / loopback   {c2c / lo:.2f}x")
+print(f"  published port / loopback         {pub / lo:.2f}x")
 PY

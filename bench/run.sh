@@ -96,10 +96,13 @@ eval "$crun_cmd"
 # podman: its own root and runroot under the bench dir, so no host state is touched.
 podman_args=()
 if command -v podman >/dev/null; then
-    pm="podman --root $work/podman/root --runroot $work/podman/run --storage-driver overlay"
+    # runc: crun refuses this host's hybrid cgroups. Explicit nofile/nproc: podman's
+    # defaults are above what this host lets a container set.
+    pm="podman --root $work/podman/root --runroot $work/podman/run --storage-driver overlay --runtime runc"
+    pm_limits="--ulimit nofile=1024:1024 --ulimit nproc=4096:4096"
     $pm import --change 'ENV PATH=/bin' "$work/busybox.tar" busybox:bench >/dev/null
-    $pm run --rm --network none busybox:bench true
-    podman_args=(-n "podman run --rm" "$pm run --rm --network none busybox:bench true")
+    $pm run --rm --network none $pm_limits busybox:bench true
+    podman_args=(-n "podman run --rm" "$pm run --rm --network none $pm_limits busybox:bench true")
 else
     echo "podman not installed: its column is skipped" >&2
 fi

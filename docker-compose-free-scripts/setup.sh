@@ -14,7 +14,7 @@ PACKAGES=(
   docker-registry skopeo umoci   # a real registry and peer image tools for tests
   runc crun podman          # peer runtimes and engines for interop tests and benchmarks
   libseccomp-dev            # seccomp filters of the isolation runtime
-  hyperfine                 # benchmarks
+  hyperfine iperf3          # benchmarks
   openssl                   # TLS test registry in the registry client tests
 )
 missing=()
