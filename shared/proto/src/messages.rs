@@ -8,4 +8,5 @@ pub mod exec;
 pub mod image;
 pub mod network;
 pub mod node;
+pub mod sched;
 pub mod unpack;

@@ -74,6 +74,9 @@ verbs!(
         Kill => "kill",
         Remove => "remove",
         Nodes => "nodes",
+        NodeInspect => "node_inspect",
+        Drain => "drain",
+        Activate => "activate",
     }
 );
 

@@ -236,6 +236,10 @@ pub struct ContainerCreateRequest {
     /// `--network-alias`: more names on its user network.
     #[serde(default)]
     pub network_aliases: Vec<String>,
+    /// Caller-chosen id (64 lowercase hex digits; the scheduler's): a create with an
+    /// id that exists already answers with that container instead of making another.
+    #[serde(default)]
+    pub id: Option<String>,
 }
 
 /// One `--ulimit`.
