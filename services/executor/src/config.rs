@@ -20,9 +20,23 @@ pub struct Config {
     /// (a disk of their own, so a flood of output cannot fill the node's data disk).
     #[serde(default)]
     pub log_dir: Option<std::path::PathBuf>,
+    /// What the node offers the scheduler instead of the whole host (`[capacity]`).
+    #[serde(default)]
+    pub capacity: CapacityOverride,
     /// Bridge, subnets, nftables table (`[network]`).
     #[serde(default)]
     pub network: crate::network::config::NetworkConfig,
+}
+
+/// `[capacity]`: cpus, memory_bytes, pids; each defaults to the host's.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CapacityOverride {
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    #[serde(default)]
+    pub pids: Option<u64>,
 }
 
 impl Config {

@@ -198,12 +198,14 @@ pub async fn run(
         .network_disconnect(r));
 
     let heartbeat = tokio::spawn(node::heartbeat_loop(
+        client.clone(),
         nodes,
         node::NodeIdentity {
             node_id: node_id.clone(),
             labels: settings.service.labels.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         },
+        node::capacity_with(&settings.service.capacity),
         settings.service.heartbeat_interval(),
         {
             let executor = Arc::clone(&executor);

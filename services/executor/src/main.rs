@@ -10,6 +10,15 @@ struct Args {
     common: CommonArgs,
     #[command(flatten)]
     network: berth_executor::network::config::NetworkArgs,
+    /// Node label KEY=VALUE for placement constraints (repeatable; adds to the config's).
+    #[arg(long = "label", env = "BERTH_NODE_LABELS", value_delimiter = ',')]
+    labels: Vec<String>,
+    /// CPUs the node offers the scheduler (default: the config's, else every host CPU).
+    #[arg(long, env = "BERTH_CAPACITY_CPUS")]
+    capacity_cpus: Option<f64>,
+    /// Memory in bytes the node offers the scheduler (default: the config's, else all).
+    #[arg(long, env = "BERTH_CAPACITY_MEMORY")]
+    capacity_memory: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -25,6 +34,19 @@ fn main() -> ExitCode {
               mut settings: berth_bus::settings::Settings<berth_executor::Config>,
               shutdown| {
             settings.service.network.apply(&args.network);
+            if args.capacity_cpus.is_some() {
+                settings.service.capacity.cpus = args.capacity_cpus;
+            }
+            if args.capacity_memory.is_some() {
+                settings.service.capacity.memory_bytes = args.capacity_memory;
+            }
+            for label in &args.labels {
+                let (key, value) = label.split_once('=').unwrap_or((label.as_str(), ""));
+                settings
+                    .service
+                    .labels
+                    .insert(key.trim().to_string(), value.trim().to_string());
+            }
             berth_executor::run(client, settings, shutdown)
         },
     )

@@ -3,6 +3,9 @@
 
 use async_nats::jetstream::kv;
 use berth_proto::messages::node::{NodeRecord, NodeState, Resources};
+use berth_proto::messages::unpack::{SnapshotList, SnapshotListRequest};
+use berth_proto::subjects::{self, UnpackVerb};
+use berth_proto::Encoding;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -65,6 +68,20 @@ pub struct Usage {
 /// Reports the node's current usage at each heartbeat.
 pub type UsageProbe = std::sync::Arc<dyn Fn() -> Usage + Send + Sync>;
 
+/// The host's capacity with the configured overrides (a node may offer less than the
+/// host, or several test nodes share one host).
+pub fn capacity_with(overrides: &crate::config::CapacityOverride) -> Resources {
+    let host = host_capacity();
+    Resources {
+        cpu_millis: overrides
+            .cpus
+            .filter(|cpus| cpus.is_finite() && *cpus > 0.0)
+            .map_or(host.cpu_millis, |cpus| (cpus * 1000.0).round() as u64),
+        memory_bytes: overrides.memory_bytes.unwrap_or(host.memory_bytes),
+        pids: overrides.pids.unwrap_or(host.pids),
+    }
+}
+
 /// The record for one heartbeat.
 pub fn record(
     identity: &NodeIdentity,
@@ -86,21 +103,46 @@ pub fn record(
     }
 }
 
+/// The chainIDs unpacked on this node, from its layer-unpacker; `None` when it does not
+/// answer (the last known list is kept then).
+async fn unpacked_chain_ids(client: &async_nats::Client, node_id: &str) -> Option<Vec<String>> {
+    let list: SnapshotList = berth_bus::request(
+        client,
+        &subjects::unpack(node_id, UnpackVerb::List),
+        &SnapshotListRequest::default(),
+        Encoding::Bincode,
+        Duration::from_secs(2),
+    )
+    .await
+    .ok()?;
+    let mut ids: Vec<String> = list.snapshots.into_iter().map(|s| s.chain_id).collect();
+    ids.sort();
+    ids.dedup();
+    Some(ids)
+}
+
 /// Writes the node record every `interval` until aborted. Failures (NATS down) are logged
-/// once per outage and retried on the next beat.
+/// once per outage and retried on the next beat. Only the heartbeat key `<node>` is
+/// written here: the schedulers own `<node>.alloc` and `<node>.admin`.
 pub async fn heartbeat_loop(
+    client: async_nats::Client,
     nodes: kv::Store,
     identity: NodeIdentity,
+    capacity: Resources,
     interval: Duration,
     usage: UsageProbe,
 ) {
-    let capacity = host_capacity();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    let mut chain_ids = Vec::new();
     loop {
         ticker.tick().await;
-        let record = record(&identity, capacity, usage(), SystemTime::now());
+        if let Some(ids) = unpacked_chain_ids(&client, &identity.node_id).await {
+            chain_ids = ids;
+        }
+        let mut record = record(&identity, capacity, usage(), SystemTime::now());
+        record.chain_ids = chain_ids.clone();
         let body = match serde_json::to_vec(&record) {
             Ok(body) => body,
             Err(err) => {

@@ -136,6 +136,10 @@ pub struct RunPlan {
 /// Everything the spec needs besides the request and the image config.
 pub struct SpecInputs<'a> {
     pub id: &'a str,
+    /// The node the container runs on: its cgroup is `/berth/<node>/<id>`, so that
+    /// several nodes on one host (tests, a laptop) never share a cgroup when the
+    /// scheduler re-places a container under the same id.
+    pub node_id: &'a str,
     pub rootfs: &'a Path,
     pub user: &'a ExecUser,
     /// Volumes as bind mounts of their host directories (after the request's `-v` binds).
@@ -300,7 +304,7 @@ pub fn build(
     options.memory = request.memory_bytes;
     options.cpus = request.nano_cpus.map(|n| n as f64 / 1e9);
     options.pids_limit = request.pids_limit;
-    options.cgroups_path = Some(format!("/berth/{}", inputs.id));
+    options.cgroups_path = Some(format!("/berth/{}/{}", inputs.node_id, inputs.id));
     options.host_network = request.network == NetworkMode::Host;
     options.memory_swap = request.memory_swap_bytes;
     options.cpuset_cpus = request.cpuset_cpus.clone();
@@ -584,6 +588,7 @@ mod tests {
         let user = root();
         let inputs = SpecInputs {
             id: "0123456789abcdef",
+            node_id: "n1",
             rootfs: Path::new("/data/containers/x/rootfs"),
             user: &user,
             volume_binds: &[],
@@ -602,7 +607,7 @@ mod tests {
         assert_eq!(process.user().additional_gids().as_deref(), Some(&[50][..]));
         assert_eq!(spec.hostname().as_deref(), Some("0123456789ab"));
         let json = serde_json::to_value(&spec).expect("json");
-        assert_eq!(json["linux"]["cgroupsPath"], "/berth/0123456789abcdef");
+        assert_eq!(json["linux"]["cgroupsPath"], "/berth/n1/0123456789abcdef");
         let namespaces = json["linux"]["namespaces"].to_string();
         assert!(namespaces.contains("network"), "{namespaces}");
     }
@@ -635,6 +640,7 @@ mod tests {
         let user = root();
         let inputs = SpecInputs {
             id: "abc",
+            node_id: "n1",
             rootfs: Path::new("/r"),
             user: &user,
             volume_binds: &[],
@@ -679,6 +685,7 @@ mod tests {
         let user = root();
         let inputs = SpecInputs {
             id: "abc",
+            node_id: "n1",
             rootfs: Path::new("/r"),
             user: &user,
             volume_binds: &[],
@@ -697,6 +704,7 @@ mod tests {
         let user = root();
         let inputs = SpecInputs {
             id: "abc",
+            node_id: "n1",
             rootfs: Path::new("/r"),
             user: &user,
             volume_binds: &[],
@@ -753,6 +761,7 @@ mod tests {
         let user = root();
         let inputs = SpecInputs {
             id: "abc",
+            node_id: "n1",
             rootfs: Path::new("/r"),
             user: &user,
             volume_binds: &[],
@@ -844,6 +853,7 @@ mod tests {
         }];
         let inputs = SpecInputs {
             id: "abc",
+            node_id: "n1",
             rootfs: Path::new("/r"),
             user: &user,
             volume_binds: &binds,

@@ -12,9 +12,33 @@ impl Executor {
         self: &Arc<Self>,
         request: ContainerCreateRequest,
     ) -> Handled<ContainerCreated> {
-        let id = new_id()?;
+        let id = match request.id.as_deref() {
+            Some(id) if !id.is_empty() => {
+                check_client_id(id).map_err(ErrorEnvelope::invalid)?;
+                id.to_string()
+            }
+            _ => new_id()?,
+        };
         let span = tracing::info_span!("create", container_id = %id, image = %request.image, image_digest = tracing::field::Empty);
-        self.create_inner(id, request).instrument(span).await
+        async {
+            if request.id.is_none() {
+                return self.create_inner(id, request).await;
+            }
+            // A caller-chosen id makes create idempotent: a retried or re-dispatched
+            // request finds the container the first one made.
+            let lock = self.op_lock(&id);
+            let _held = lock.lock().await;
+            if let Ok(record) = state::read_record(&self.dir(&id)) {
+                return Ok(ContainerCreated {
+                    id: record.id,
+                    name: record.name,
+                    image_digest: record.image_digest,
+                });
+            }
+            self.create_inner(id, request).await
+        }
+        .instrument(span)
+        .await
     }
 
     pub(super) async fn create_inner(
@@ -295,6 +319,7 @@ fn build_container(
     };
     let inputs = SpecInputs {
         id: &id,
+        node_id: &node_id,
         rootfs: &rootfs,
         user: &user,
         volume_binds: &volume_binds,
@@ -352,4 +377,19 @@ fn copy_up(rootfs: &Path, destination: &str, data: &Path) -> std::io::Result<()>
         return Ok(());
     }
     crate::volumes::copy_tree(&source, data)
+}
+
+/// A caller-chosen container id: 64 lowercase hex digits, like the ids berth makes.
+pub fn check_client_id(id: &str) -> Result<(), String> {
+    if id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "container id {id:?} must be 64 lowercase hexadecimal digits"
+        ))
+    }
 }
