@@ -1,19 +1,31 @@
 //! berth-scheduler: desired state of every container (`berth-containers` KV), the node
 //! registry (`berth-nodes` KV), placement and rescheduling. Serves `berth.v1.sched.*` in
-//! the queue group `scheduler`, so any number of instances can run at once.
+//! the queue group `scheduler`, so any number of instances can run at once: they share
+//! nothing but KV, where every write is a compare-and-set.
 
 pub mod config;
-pub mod nodes;
+pub mod placement;
+pub mod reconcile;
+pub mod sched;
+pub mod store;
+mod verbs;
+pub mod view;
 
 use async_nats::jetstream;
 use berth_bus::bootstrap::Shutdown;
 use berth_bus::jetstream::{ensure_events_stream, ensure_kv, with_retry};
 use berth_bus::settings::Settings;
 use berth_bus::{ServiceHandle, ServiceIdentity};
-use berth_proto::messages::node::NodeListRequest;
+use berth_proto::messages::node::{NodeListRequest, NodeState};
+use berth_proto::messages::sched::{
+    NodeRef, SchedKillRequest, SchedListRequest, SchedRef, SchedRemoveRequest, SchedRunRequest,
+    SchedStopRequest,
+};
 use berth_proto::subjects::{self, jetstream as names, queue_groups, service_names, SchedVerb};
+use std::sync::Arc;
 
 pub use config::Config;
+pub use sched::Scheduler;
 
 /// Runs the scheduler until `shutdown` resolves.
 pub async fn run(
@@ -22,14 +34,14 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let js = jetstream::new(client.clone());
-    let Some(node_kv) = with_retry(names::NODES_BUCKET, &shutdown, || {
+    let Some(nodes_kv) = with_retry(names::NODES_BUCKET, &shutdown, || {
         ensure_kv(&js, names::NODES_BUCKET, "berth node records", 1)
     })
     .await
     else {
         return Ok(());
     };
-    let Some(_containers) = with_retry(names::CONTAINERS_BUCKET, &shutdown, || {
+    let Some(containers_kv) = with_retry(names::CONTAINERS_BUCKET, &shutdown, || {
         ensure_kv(
             &js,
             names::CONTAINERS_BUCKET,
@@ -50,6 +62,20 @@ pub async fn run(
         return Ok(());
     }
 
+    let view = view::View::new(settings.service.node_lost_after());
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(view::follow(nodes_kv.clone(), view.clone(), true));
+    background.spawn(view::follow(containers_kv.clone(), view.clone(), false));
+    let scheduler = Arc::new(Scheduler::new(
+        client.clone(),
+        nodes_kv,
+        containers_kv,
+        view,
+        settings.service.clone(),
+    ));
+    background.spawn(reconcile::follow_events(Arc::clone(&scheduler)));
+    background.spawn(Arc::clone(&scheduler).reconcile_loop());
+
     let mut service = ServiceHandle::start(
         &client,
         ServiceIdentity {
@@ -62,17 +88,35 @@ pub async fn run(
     )
     .await?;
 
-    let registry = nodes::NodeRegistry::new(node_kv, settings.service.node_lost_after());
-    service
-        .endpoint(
-            SchedVerb::Nodes.as_str(),
-            subjects::sched(SchedVerb::Nodes),
-            move |request: NodeListRequest, _context| {
-                let registry = registry.clone();
-                async move { registry.list(&request).await }
-            },
-        )
-        .await?;
-    tracing::info!("scheduler serving");
-    service.serve_until(shutdown.wait()).await
+    macro_rules! serve {
+        ($verb:expr, $request:ty, |$s:ident, $req:ident| $body:expr) => {{
+            let scheduler = Arc::clone(&scheduler);
+            service
+                .endpoint(
+                    $verb.as_str(),
+                    subjects::sched($verb),
+                    move |$req: $request, _context| {
+                        let $s = Arc::clone(&scheduler);
+                        async move { $body.await }
+                    },
+                )
+                .await?;
+        }};
+    }
+    serve!(SchedVerb::Run, SchedRunRequest, |s, r| s.run(r));
+    serve!(SchedVerb::List, SchedListRequest, |s, r| s.list(r));
+    serve!(SchedVerb::Inspect, SchedRef, |s, r| s.inspect(r));
+    serve!(SchedVerb::Stop, SchedStopRequest, |s, r| s.stop(r));
+    serve!(SchedVerb::Kill, SchedKillRequest, |s, r| s.kill(r));
+    serve!(SchedVerb::Remove, SchedRemoveRequest, |s, r| s.remove(r));
+    serve!(SchedVerb::Nodes, NodeListRequest, |s, r| s.nodes(r));
+    serve!(SchedVerb::NodeInspect, NodeRef, |s, r| s.node_inspect(r));
+    serve!(SchedVerb::Drain, NodeRef, |s, r| s
+        .set_admin(r, NodeState::Draining));
+    serve!(SchedVerb::Activate, NodeRef, |s, r| s
+        .set_admin(r, NodeState::Ready));
+    tracing::info!(strategy = ?settings.service.strategy, "scheduler serving");
+    let served = service.serve_until(shutdown.wait()).await;
+    background.abort_all();
+    served
 }

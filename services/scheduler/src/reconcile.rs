@@ -1,0 +1,556 @@
+//! Desired vs observed, in every instance (each step is a compare-and-set, so instances
+//! running it at once agree): container events update observed state; a pass every
+//! interval places pending records, re-places containers of lost or draining nodes,
+//! marks the ones without a restart policy lost, cleans a returning node of containers
+//! that now run elsewhere, and frees reservations nothing holds any more.
+
+use berth_proto::messages::exec::{
+    ContainerEvent, ContainerList, ContainerListRequest, ContainerRemoveRequest, ContainerStatus,
+    RestartPolicy,
+};
+use berth_proto::messages::node::NodeState;
+use berth_proto::messages::sched::{ContainerPhase, ContainerRecord};
+use berth_proto::subjects::{self, EventKind, ExecVerb};
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+use crate::sched::{Placement, Scheduler};
+use crate::store;
+use crate::view::now_ms;
+
+/// A reservation no record explains is freed after this long (a placement reserves
+/// first and claims the record right after).
+const ORPHAN_GRACE_MS: u64 = 30_000;
+/// A pending record is left to the `run` that made it for this long.
+const PENDING_HANDOFF_MS: u64 = 2_000;
+
+/// What an event means for a record on `node`, or `None` to leave it.
+pub fn phase_after(action: &str, current: ContainerPhase) -> Option<ContainerPhase> {
+    match action {
+        "create" if current == ContainerPhase::Scheduled => Some(ContainerPhase::Created),
+        "start" | "restart" | "unpause" => Some(ContainerPhase::Running),
+        "die" => Some(ContainerPhase::Exited),
+        _ => None,
+    }
+}
+
+/// What the reconcile pass does with one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Nothing,
+    /// Pending past its deadline: drop it.
+    Expire,
+    /// Pending: try to place it.
+    Place,
+    /// Its node is gone or draining: put it elsewhere.
+    Replace {
+        from: String,
+        drain: bool,
+    },
+    /// Its node is lost and it has no restart policy.
+    MarkLost,
+    /// Stuck in `scheduled` (or `created` but meant to run): send create/start again.
+    Redispatch,
+}
+
+/// The decision for one record given its node's state (pure, unit-tested).
+pub fn step_for(
+    record: &ContainerRecord,
+    node_state: Option<NodeState>,
+    now_ms: u64,
+    redispatch_after_ms: u64,
+) -> Step {
+    let observed = &record.observed;
+    let restarts = record.restart() != RestartPolicy::No;
+    match observed.phase {
+        ContainerPhase::Pending => {
+            if now_ms > record.desired.pending_deadline_ms {
+                Step::Expire
+            } else if now_ms.saturating_sub(observed.updated_ms.min(record.created_ms))
+                >= PENDING_HANDOFF_MS
+                || observed.placements > 0
+            {
+                Step::Place
+            } else {
+                Step::Nothing
+            }
+        }
+        ContainerPhase::Scheduled | ContainerPhase::Created | ContainerPhase::Running => {
+            let Some(node) = observed.node_id.clone() else {
+                return Step::Nothing;
+            };
+            match node_state.unwrap_or(NodeState::Lost) {
+                NodeState::Lost if restarts => Step::Replace {
+                    from: node,
+                    drain: false,
+                },
+                NodeState::Lost => Step::MarkLost,
+                NodeState::Draining if restarts => Step::Replace {
+                    from: node,
+                    drain: true,
+                },
+                NodeState::Ready | NodeState::Draining => {
+                    let stuck = observed.phase == ContainerPhase::Scheduled
+                        || (observed.phase == ContainerPhase::Created && record.desired.start);
+                    if stuck && now_ms.saturating_sub(observed.updated_ms) > redispatch_after_ms {
+                        Step::Redispatch
+                    } else {
+                        Step::Nothing
+                    }
+                }
+            }
+        }
+        ContainerPhase::Exited | ContainerPhase::Lost => Step::Nothing,
+    }
+}
+
+/// Follows container events (one instance of the queue group gets each) until aborted.
+pub async fn follow_events(scheduler: Arc<Scheduler>) {
+    loop {
+        let subscription = scheduler
+            .client
+            .queue_subscribe(
+                subjects::events_of_kind(EventKind::Container),
+                berth_proto::subjects::queue_groups::SCHEDULER.to_string(),
+            )
+            .await;
+        let mut events = match subscription {
+            Ok(events) => events,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot follow container events; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(message) = events.next().await {
+            let event: ContainerEvent = match serde_json::from_slice(&message.payload) {
+                Ok(event) => event,
+                Err(err) => {
+                    tracing::debug!(subject = %message.subject, error = %err, "unreadable container event ignored");
+                    continue;
+                }
+            };
+            let scheduler = Arc::clone(&scheduler);
+            tokio::spawn(async move { scheduler.observe(event).await });
+        }
+    }
+}
+
+impl Scheduler {
+    /// Applies one container event to its record (events from a node the record does not
+    /// name — a stale copy on a returning node — are ignored).
+    pub async fn observe(&self, event: ContainerEvent) {
+        let span = tracing::debug_span!("event", container_id = %event.id, action = %event.action, node = %event.node_id);
+        async {
+            let Some((record, _)) = self.view.container(&event.id) else {
+                return;
+            };
+            if record.observed.node_id.as_deref() != Some(event.node_id.as_str()) {
+                return;
+            }
+            let node = event.node_id.clone();
+            let outcome = if event.action == "destroy" {
+                let deleted =
+                    store::delete_record(&self.containers_kv, &self.view, &event.id, |r| {
+                        r.observed.node_id.as_deref() == Some(node.as_str())
+                    })
+                    .await;
+                match deleted {
+                    Ok(_) => store::release(&self.nodes_kv, &self.view, &node, &event.id).await,
+                    Err(err) => Err(err),
+                }
+            } else {
+                store::update_record(&self.containers_kv, &self.view, &event.id, |r| {
+                    if r.observed.node_id.as_deref() != Some(node.as_str()) {
+                        return false;
+                    }
+                    let Some(next) = phase_after(&event.action, r.observed.phase) else {
+                        return false;
+                    };
+                    r.observed.phase = next;
+                    r.observed.exit_code = if next == ContainerPhase::Exited {
+                        event.exit_code
+                    } else {
+                        None
+                    };
+                    true
+                })
+                .await
+                .map(|_| ())
+            };
+            if let Err(err) = outcome {
+                tracing::warn!(error = %err.message, "cannot record container event");
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Runs reconcile passes every interval until aborted.
+    pub async fn reconcile_loop(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(self.config.reconcile_interval());
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut previous: Option<HashMap<String, NodeState>> = None;
+        loop {
+            ticker.tick().await;
+            let states: HashMap<String, NodeState> = self.view.node_states().into_iter().collect();
+            for (node, state) in &states {
+                let was = previous.as_ref().map(|p| p.get(node).copied());
+                // At start (was = None) every live node is checked once; later, a node
+                // that comes back from lost is.
+                let returned = match was {
+                    None => true,
+                    Some(None) => false,
+                    Some(Some(before)) => before == NodeState::Lost,
+                };
+                if returned && *state != NodeState::Lost {
+                    let this = Arc::clone(&self);
+                    let node = node.clone();
+                    tokio::spawn(async move { this.node_returned(&node).await });
+                }
+            }
+            previous = Some(states.clone());
+            self.pass(&states).await;
+        }
+    }
+
+    async fn pass(self: &Arc<Self>, states: &HashMap<String, NodeState>) {
+        let now = now_ms();
+        for record in self.view.containers() {
+            if self.is_active(&record.id) {
+                continue;
+            }
+            let node_state = record
+                .observed
+                .node_id
+                .as_ref()
+                .and_then(|n| states.get(n).copied());
+            let redispatch_after = self.config.redispatch_after().as_millis() as u64;
+            let step = step_for(&record, node_state, now, redispatch_after);
+            if step == Step::Nothing {
+                continue;
+            }
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                let id = record.id.clone();
+                let Some(_active) = this.activate(&id) else {
+                    return;
+                };
+                let span = tracing::info_span!("reconcile", container_id = %id, step = ?step);
+                this.apply(record, step).instrument(span).await;
+            });
+        }
+        // Reservations no record explains (a scheduler died between reserving and
+        // claiming, or a record was removed behind our back).
+        for node in states.keys() {
+            let Some(entry) = self.view.node(node) else {
+                continue;
+            };
+            for (id, (_, at)) in &entry.alloc.containers {
+                if now.saturating_sub(*at) < ORPHAN_GRACE_MS {
+                    continue;
+                }
+                let explained = self
+                    .view
+                    .container(id)
+                    .is_some_and(|(r, _)| r.observed.node_id.as_deref() == Some(node.as_str()));
+                if !explained && !self.is_active(id) {
+                    tracing::info!(container_id = %id, node = %node, "freeing an orphaned reservation");
+                    if let Err(err) = store::release(&self.nodes_kv, &self.view, node, id).await {
+                        tracing::warn!(container_id = %id, error = %err.message, "cannot free reservation");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn apply(self: &Arc<Self>, record: ContainerRecord, step: Step) {
+        let id = record.id.clone();
+        let result = match step {
+            Step::Nothing => Ok(()),
+            Step::Expire => store::delete_record(&self.containers_kv, &self.view, &id, |r| {
+                r.observed.phase == ContainerPhase::Pending
+            })
+            .await
+            .map(|dropped| {
+                if dropped.is_some() {
+                    tracing::info!("pending container given up: its wait timed out");
+                }
+            }),
+            Step::Place => {
+                let placements = record.observed.placements;
+                match self
+                    .place(&record, None, |r| {
+                        r.observed.phase == ContainerPhase::Pending
+                            && r.observed.placements == placements
+                    })
+                    .await
+                {
+                    Ok(Placement::Placed(placed)) => {
+                        let first = placed.observed.placements == 1;
+                        self.dispatch(*placed, first).await.map(|_| ())
+                    }
+                    Ok(_) => Ok(()),
+                    Err(err) => Err(err),
+                }
+            }
+            Step::MarkLost => {
+                let node = record.observed.node_id.clone();
+                store::update_record(&self.containers_kv, &self.view, &id, |r| {
+                    if r.observed.node_id != node
+                        || !matches!(
+                            r.observed.phase,
+                            ContainerPhase::Scheduled | ContainerPhase::Created | ContainerPhase::Running
+                        )
+                    {
+                        return false;
+                    }
+                    r.observed.phase = ContainerPhase::Lost;
+                    true
+                })
+                .await
+                .map(|marked| {
+                    if marked.is_some() {
+                        tracing::info!(node = ?node, "container lost with its node (no restart policy)");
+                    }
+                })
+            }
+            Step::Replace { from, drain } => self.replace(record, &from, drain).await,
+            Step::Redispatch => {
+                let first = record.observed.placements == 1;
+                self.dispatch(record, first).await.map(|_| ())
+            }
+        };
+        if let Err(err) = result {
+            tracing::warn!(container_id = %id, error = %err.message, "reconcile step failed");
+        }
+    }
+
+    /// Moves a container off `from` (lost or draining) onto another node.
+    async fn replace(
+        self: &Arc<Self>,
+        record: ContainerRecord,
+        from: &str,
+        drain: bool,
+    ) -> berth_bus::Handled<()> {
+        let placements = record.observed.placements;
+        let placed = self
+            .place(&record, Some(from), |r| {
+                r.observed.node_id.as_deref() == Some(from)
+                    && r.observed.placements == placements
+                    && matches!(
+                        r.observed.phase,
+                        ContainerPhase::Scheduled
+                            | ContainerPhase::Created
+                            | ContainerPhase::Running
+                    )
+            })
+            .await?;
+        let Placement::Placed(placed) = placed else {
+            return Ok(());
+        };
+        tracing::info!(from, to = ?placed.observed.node_id, drain, "re-placing container");
+        store::release(&self.nodes_kv, &self.view, from, &record.id).await?;
+        if drain {
+            // The old copy goes once the record points elsewhere (its events are ignored).
+            let _: Result<berth_proto::messages::exec::ContainerDone, _> = self
+                .exec(
+                    from,
+                    ExecVerb::Remove,
+                    &ContainerRemoveRequest {
+                        id: record.id.clone(),
+                        force: true,
+                        volumes: false,
+                    },
+                    Duration::from_secs(60),
+                )
+                .await;
+        }
+        self.dispatch(*placed, false).await.map(|_| ())
+    }
+
+    /// A node is (back) up: containers it holds that now belong to another node are
+    /// removed from it, and lost records it still runs are theirs again.
+    pub async fn node_returned(&self, node: &str) {
+        let span = tracing::info_span!("node_returned", node);
+        async {
+            let list: ContainerList = match self
+                .exec(node, ExecVerb::List, &ContainerListRequest { all: true }, Duration::from_secs(10))
+                .await
+            {
+                Ok(list) => list,
+                Err(err) => {
+                    tracing::debug!(error = %err, "cannot list the node's containers");
+                    return;
+                }
+            };
+            for container in list.containers {
+                let Some((record, _)) = self.view.container(&container.id) else {
+                    continue;
+                };
+                match record.observed.node_id.as_deref() {
+                    Some(owner) if owner != node => {
+                        tracing::info!(container_id = %container.id, owner, "removing a copy that now runs elsewhere");
+                        let removed: Result<berth_proto::messages::exec::ContainerDone, _> = self
+                            .exec(
+                                node,
+                                ExecVerb::Remove,
+                                &ContainerRemoveRequest {
+                                    id: container.id.clone(),
+                                    force: true,
+                                    volumes: false,
+                                },
+                                Duration::from_secs(60),
+                            )
+                            .await;
+                        if let Err(err) = removed {
+                            tracing::warn!(container_id = %container.id, error = %err, "cannot remove the stale copy");
+                        }
+                    }
+                    Some(_) if record.observed.phase == ContainerPhase::Lost => {
+                        let phase = match container.status {
+                            ContainerStatus::Running | ContainerStatus::Restarting | ContainerStatus::Paused => {
+                                ContainerPhase::Running
+                            }
+                            ContainerStatus::Created => ContainerPhase::Created,
+                            ContainerStatus::Exited | ContainerStatus::Dead => ContainerPhase::Exited,
+                        };
+                        let node = node.to_string();
+                        let exit_code = container.exit_code;
+                        let _ = store::update_record(&self.containers_kv, &self.view, &container.id, |r| {
+                            if r.observed.node_id.as_deref() != Some(node.as_str())
+                                || r.observed.phase != ContainerPhase::Lost
+                            {
+                                return false;
+                            }
+                            r.observed.phase = phase;
+                            r.observed.exit_code = exit_code;
+                            true
+                        })
+                        .await;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_proto::messages::sched::{DesiredContainer, ObservedContainer};
+
+    fn record(phase: ContainerPhase, restart: RestartPolicy) -> ContainerRecord {
+        let mut desired = DesiredContainer {
+            pending_deadline_ms: 100_000,
+            ..Default::default()
+        };
+        desired.create.restart = restart;
+        ContainerRecord {
+            id: "c".into(),
+            name: "c".into(),
+            created_ms: 1_000,
+            desired,
+            observed: ObservedContainer {
+                phase,
+                node_id: Some("n1".into()),
+                exit_code: None,
+                ports: vec![],
+                error: None,
+                placements: 1,
+                updated_ms: 1_000,
+            },
+        }
+    }
+
+    #[test]
+    fn a_lost_node_moves_restartable_containers_and_loses_the_rest() {
+        let always = record(ContainerPhase::Running, RestartPolicy::Always);
+        assert_eq!(
+            step_for(&always, Some(NodeState::Lost), 5_000, 30_000),
+            Step::Replace {
+                from: "n1".into(),
+                drain: false
+            }
+        );
+        let no = record(ContainerPhase::Running, RestartPolicy::No);
+        assert_eq!(
+            step_for(&no, Some(NodeState::Lost), 5_000, 30_000),
+            Step::MarkLost
+        );
+        assert_eq!(step_for(&no, None, 5_000, 30_000), Step::MarkLost);
+        assert_eq!(
+            step_for(&no, Some(NodeState::Ready), 5_000, 30_000),
+            Step::Nothing
+        );
+        let exited = record(ContainerPhase::Exited, RestartPolicy::Always);
+        assert_eq!(
+            step_for(&exited, Some(NodeState::Lost), 5_000, 30_000),
+            Step::Nothing
+        );
+    }
+
+    #[test]
+    fn draining_moves_only_restartable_containers() {
+        let always = record(ContainerPhase::Running, RestartPolicy::UnlessStopped);
+        assert_eq!(
+            step_for(&always, Some(NodeState::Draining), 5_000, 30_000),
+            Step::Replace {
+                from: "n1".into(),
+                drain: true
+            }
+        );
+        let no = record(ContainerPhase::Running, RestartPolicy::No);
+        assert_eq!(
+            step_for(&no, Some(NodeState::Draining), 5_000, 30_000),
+            Step::Nothing
+        );
+    }
+
+    #[test]
+    fn pending_records_are_placed_after_the_handoff_and_expire_at_their_deadline() {
+        let mut pending = record(ContainerPhase::Pending, RestartPolicy::No);
+        pending.observed.placements = 0;
+        pending.observed.node_id = None;
+        assert_eq!(step_for(&pending, None, 1_500, 30_000), Step::Nothing);
+        assert_eq!(step_for(&pending, None, 5_000, 30_000), Step::Place);
+        assert_eq!(step_for(&pending, None, 200_000, 30_000), Step::Expire);
+    }
+
+    #[test]
+    fn a_stuck_dispatch_is_retried() {
+        let scheduled = record(ContainerPhase::Scheduled, RestartPolicy::No);
+        assert_eq!(
+            step_for(&scheduled, Some(NodeState::Ready), 2_000, 30_000),
+            Step::Nothing
+        );
+        assert_eq!(
+            step_for(&scheduled, Some(NodeState::Ready), 31_001, 30_000),
+            Step::Redispatch
+        );
+    }
+
+    #[test]
+    fn events_advance_the_phase() {
+        assert_eq!(
+            phase_after("create", ContainerPhase::Scheduled),
+            Some(ContainerPhase::Created)
+        );
+        assert_eq!(phase_after("create", ContainerPhase::Running), None);
+        assert_eq!(
+            phase_after("start", ContainerPhase::Exited),
+            Some(ContainerPhase::Running)
+        );
+        assert_eq!(
+            phase_after("die", ContainerPhase::Running),
+            Some(ContainerPhase::Exited)
+        );
+        assert_eq!(phase_after("exec_start", ContainerPhase::Running), None);
+    }
+}
