@@ -7,6 +7,7 @@ mod events;
 mod exit;
 mod images;
 mod network;
+mod nodes;
 mod pull;
 mod snapshots;
 mod system;
@@ -57,6 +58,11 @@ enum Command {
         #[command(subcommand)]
         command: network::NetworkCommand,
     },
+    /// Nodes of the fleet: ls, inspect, drain, activate.
+    Node {
+        #[command(subcommand)]
+        command: nodes::NodeCommand,
+    },
     #[command(flatten)]
     Images(images::ImagesCommand),
     #[command(flatten)]
@@ -92,6 +98,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::System { command } => system::run(command, &nats, timeout).await,
             Command::Network { command } => network::run(command, &nats, timeout).await,
+            Command::Node { command } => nodes::run(command, &nats, timeout).await,
             Command::Images(command) => images::run(command, &nats, timeout).await,
             Command::Containers(command) => containers::run(command, &nats, timeout).await,
             Command::Transfer(command) => pull::run(command, &nats, timeout).await,

@@ -97,6 +97,13 @@ pub struct CreateArgs {
     /// Give the process a pseudo-terminal.
     #[arg(short = 't', long)]
     pub(super) tty: bool,
+    /// Placement constraint node.labels.KEY==VALUE or node.labels.KEY!=VALUE (repeatable).
+    #[arg(long = "constraint")]
+    pub(super) constraints: Vec<String>,
+    /// How long to wait, pending, for a node with room (30s, 2m, 1h; default the
+    /// scheduler's, 5 minutes).
+    #[arg(long, value_parser = parse_duration)]
+    pub(super) wait_timeout: Option<Duration>,
     /// Image to run.
     pub(super) image: String,
     /// Command and arguments (replace the image's Cmd).
@@ -114,6 +121,39 @@ pub struct RunArgs {
     pub(super) rm: bool,
     #[command(flatten)]
     pub(super) create: CreateArgs,
+}
+
+/// `30s`, `2m`, `1h30m`, `90` (seconds) → a duration.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    let mut total = 0u64;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(format!("invalid duration {text:?}: use 30s, 2m or 1h")),
+        };
+        let value: u64 = number
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}: use 30s, 2m or 1h"))?;
+        total = total.saturating_add(value.saturating_mul(unit));
+        number.clear();
+    }
+    if !number.is_empty() || text.is_empty() {
+        return Err(format!("invalid duration {text:?}: use 30s, 2m or 1h"));
+    }
+    Ok(Duration::from_secs(total))
 }
 
 /// `64m` → 67108864.
@@ -287,6 +327,23 @@ pub fn parse_env_file(text: &str) -> Vec<String> {
 }
 
 impl CreateArgs {
+    /// The scheduler request: the create request, constraints, pin, wait bound.
+    pub(super) fn sched_request(&self, auto_remove: bool) -> Result<SchedRunRequest, Failure> {
+        Ok(SchedRunRequest {
+            id: None,
+            create: self.request(auto_remove)?,
+            no_start: false,
+            constraints: self.constraints.clone(),
+            node: self.node.node.clone(),
+            wait_timeout_ms: self.wait_timeout.map(|d| d.as_millis() as u64),
+        })
+    }
+
+    /// How long the reply to `run`/`create` may take: waiting for room, then the create.
+    pub(super) fn reply_deadline(&self) -> Duration {
+        self.wait_timeout.unwrap_or(Duration::from_secs(300)) + CREATE_DEADLINE
+    }
+
     pub(super) fn request(&self, auto_remove: bool) -> Result<ContainerCreateRequest, Failure> {
         let mut env = Vec::new();
         for path in &self.env_file {
@@ -370,6 +427,7 @@ impl CreateArgs {
             cap_drop: self.cap_drop.clone(),
             security_opt: self.security_opt.clone(),
             ulimits: self.ulimit.clone(),
+            id: None,
         })
     }
 }
@@ -377,6 +435,16 @@ impl CreateArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wait_timeouts_parse() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("5x").is_err());
+    }
 
     #[test]
     fn sizes_binds_and_restart_policies_parse() {

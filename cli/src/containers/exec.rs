@@ -33,7 +33,7 @@ pub(super) async fn exec(
     nats: &NatsSettings,
     timeout: Duration,
 ) -> Result<ExitCode, Failure> {
-    let target = Target::connect(nats, &args.node, timeout).await?;
+    let (target, _) = Target::for_container(nats, &args.node, &args.container, timeout).await?;
     let output = format!("{}.exec", target.client.new_inbox());
     let mut pieces = target
         .client

@@ -217,7 +217,7 @@ pub(super) async fn logs(
             .transpose()
             .map_err(|err| Failure::berth(format!("--until: {err}")))?,
     };
-    let target = Target::connect(nats, &args.node, timeout).await?;
+    let (target, _) = Target::for_container(nats, &args.node, &args.container, timeout).await?;
     let tail = match args.tail.as_str() {
         "all" | "-1" => None,
         n => Some(

@@ -1,7 +1,8 @@
 //! Container verbs, Docker's habits, one file per verb or group: `run`, `create`,
 //! `start`, `ps`, `logs`, `stop`, `kill`, `rm`, `inspect`, `wait`, `exec`, `stats`.
-//! Until `run` goes through the scheduler, each verb addresses one node's executor
-//! (`--node`, default: the only executor on the bus).
+//! `run` and `create` go through the scheduler (`--node` pins the node); the verbs that
+//! name a container find its node from the scheduler's records, else by asking the
+//! executors, and then talk to that node's executor.
 
 mod attach;
 mod create;
@@ -23,13 +24,16 @@ use crate::discovery::pick_node;
 use crate::exit::Failure;
 use berth_bus::{connect_once, BusError, NatsSettings};
 use berth_proto::messages::exec::{
-    BindMount, ContainerCreateRequest, ContainerCreated, ContainerDone, ContainerExit,
-    ContainerInspect, ContainerKillRequest, ContainerList, ContainerListRequest, ContainerRef,
+    BindMount, ContainerCreateRequest, ContainerDone, ContainerExit, ContainerInspect,
+    ContainerKillRequest, ContainerList, ContainerListRequest, ContainerRef,
     ContainerRemoveRequest, ContainerStarted, ContainerStats, ContainerStopRequest, ExecExit,
     ExecOutput, ExecRequest, LogChunk, LogsPage, LogsRequest, NetworkMode, RestartPolicy, Ulimit,
     VolumeMount,
 };
-use berth_proto::subjects::{self, service_names, ExecVerb};
+use berth_proto::messages::sched::{
+    ContainerRecord, SchedDone, SchedRef, SchedRemoveRequest, SchedRunReply, SchedRunRequest,
+};
+use berth_proto::subjects::{self, service_names, ExecVerb, SchedVerb};
 use berth_proto::{Encoding, ErrorKind};
 use futures::StreamExt;
 use serde::{de::DeserializeOwned, Serialize};
@@ -44,7 +48,7 @@ const WAIT_DEADLINE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 #[derive(clap::Args, Debug)]
 pub struct NodeArg {
-    /// Node whose executor to address (default: the only one on the bus).
+    /// Node whose executor to address (default: the container's node, or the only one).
     #[arg(long, env = "BERTH_NODE")]
     pub(crate) node: Option<String>,
 }
@@ -145,6 +149,99 @@ impl Target {
         })
     }
 
+    /// Connected, without choosing a node yet.
+    pub(crate) async fn client(
+        nats: &NatsSettings,
+        timeout: Duration,
+    ) -> Result<async_nats::Client, Failure> {
+        connect_once(nats, "berth-cli", timeout.min(Duration::from_secs(5)))
+            .await
+            .map_err(|err| Failure::berth(err.to_string()))
+    }
+
+    /// The executor of the node that holds `reference` (id, id prefix or name), and the
+    /// container's full id when the scheduler knows it (else `reference` as given).
+    pub(crate) async fn for_container(
+        nats: &NatsSettings,
+        node: &NodeArg,
+        reference: &str,
+        timeout: Duration,
+    ) -> Result<(Self, String), Failure> {
+        let client = Self::client(nats, timeout).await?;
+        Self::locate(client, node, reference, timeout).await
+    }
+
+    pub(crate) async fn locate(
+        client: async_nats::Client,
+        node: &NodeArg,
+        reference: &str,
+        timeout: Duration,
+    ) -> Result<(Self, String), Failure> {
+        let target = |node: String| Target {
+            client: client.clone(),
+            node,
+            timeout,
+        };
+        if let Some(node) = &node.node {
+            return Ok((target(node.clone()), reference.to_string()));
+        }
+        let found: Result<ContainerRecord, BusError> = sched_call(
+            &client,
+            SchedVerb::Inspect,
+            &SchedRef {
+                reference: reference.to_string(),
+            },
+            timeout,
+        )
+        .await;
+        match found {
+            Ok(record) => {
+                return match record.observed.node_id {
+                    Some(node) => Ok((target(node), record.id)),
+                    None => Err(Failure::berth(format!(
+                        "container {reference} is {} and runs on no node",
+                        record.observed.phase.as_str()
+                    ))),
+                };
+            }
+            Err(err) if err.kind() == Some(ErrorKind::Invalid) => return Err(failure(err)),
+            // Not a scheduled container (or no scheduler): ask the executors.
+            Err(_) => {}
+        }
+        let nodes = crate::discovery::service_nodes(
+            &client,
+            service_names::EXECUTOR,
+            timeout.min(Duration::from_secs(2)),
+        )
+        .await
+        .map_err(Failure::berth)?;
+        match nodes.as_slice() {
+            [] => Err(Failure::berth(format!(
+                "no {} is running on the bus",
+                service_names::EXECUTOR
+            ))),
+            [only] => Ok((target(only.clone()), reference.to_string())),
+            many => {
+                for node in many {
+                    let candidate = target(node.clone());
+                    let inspect: Result<ContainerInspect, BusError> = candidate
+                        .call(
+                            ExecVerb::Inspect,
+                            &ContainerRef {
+                                id: reference.to_string(),
+                            },
+                            None,
+                        )
+                        .await;
+                    if let Ok(inspect) = inspect {
+                        return Ok((candidate, inspect.id));
+                    }
+                }
+                Err(Failure::berth(format!("no such container: {reference}")))
+            }
+        }
+    }
+
     pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         verb: ExecVerb,
@@ -162,6 +259,23 @@ impl Target {
     }
 }
 
+/// A request to the scheduler (any instance).
+pub(crate) async fn sched_call<Req: Serialize, Resp: DeserializeOwned>(
+    client: &async_nats::Client,
+    verb: SchedVerb,
+    body: &Req,
+    deadline: Duration,
+) -> Result<Resp, BusError> {
+    berth_bus::request(
+        client,
+        &subjects::sched(verb),
+        body,
+        Encoding::Bincode,
+        deadline,
+    )
+    .await
+}
+
 pub(crate) fn failure(err: BusError) -> Failure {
     match err {
         BusError::Service(envelope) => Failure::berth(envelope.message),
@@ -177,13 +291,11 @@ pub async fn run(
     match command {
         ContainersCommand::Run(args) => run::run_container(*args, nats, timeout).await,
         ContainersCommand::Create(args) => {
-            let target = Target::connect(nats, &args.node, timeout).await?;
-            let created: ContainerCreated = target
-                .call(
-                    ExecVerb::Create,
-                    &args.request(false)?,
-                    Some(CREATE_DEADLINE),
-                )
+            let client = Target::client(nats, timeout).await?;
+            let mut request = args.sched_request(false)?;
+            request.no_start = true;
+            let deadline = args.reply_deadline();
+            let created: SchedRunReply = sched_call(&client, SchedVerb::Run, &request, deadline)
                 .await
                 .map_err(failure)?;
             println!("{}", created.id);
@@ -248,23 +360,38 @@ pub async fn run(
         }
         ContainersCommand::Rm(args) => {
             let (force, volumes) = (args.force, args.volumes);
-            each(nats, timeout, args.refs, move |target, id| async move {
-                let _: ContainerDone = target
-                    .call(
-                        ExecVerb::Remove,
-                        &ContainerRemoveRequest { id, force, volumes },
-                        Some(Duration::from_secs(60)),
-                    )
-                    .await?;
-                Ok(())
+            let client = Target::client(nats, timeout).await?;
+            let mut failed = false;
+            for reference in &args.refs.containers {
+                match remove_one(&client, &args.refs.node, reference, force, volumes, timeout).await
+                {
+                    Ok(()) => println!("{reference}"),
+                    Err(err) => {
+                        eprintln!("berth: {}", err.message);
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
             })
-            .await
         }
         ContainersCommand::Inspect(args) => {
-            let target = Target::connect(nats, &args.node, timeout).await?;
+            let client = Target::client(nats, timeout).await?;
             let mut found = Vec::new();
             let mut failed = false;
-            for id in &args.containers {
+            for reference in &args.containers {
+                let (target, id) =
+                    match Target::locate(client.clone(), &args.node, reference, timeout).await {
+                        Ok(located) => located,
+                        Err(err) => {
+                            eprintln!("berth: {}", err.message);
+                            failed = true;
+                            continue;
+                        }
+                    };
                 match target
                     .call::<_, ContainerInspect>(
                         ExecVerb::Inspect,
@@ -290,9 +417,18 @@ pub async fn run(
             })
         }
         ContainersCommand::Wait(args) => {
-            let target = Target::connect(nats, &args.node, timeout).await?;
+            let client = Target::client(nats, timeout).await?;
             let mut failed = false;
-            for id in &args.containers {
+            for reference in &args.containers {
+                let (target, id) =
+                    match Target::locate(client.clone(), &args.node, reference, timeout).await {
+                        Ok(located) => located,
+                        Err(err) => {
+                            eprintln!("berth: {}", err.message);
+                            failed = true;
+                            continue;
+                        }
+                    };
                 match target
                     .call::<_, ContainerExit>(
                         ExecVerb::Wait,
@@ -329,11 +465,20 @@ where
     F: Fn(std::sync::Arc<Target>, String) -> Fut,
     Fut: std::future::Future<Output = Result<(), BusError>>,
 {
-    let target = std::sync::Arc::new(Target::connect(nats, &args.node, timeout).await?);
+    let client = Target::client(nats, timeout).await?;
     let mut failed = false;
-    for id in args.containers {
-        match verb(std::sync::Arc::clone(&target), id.clone()).await {
-            Ok(()) => println!("{id}"),
+    for reference in args.containers {
+        let (target, id) =
+            match Target::locate(client.clone(), &args.node, &reference, timeout).await {
+                Ok(located) => located,
+                Err(err) => {
+                    eprintln!("berth: {}", err.message);
+                    failed = true;
+                    continue;
+                }
+            };
+        match verb(std::sync::Arc::new(target), id).await {
+            Ok(()) => println!("{reference}"),
             Err(err) => {
                 eprintln!("berth: {}", failure(err).message);
                 failed = true;
@@ -345,4 +490,45 @@ where
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `rm` of one container: through the scheduler when it holds the record (the record and
+/// the reservation go too), else straight to the executor that has it.
+pub(crate) async fn remove_one(
+    client: &async_nats::Client,
+    node: &NodeArg,
+    reference: &str,
+    force: bool,
+    volumes: bool,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    if node.node.is_none() {
+        let removed: Result<SchedDone, BusError> = sched_call(
+            client,
+            SchedVerb::Remove,
+            &SchedRemoveRequest {
+                reference: reference.to_string(),
+                force,
+                volumes,
+            },
+            Duration::from_secs(60).max(timeout),
+        )
+        .await;
+        match removed {
+            Ok(_) => return Ok(()),
+            Err(BusError::NoResponders { .. }) => {}
+            Err(err) if err.kind() == Some(ErrorKind::NotFound) => {}
+            Err(err) => return Err(failure(err)),
+        }
+    }
+    let (target, id) = Target::locate(client.clone(), node, reference, timeout).await?;
+    let _: ContainerDone = target
+        .call(
+            ExecVerb::Remove,
+            &ContainerRemoveRequest { id, force, volumes },
+            Some(Duration::from_secs(60)),
+        )
+        .await
+        .map_err(failure)?;
+    Ok(())
 }

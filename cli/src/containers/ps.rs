@@ -1,4 +1,4 @@
-//! `ps`: the containers of a node.
+//! `ps`: the containers of every live node, plus pending and lost ones from the scheduler.
 
 use super::*;
 use berth_proto::messages::exec::ContainerSummary;
@@ -89,55 +89,178 @@ impl PsFilter {
     }
 }
 
+/// One `ps` row: a container as its node lists it, or a scheduler record that runs on no
+/// node now (`pending`, `lost`).
+#[derive(Debug, Clone, serde::Serialize)]
+struct Row {
+    #[serde(flatten)]
+    summary: ContainerSummary,
+    /// The scheduler's phase when the row comes from its record alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phase: Option<String>,
+}
+
+/// The nodes to list: the scheduler's live nodes, else every executor that answers.
+async fn live_nodes(
+    client: &async_nats::Client,
+    timeout: Duration,
+) -> Result<Vec<String>, Failure> {
+    use berth_proto::messages::node::{NodeList, NodeListRequest, NodeState};
+    let listed: Result<NodeList, BusError> = sched_call(
+        client,
+        SchedVerb::Nodes,
+        &NodeListRequest::default(),
+        timeout,
+    )
+    .await;
+    match listed {
+        Ok(list) if !list.nodes.is_empty() => Ok(list
+            .nodes
+            .into_iter()
+            .filter(|n| n.state != NodeState::Lost)
+            .map(|n| n.node_id)
+            .collect()),
+        _ => crate::discovery::service_nodes(
+            client,
+            service_names::EXECUTOR,
+            timeout.min(Duration::from_secs(2)),
+        )
+        .await
+        .map_err(Failure::berth),
+    }
+}
+
 pub(super) async fn ps(
     args: PsArgs,
     nats: &NatsSettings,
     timeout: Duration,
 ) -> Result<ExitCode, Failure> {
+    use berth_proto::messages::sched::{ContainerPhase, SchedList, SchedListRequest};
     let filter = PsFilter::parse(&args.filters).map_err(Failure::berth)?;
-    let target = Target::connect(nats, &args.node, timeout).await?;
-    let mut list: ContainerList = target
-        .call(
-            ExecVerb::List,
-            &ContainerListRequest {
-                all: args.all || filter.wants_all(),
-            },
-            None,
+    let client = Target::client(nats, timeout).await?;
+    let nodes = match &args.node.node {
+        Some(node) => vec![node.clone()],
+        None => live_nodes(&client, timeout).await?,
+    };
+    let all = args.all || filter.wants_all();
+    let lists = futures::future::join_all(nodes.iter().map(|node| {
+        let target = Target {
+            client: client.clone(),
+            node: node.clone(),
+            timeout,
+        };
+        async move {
+            let list: Result<ContainerList, BusError> = target
+                .call(ExecVerb::List, &ContainerListRequest { all }, None)
+                .await;
+            (target.node, list)
+        }
+    }))
+    .await;
+    let mut rows: Vec<Row> = Vec::new();
+    for (node, list) in lists {
+        match list {
+            Ok(list) => rows.extend(list.containers.into_iter().map(|summary| Row {
+                summary,
+                phase: None,
+            })),
+            Err(err) if err.kind() == Some(ErrorKind::NotFound) => {}
+            Err(err) => eprintln!("berth: node {node}: {}", failure(err).message),
+        }
+    }
+    rows.retain(|r| filter.matches(&r.summary));
+    if args.node.node.is_none() {
+        // Records that run nowhere now: waiting for room, or lost with their node.
+        let records: Result<SchedList, BusError> = sched_call(
+            &client,
+            SchedVerb::List,
+            &SchedListRequest::default(),
+            timeout,
         )
-        .await
-        .map_err(|err| match err.kind() {
-            Some(ErrorKind::NotFound) => Failure::berth("no containers"),
-            _ => failure(err),
-        })?;
-    list.containers.retain(|c| filter.matches(c));
+        .await;
+        if let Ok(records) = records {
+            for record in records.containers {
+                let shown = matches!(
+                    record.observed.phase,
+                    ContainerPhase::Pending | ContainerPhase::Lost
+                );
+                if !shown
+                    || !args.filters.is_empty()
+                    || rows.iter().any(|r| r.summary.id == record.id)
+                {
+                    continue;
+                }
+                let created = time::OffsetDateTime::from_unix_timestamp_nanos(
+                    i128::from(record.created_ms) * 1_000_000,
+                )
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default();
+                let create = &record.desired.create;
+                let mut command = create.entrypoint.clone().unwrap_or_default();
+                command.extend(create.cmd.iter().cloned());
+                rows.push(Row {
+                    summary: ContainerSummary {
+                        id: record.id.clone(),
+                        name: record.name.clone(),
+                        image: create.image.clone(),
+                        node_id: record.observed.node_id.clone().unwrap_or_default(),
+                        status: berth_proto::messages::exec::ContainerStatus::Created,
+                        exit_code: None,
+                        created,
+                        command,
+                        labels: create.labels.clone(),
+                        ports: Vec::new(),
+                        started_at: None,
+                        finished_at: None,
+                    },
+                    phase: Some(record.observed.phase.as_str().to_string()),
+                });
+            }
+        }
+    }
     if args.json {
-        let text = serde_json::to_string_pretty(&list.containers)
+        let text = serde_json::to_string_pretty(&rows)
             .map_err(|err| Failure::berth(format!("cannot encode: {err}")))?;
         println!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
     if args.quiet {
-        for c in &list.containers {
-            println!("{}", &c.id[..c.id.len().min(12)]);
+        for r in &rows {
+            println!("{}", &r.summary.id[..r.summary.id.len().min(12)]);
         }
         return Ok(ExitCode::SUCCESS);
     }
     let now = super::human::now();
-    let rows: Vec<Vec<String>> = list
-        .containers
+    let table: Vec<Vec<String>> = rows
         .iter()
-        .map(|c| {
+        .map(|r| {
+            let c = &r.summary;
             let mut command = c.command.join(" ");
             if command.chars().count() > 20 {
                 command = command.chars().take(19).collect::<String>() + "…";
             }
+            let status = match &r.phase {
+                Some(phase) => {
+                    let mut chars = phase.chars();
+                    chars
+                        .next()
+                        .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                        .unwrap_or_default()
+                }
+                None => super::human::status(c, now),
+            };
             vec![
                 c.id[..c.id.len().min(12)].to_string(),
                 c.image.clone(),
                 format!("\"{command}\""),
                 super::human::created(&c.created, now),
-                super::human::status(c, now),
+                status,
                 crate::network::show_ports(&c.ports),
+                c.node_id.clone(),
                 c.name.clone(),
             ]
         })
@@ -149,9 +272,10 @@ pub(super) async fn ps(
         "CREATED",
         "STATUS",
         "PORTS",
+        "NODE",
         "NAMES",
     ];
-    print!("{}", super::human::table(&header, &rows));
+    print!("{}", super::human::table(&header, &table));
     Ok(ExitCode::SUCCESS)
 }
 

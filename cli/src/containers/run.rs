@@ -1,7 +1,21 @@
-//! `run`: create, start, stream the output, exit with the container's code.
+//! `run`: place through the scheduler (create + start on the chosen node), stream the
+//! output, exit with the container's code.
+//!
+//! The CLI picks the container id itself, so it can follow `berth.v1.logs.<id>` before
+//! the container starts (no output lost) and a retried request cannot place twice.
 
 use super::logs::Follower;
 use super::*;
+use std::io::Read;
+
+/// 64 random hex digits, as Docker ids.
+fn new_id() -> Result<String, Failure> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|err| Failure::berth(format!("cannot read /dev/urandom: {err}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
 
 pub(super) async fn run_container(
     args: RunArgs,
@@ -13,63 +27,63 @@ pub(super) async fn run_container(
             "conflicting options: --rm and --restart cannot be combined",
         ));
     }
-    let target = Target::connect(nats, &args.create.node, timeout).await?;
+    let client = Target::client(nats, timeout).await?;
+    let id = new_id()?;
     // Attached, the CLI removes the container itself after reading its exit code.
-    let request = args.create.request(args.rm && args.detach)?;
-    let created: ContainerCreated = target
-        .call(ExecVerb::Create, &request, Some(CREATE_DEADLINE))
-        .await
-        .map_err(failure)?;
-    let id = created.id;
+    let mut request = args.create.sched_request(args.rm && args.detach)?;
+    request.id = Some(id.clone());
     let mut live = if args.detach {
         None
     } else {
         Some(
-            target
-                .client
+            client
                 .subscribe(subjects::logs(&id))
                 .await
                 .map_err(|err| Failure::berth(format!("cannot follow the logs of {id}: {err}")))?,
         )
     };
-    let started: Result<ContainerStarted, BusError> = target
-        .call(
-            ExecVerb::Start,
-            &ContainerRef { id: id.clone() },
-            Some(Duration::from_secs(150)),
-        )
-        .await;
-    if let Err(err) = started {
-        // Exit 126/127 like Docker when the command could not be run.
-        let code = match target
-            .call::<_, ContainerInspect>(ExecVerb::Inspect, &ContainerRef { id: id.clone() }, None)
-            .await
-        {
-            Ok(inspect) => inspect.exit_code.filter(|c| *c == 126 || *c == 127),
-            Err(_) => None,
-        };
-        if args.rm {
-            let _: Result<ContainerDone, _> = target
-                .call(
-                    ExecVerb::Remove,
-                    &ContainerRemoveRequest {
-                        id: id.clone(),
-                        force: true,
-                        volumes: true,
-                    },
-                    None,
-                )
-                .await;
+    let placed: Result<SchedRunReply, BusError> = sched_call(
+        &client,
+        SchedVerb::Run,
+        &request,
+        args.create.reply_deadline(),
+    )
+    .await;
+    let placed = match placed {
+        Ok(placed) => placed,
+        Err(err) => {
+            // Exit 126/127 like Docker when the command could not be run.
+            let record: Result<ContainerRecord, BusError> = sched_call(
+                &client,
+                SchedVerb::Inspect,
+                &SchedRef {
+                    reference: id.clone(),
+                },
+                timeout,
+            )
+            .await;
+            let code = record
+                .ok()
+                .and_then(|r| r.observed.exit_code)
+                .filter(|c| *c == 126 || *c == 127);
+            if args.rm {
+                let _ = remove_one(&client, &args.create.node, &id, true, true, timeout).await;
+            }
+            let failure = failure(err);
+            return Err(Failure {
+                code: code.map_or(failure.code, |c| c as u8),
+                message: failure.message,
+            });
         }
-        let failure = failure(err);
-        return Err(Failure {
-            code: code.map_or(failure.code, |c| c as u8),
-            message: failure.message,
-        });
-    }
+    };
     let Some(live) = live.as_mut() else {
         println!("{id}");
         return Ok(ExitCode::SUCCESS);
+    };
+    let target = Target {
+        client: client.clone(),
+        node: placed.node_id.clone(),
+        timeout,
     };
     let _session = super::interactive::Session::start(
         &target,
@@ -104,19 +118,9 @@ pub(super) async fn run_container(
     // The monitor wrote every line before it recorded the exit: read what is left.
     follower.catch_up(None).await?;
     if args.rm {
-        let removed: Result<ContainerDone, BusError> = target
-            .call(
-                ExecVerb::Remove,
-                &ContainerRemoveRequest {
-                    id: id.clone(),
-                    force: true,
-                    volumes: true,
-                },
-                Some(Duration::from_secs(60)),
-            )
-            .await;
-        if let Err(err) = removed {
-            eprintln!("berth: removing {id}: {}", failure(err).message);
+        let pinned = NodeArg { node: None };
+        if let Err(err) = remove_one(&client, &pinned, &id, true, true, timeout).await {
+            eprintln!("berth: removing {id}: {}", err.message);
         }
     }
     Ok(ExitCode::from(exit.exit_code.clamp(0, 255) as u8))

@@ -32,7 +32,14 @@ pub(super) async fn stats(
     nats: &NatsSettings,
     timeout: Duration,
 ) -> Result<ExitCode, Failure> {
-    let target = Target::connect(nats, &args.node, timeout).await?;
+    let target = match args.containers.first() {
+        Some(first) => {
+            Target::for_container(nats, &args.node, first, timeout)
+                .await?
+                .0
+        }
+        None => Target::connect(nats, &args.node, timeout).await?,
+    };
     let ids = if args.containers.is_empty() {
         let list: ContainerList = target
             .call(ExecVerb::List, &ContainerListRequest { all: false }, None)
