@@ -424,9 +424,80 @@ pub struct Stack {
     pub node_id: String,
     env: Vec<(String, String)>,
     dir: TempDir,
+    /// More nodes on the same NATS ([`Stack::add_node`]), each with its own slot.
+    pub nodes: Vec<ExtraNode>,
     /// The node's own bridge, subnets and nftables table (dropped last: after the
     /// services are gone, its leftovers are removed).
     pub net: NetSlot,
+}
+
+/// One more node of a stack: an executor and a layer-unpacker with their own node id,
+/// data dir, environment and network slot (so bridges and nft tables never collide).
+pub struct ExtraNode {
+    pub node_id: String,
+    pub services: Vec<ServiceProcess>,
+    env: Vec<(String, String)>,
+    dir: TempDir,
+    pub net: NetSlot,
+}
+
+impl ExtraNode {
+    /// The node's data dir.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The node's service logs, for error messages.
+    pub fn logs(&self) -> String {
+        self.services
+            .iter()
+            .map(|s| s.log.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The services an extra node runs.
+pub const NODE_SERVICES: [&str; 2] = [service_names::LAYER_UNPACKER, service_names::EXECUTOR];
+
+fn spawn_process(
+    name: &str,
+    nats_url: &str,
+    node_id: &str,
+    data_dir: &Path,
+    work_dir: &Path,
+    env: &[(String, String)],
+) -> Result<ServiceProcess, HarnessError> {
+    let binary = bin_path(name)?;
+    let log = work_dir.join(format!("{name}.log"));
+    // Append: a restarted or second instance keeps the first one's lines.
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(io_error(format!("open {}", log.display())))?;
+    let stderr = log_file
+        .try_clone()
+        .map_err(io_error("clone a log handle"))?;
+    let child = Command::new(&binary)
+        .env("BERTH_NATS_URL", nats_url)
+        .env("BERTH_DATA_DIR", data_dir)
+        .env("BERTH_NODE_ID", node_id)
+        .env("RUST_LOG", "info")
+        .env_remove("BERTH_CONFIG")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(work_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log_file))
+        .stderr(Stdio::from(stderr))
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(io_error(format!("start {}", binary.display())))?;
+    Ok(ServiceProcess {
+        name: name.to_string(),
+        child,
+        log,
+    })
 }
 
 impl Stack {
@@ -457,6 +528,7 @@ impl Stack {
             node_id: node_id.to_string(),
             env: all_env,
             dir,
+            nodes: Vec::new(),
             net,
         };
         for service in services {
@@ -506,36 +578,117 @@ impl Stack {
     }
 
     fn spawn_service(&mut self, name: &str) -> Result<(), HarnessError> {
-        let binary = bin_path(name)?;
-        let log = self.dir.path().join(format!("{name}.log"));
-        // Append: a restarted or second instance keeps the first one's lines.
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(io_error(format!("open {}", log.display())))?;
-        let stderr = log_file
-            .try_clone()
-            .map_err(io_error("clone a log handle"))?;
-        let child = Command::new(&binary)
-            .env("BERTH_NATS_URL", self.nats.url())
-            .env("BERTH_DATA_DIR", self.data_dir())
-            .env("BERTH_NODE_ID", &self.node_id)
-            .env("RUST_LOG", "info")
-            .env_remove("BERTH_CONFIG")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log_file))
-            .stderr(Stdio::from(stderr))
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(io_error(format!("start {}", binary.display())))?;
-        self.services.push(ServiceProcess {
-            name: name.to_string(),
-            child,
-            log,
+        let process = spawn_process(
+            name,
+            &self.nats.url(),
+            &self.node_id,
+            &self.data_dir(),
+            self.dir.path(),
+            &self.env,
+        )?;
+        self.services.push(process);
+        Ok(())
+    }
+
+    /// Starts another node (executor + layer-unpacker) on this stack's NATS with its own
+    /// node id, data dir and network slot, plus `env` (a `BERTH_CONFIG`, labels), and
+    /// waits until both answer on the node's subjects.
+    pub async fn add_node(
+        &mut self,
+        node_id: &str,
+        env: &[(&str, &str)],
+    ) -> Result<(), HarnessError> {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-node-")
+            .tempdir()
+            .map_err(io_error("create the node temp dir"))?;
+        let net = NetSlot::acquire()?;
+        let mut all_env = net.env();
+        all_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.nodes.push(ExtraNode {
+            node_id: node_id.to_string(),
+            services: Vec::new(),
+            env: all_env,
+            dir,
+            net,
         });
+        self.start_node(node_id).await
+    }
+
+    /// (Re)starts the services of an extra node that are not running and waits for them.
+    pub async fn start_node(&mut self, node_id: &str) -> Result<(), HarnessError> {
+        let url = self.nats.url();
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.node_id == node_id)
+            .ok_or_else(|| HarnessError::Missing(format!("no extra node {node_id}")))?;
+        for name in NODE_SERVICES {
+            if node.services.iter().any(|s| s.name == name) {
+                continue;
+            }
+            let process = spawn_process(
+                name,
+                &url,
+                &node.node_id,
+                &node.data_dir(),
+                node.dir.path(),
+                &node.env,
+            )?;
+            node.services.push(process);
+        }
+        let logs = node.logs();
+        let client = self.nats.client().await?;
+        let subjects = [
+            berth_proto::subjects::unpack(node_id, berth_proto::subjects::UnpackVerb::List),
+            berth_proto::subjects::exec(node_id, berth_proto::subjects::ExecVerb::List),
+        ];
+        let within = Duration::from_secs(20);
+        let deadline = tokio::time::Instant::now() + within;
+        for subject in subjects {
+            loop {
+                let asked = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    client.request(subject.clone(), bytes::Bytes::from_static(b"{}")),
+                )
+                .await;
+                if matches!(asked, Ok(Ok(_))) {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(HarnessError::NotReady {
+                        what: format!("node {node_id} ({subject})"),
+                        within,
+                        log: logs,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// An extra node by id.
+    pub fn node(&self, node_id: &str) -> Option<&ExtraNode> {
+        self.nodes.iter().find(|n| n.node_id == node_id)
+    }
+
+    /// SIGKILLs an extra node's executor and layer-unpacker (its containers are left to
+    /// the caller) and forgets them; [`Stack::start_node`] brings them back.
+    pub async fn kill_node(&mut self, node_id: &str) -> Result<(), HarnessError> {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.node_id == node_id)
+            .ok_or_else(|| HarnessError::Missing(format!("no extra node {node_id}")))?;
+        for service in node.services.iter_mut() {
+            service
+                .child
+                .kill()
+                .await
+                .map_err(io_error(format!("SIGKILL {} of {node_id}", service.name)))?;
+        }
+        node.services.clear();
         Ok(())
     }
 

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 const NODE: &str = "node-c";
 const IMAGE: &str = "busybox:test";
-const SERVICES: [&str; 3] = [
+const SERVICES: [&str; 4] = [
     "berth-image-store",
     "berth-layer-unpacker",
+    "berth-scheduler",
     "berth-executor",
 ];
 

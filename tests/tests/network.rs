@@ -14,9 +14,10 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const IMAGE: &str = "busybox:net";
-const SERVICES: [&str; 3] = [
+const SERVICES: [&str; 4] = [
     "berth-image-store",
     "berth-layer-unpacker",
+    "berth-scheduler",
     "berth-executor",
 ];
 
