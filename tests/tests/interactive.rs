@@ -11,9 +11,10 @@ use std::time::Duration;
 
 const NODE: &str = "node-i";
 const IMAGE: &str = "busybox:test";
-const SERVICES: [&str; 3] = [
+const SERVICES: [&str; 4] = [
     "berth-image-store",
     "berth-layer-unpacker",
+    "berth-scheduler",
     "berth-executor",
 ];
 /// A guard against hanging forever, not a timing assertion.
