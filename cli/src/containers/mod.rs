@@ -211,7 +211,7 @@ impl Target {
         let nodes = crate::discovery::service_nodes(
             &client,
             service_names::EXECUTOR,
-            timeout.min(Duration::from_secs(2)),
+            timeout.min(Duration::from_secs(5)),
         )
         .await
         .map_err(Failure::berth)?;

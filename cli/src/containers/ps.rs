@@ -123,7 +123,7 @@ async fn live_nodes(
         _ => crate::discovery::service_nodes(
             client,
             service_names::EXECUTOR,
-            timeout.min(Duration::from_secs(2)),
+            timeout.min(Duration::from_secs(5)),
         )
         .await
         .map_err(Failure::berth),
