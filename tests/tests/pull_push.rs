@@ -186,6 +186,8 @@ impl Drop for StallingProxy {
 struct Env {
     stack: Stack,
     store: Option<tokio::process::Child>,
+    /// More instances serving beside `store` (same queue group).
+    more_stores: Vec<tokio::process::Child>,
     dir: tempfile::TempDir,
 }
 
@@ -203,6 +205,7 @@ impl Env {
         let mut env = Env {
             stack,
             store: None,
+            more_stores: Vec::new(),
             dir,
         };
         env.start_store().await?;
@@ -217,12 +220,12 @@ impl Env {
         self.dir.path().join("image-store.log")
     }
 
-    async fn start_store(&mut self) -> anyhow::Result<()> {
+    fn spawn_store(&self) -> anyhow::Result<tokio::process::Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.store_log())?;
-        let child = tokio::process::Command::new(bin_path(STORE)?)
+        tokio::process::Command::new(bin_path(STORE)?)
             .env("BERTH_NATS_URL", self.stack.nats.url())
             .env("BERTH_DATA_DIR", self.stack.data_dir())
             .env("BERTH_NODE_ID", &self.stack.node_id)
@@ -234,18 +237,34 @@ impl Env {
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
-            .context("start berth-image-store")?;
-        self.store = Some(child);
+            .context("start berth-image-store")
+    }
+
+    /// Waits until `instances` image-stores answer on the bus.
+    async fn wait_for_stores(&self, instances: usize) -> anyhow::Result<()> {
         let client = self.stack.nats.client().await?;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while berth_tests::ping_count(&client, STORE, Duration::from_millis(250)).await? == 0 {
+        while berth_tests::ping_count(&client, STORE, Duration::from_millis(250)).await? < instances
+        {
             ensure!(
                 Instant::now() < deadline,
-                "image-store did not come up; log {}",
+                "{instances} image-stores did not come up; log {}",
                 self.store_log().display()
             );
         }
         Ok(())
+    }
+
+    async fn start_store(&mut self) -> anyhow::Result<()> {
+        self.store = Some(self.spawn_store()?);
+        self.wait_for_stores(1 + self.more_stores.len()).await
+    }
+
+    /// One more instance beside the first.
+    async fn start_another_store(&mut self) -> anyhow::Result<()> {
+        let child = self.spawn_store()?;
+        self.more_stores.push(child);
+        self.wait_for_stores(1 + self.more_stores.len()).await
     }
 
     /// SIGKILL: no chance to clean up.
@@ -820,5 +839,88 @@ async fn pull_survives_sigkill_of_the_image_store() -> anyhow::Result<()> {
     let archive = work.path().join("saved.tar");
     env.ok(&["save", &name, "-o", &archive.display().to_string()])?;
     ensure!(std::fs::metadata(&archive)?.len() > 32 * 1024 * 1024);
+    Ok(())
+}
+
+/// Two image-stores serving at once: 10 concurrent pulls of overlapping images (three
+/// images under ten references, so the same blobs are pulled by several requests on
+/// both instances), then `rmi` of half of them; every remaining image is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_ten_concurrent_overlapping_pulls_then_rmi_of_half() -> anyhow::Result<()> {
+    let registry = Registry::start(None).await?;
+    let mut env = Env::start().await?;
+    env.start_another_store().await?;
+    let work = tempfile::tempdir()?;
+    let mut references = Vec::new();
+    let mut digests = Vec::new();
+    for (image, copies) in [(0, 4), (1, 3), (2, 3)] {
+        let tar = busybox_rootfs_tar(
+            work.path(),
+            &format!("img{image}"),
+            &[("id", &format!("image {image}\n"))],
+        )?;
+        let local = format!("local/img{image}:1");
+        env.ok(&["import", &tar.display().to_string(), &local])?;
+        for copy in 0..copies {
+            let name = registry.name(&format!("pulls/img{image}-{copy}:1"));
+            env.ok(&["tag", &local, &name])?;
+            env.ok(&["push", &name])?;
+            references.push(name);
+        }
+        digests.push(env.inspect(&local)?.digest);
+        env.ok(&["rmi", &local])?;
+    }
+    for name in &references {
+        env.ok(&["rmi", name])?;
+    }
+    ensure!(
+        env.references()?.is_empty(),
+        "the store is not empty before the pulls"
+    );
+
+    let pulls: Vec<_> = references
+        .iter()
+        .map(|name| {
+            let mut command = env.berth(&["pull", "-q", name])?;
+            let name = name.clone();
+            Ok(tokio::task::spawn_blocking(move || {
+                (name, command.output())
+            }))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for pull in pulls {
+        let (name, output) = pull.await?;
+        let output = output?;
+        ensure!(
+            output.status.success(),
+            "pull {name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let (removed, kept): (Vec<_>, Vec<_>) =
+        references.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    for (_, name) in &removed {
+        env.ok(&["rmi", name])?;
+    }
+    let listed = env.references()?;
+    for (_, name) in &removed {
+        ensure!(!listed.contains(name), "{name} is still listed after rmi");
+    }
+    for (i, name) in &kept {
+        let image = env.inspect(name)?;
+        let expected = match i {
+            0..=3 => &digests[0],
+            4..=6 => &digests[1],
+            _ => &digests[2],
+        };
+        ensure!(
+            &image.digest == expected,
+            "{name}: {} != {expected}",
+            image.digest
+        );
+        // save streams every blob with its digest checked: all present and whole.
+        let archive = work.path().join(format!("kept-{i}.tar"));
+        env.ok(&["save", name, "-o", &archive.display().to_string()])?;
+    }
     Ok(())
 }
