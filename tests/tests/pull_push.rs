@@ -662,12 +662,13 @@ fn env_blob_shared(layout: &Path, d: &serde_json::Value, b: &str) -> bool {
 }
 
 /// htpasswd registry: credentials from `$DOCKER_CONFIG/config.json` work for push and
-/// pull; a registry name without credentials gets a clear error.
+/// pull; a registry name without credentials gets a clear error; the same login in
+/// berth's own config file works without any Docker config.
 #[tokio::test]
-async fn pull_push_basic_auth_from_docker_config() -> anyhow::Result<()> {
+async fn pull_push_basic_auth_from_docker_config_and_berth_config() -> anyhow::Result<()> {
     need("base64")?;
     let registry = Registry::start(Some(("berth", "s3cret"))).await?;
-    let env = Env::start().await?;
+    let mut env = Env::start().await?;
     // Credentials for 127.0.0.1:<port> only; `localhost:<port>` is the same registry
     // under a name that has none.
     let auth = ok(Command::new("sh").args(["-c", "printf %s berth:s3cret | base64"]))?;
@@ -701,6 +702,26 @@ async fn pull_push_basic_auth_from_docker_config() -> anyhow::Result<()> {
         other => bail!("expected invalid, got {other:?}"),
     }
     ensure!(!env.references()?.contains(&anonymous));
+
+    // The same login from berth's own config file, with no Docker config at all.
+    std::fs::remove_file(env.docker_config())?;
+    env.kill_store().await?;
+    let config = env.dir.path().join("image-store.toml");
+    let mut text = std::fs::read_to_string(&config)?;
+    text.push_str(&format!(
+        "[credentials.\"localhost:{}\"]\nusername = \"berth\"\npassword = \"s3cret\"\n",
+        registry.port
+    ));
+    std::fs::write(&config, text)?;
+    env.start_store().await?;
+    env.ok(&["pull", &anonymous])?;
+    ensure!(env.inspect(&anonymous)?.digest == digest);
+    env.ok(&["rmi", &name])?;
+    let (code, message) = env.fails(&["pull", &name])?;
+    ensure!(
+        code == 125,
+        "127.0.0.1 has no login left: exit {code}: {message}"
+    );
     Ok(())
 }
 

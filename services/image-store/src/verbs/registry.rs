@@ -33,7 +33,8 @@ pub struct RegistryVerbs {
 
 impl RegistryVerbs {
     /// A registry client with the service's settings (insecure registries; credentials
-    /// from `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`).
+    /// from its config's `[credentials]`, then `$DOCKER_CONFIG/config.json` or
+    /// `~/.docker/config.json`).
     pub fn new(verbs: Verbs, config: &crate::Config) -> anyhow::Result<Self> {
         let defaults = RegistryConfig::default();
         let registry = RegistryClient::new(RegistryConfig {
@@ -42,6 +43,19 @@ impl RegistryVerbs {
                 .push_monolithic_limit
                 .unwrap_or(defaults.monolithic_limit),
             chunk_size: config.push_chunk_size.unwrap_or(defaults.chunk_size).max(1),
+            credentials: config
+                .credentials
+                .iter()
+                .map(|(host, login)| {
+                    (
+                        host.clone(),
+                        crate::formats::auth::Credentials::Basic {
+                            username: login.username.clone(),
+                            password: login.password.clone(),
+                        },
+                    )
+                })
+                .collect(),
             ..defaults
         })?;
         Ok(RegistryVerbs { verbs, registry })
