@@ -15,7 +15,7 @@ for t in nats-server busybox python3 tar xargs; do
 done
 if [ -z "${BERTH_BIN_DIR:-}" ]; then
     export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-    cargo build --release -q --bins -p berth-executor -p berth-cli -p berth-image-store -p berth-layer-unpacker
+    cargo build --release -q --bins -p berth-executor -p berth-cli -p berth-image-store -p berth-layer-unpacker -p berth-scheduler
     BERTH_BIN_DIR=$CARGO_TARGET_DIR/release
 fi
 work=$(mktemp -d /tmp/berth-bench-containers.XXXXXX)
@@ -41,7 +41,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 export BERTH_NATS_URL=nats://127.0.0.1:$port BERTH_DATA_DIR=$work/data BERTH_NODE_ID=density RUST_LOG=warn
 nats-server -a 127.0.0.1 -p "$port" -js -sd "$work/js" >"$work/nats.log" 2>&1 & pids+=($!)
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-for s in image-store layer-unpacker executor; do
+for s in image-store layer-unpacker executor scheduler; do
     "$B/berth-$s" >"$work/$s.log" 2>&1 & pids+=($!)
 done
 executor_pid=${pids[3]}
