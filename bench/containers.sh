@@ -33,7 +33,7 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$work/bin"
-for b in berth berth-executor berth-monitor berth-image-store berth-layer-unpacker; do
+for b in berth berth-executor berth-monitor berth-image-store berth-layer-unpacker berth-scheduler; do
     strip -o "$work/bin/$b" "$BERTH_BIN_DIR/$b"
 done
 B=$work/bin
@@ -46,6 +46,8 @@ for s in image-store layer-unpacker executor scheduler; do
 done
 executor_pid=${pids[3]}
 for _ in $(seq 100); do "$B/berth" ps --node density >/dev/null 2>&1 && break; sleep 0.1; done
+# berth run goes through the scheduler: wait until it answers too.
+for _ in $(seq 100); do "$B/berth" node ls >/dev/null 2>&1 && break; sleep 0.1; done
 rootfs=$work/rootfs
 mkdir -p "$rootfs/bin" "$rootfs/etc"
 cp "$(command -v busybox)" "$rootfs/bin/busybox"

@@ -53,6 +53,8 @@ for s in image-store layer-unpacker executor scheduler; do
     "$B/berth-$s" >"$work/$s.log" 2>&1 & pids+=($!)
 done
 for _ in $(seq 100); do "$B/berth" ps >/dev/null 2>&1 && break; sleep 0.1; done
+# berth run goes through the scheduler: wait until it answers too.
+for _ in $(seq 100); do "$B/berth" node ls >/dev/null 2>&1 && break; sleep 0.1; done
 
 rootfs=$work/rootfs
 mkdir -p "$rootfs/bin" "$rootfs/etc" "$rootfs/tmp" "$rootfs/proc" "$rootfs/sys" "$rootfs/dev"

@@ -49,7 +49,7 @@ trap cleanup EXIT
 # Shipped binaries are stripped; the monitor is copied into a sealed memfd to become the
 # container's init, so its size is part of every start.
 mkdir -p "$work/bin"
-for b in berth berth-executor berth-monitor berth-image-store berth-layer-unpacker; do
+for b in berth berth-executor berth-monitor berth-image-store berth-layer-unpacker berth-scheduler; do
     strip -o "$work/bin/$b" "$BERTH_BIN_DIR/$b"
 done
 B=$work/bin
@@ -62,6 +62,8 @@ for s in image-store layer-unpacker executor scheduler; do
     "$B/berth-$s" >"$work/$s.log" 2>&1 & pids+=($!)
 done
 for _ in $(seq 100); do "$B/berth" ps --node bench >/dev/null 2>&1 && break; sleep 0.1; done
+# berth run goes through the scheduler: wait until it answers too.
+for _ in $(seq 100); do "$B/berth" node ls >/dev/null 2>&1 && break; sleep 0.1; done
 
 rootfs=$work/rootfs
 mkdir -p "$rootfs/bin" "$rootfs/etc" "$rootfs/tmp" "$rootfs/proc" "$rootfs/sys" "$rootfs/dev"
@@ -73,11 +75,11 @@ echo 'root:x:0:0:root:/root:/bin/sh' >"$rootfs/etc/passwd"
 tar -C "$rootfs" --numeric-owner -cf "$work/busybox.tar" .
 "$B/berth" import "$work/busybox.tar" busybox:bench --change 'ENV PATH=/bin' >/dev/null
 # Warm: the image is unpacked on the node from now on.
-"$B/berth" run --rm --node bench busybox:bench true
+"$B/berth" run --rm --network none --node bench busybox:bench true
 
 # crun gets the spec berth generates for the same command, pointed at a plain copy of the
 # rootfs (no overlay: that is berth's extra work) and its own cgroup.
-id=$("$B/berth" create --node bench busybox:bench /bin/true)
+id=$("$B/berth" create --network none --node bench busybox:bench /bin/true)
 bundle=$work/bundle
 mkdir -p "$bundle"
 cp -a "$rootfs" "$bundle/rootfs"
@@ -86,6 +88,9 @@ import json, sys
 c = json.load(open(sys.argv[1]))
 c["root"]["path"] = "rootfs"
 c["linux"]["cgroupsPath"] = "/berth-bench/crun"
+# Files berth writes per container (hosts, resolv.conf, hostname) go with `berth rm`.
+here = sys.argv[1].rsplit("/", 1)[0] + "/"
+c["mounts"] = [m for m in c.get("mounts", []) if not m.get("source", "").startswith(here)]
 json.dump(c, open(sys.argv[2], "w"), indent=1)
 PY
 "$B/berth" rm "$id" >/dev/null
@@ -108,13 +113,13 @@ else
 fi
 
 hyperfine -N --warmup "$WARMUP" --runs "$RUNS" --export-json "$work/result.json" \
-    -n "berth run --rm" "$B/berth run --rm --node bench busybox:bench true" \
+    -n "berth run --rm" "$B/berth run --rm --network none --node bench busybox:bench true" \
     -n "crun run" "$crun_cmd" \
     "${podman_args[@]}" \
     -n "crun wrapper alone" "unshare -m sh -c 'umount /sys/fs/cgroup/unified 2>/dev/null; true'"
 
 # One container's monitor: resident memory while its container sleeps.
-cid=$("$B/berth" run -d --node bench busybox:bench sleep 60)
+cid=$("$B/berth" run -d --network none --node bench busybox:bench sleep 60)
 sleep 0.5
 mpid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["monitor_pid"])' "$work/data/containers/$cid/state.json")
 rss_kb=$(awk '/^Rss:/ {print $2}' "/proc/$mpid/smaps_rollup")
