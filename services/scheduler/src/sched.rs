@@ -90,35 +90,11 @@ pub fn new_id() -> Handled<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// A caller-chosen id: 64 lowercase hex digits.
-pub fn check_id(id: &str) -> Result<(), String> {
-    if id.len() == 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "container id {id:?} must be 64 lowercase hexadecimal digits"
-        ))
-    }
-}
+/// One rule for the executor and the scheduler, kept in shared/proto.
+pub use berth_proto::messages::exec::check_container_id as check_id;
 
-/// Docker's rule for names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
-pub fn check_name(name: &str) -> Result<(), String> {
-    let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if !first_ok
-        || name.len() > 128
-        || !chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-    {
-        return Err(format!(
-            "invalid container name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
-        ));
-    }
-    Ok(())
-}
+/// One rule for the executor and the scheduler, kept in shared/proto.
+pub use berth_proto::messages::exec::check_container_name as check_name;
 
 /// What a create request reserves: its CPU, memory and pids limits.
 pub fn resources_of(create: &ContainerCreateRequest) -> Resources {

@@ -379,17 +379,5 @@ fn copy_up(rootfs: &Path, destination: &str, data: &Path) -> std::io::Result<()>
     crate::volumes::copy_tree(&source, data)
 }
 
-/// A caller-chosen container id: 64 lowercase hex digits, like the ids berth makes.
-pub fn check_client_id(id: &str) -> Result<(), String> {
-    if id.len() == 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "container id {id:?} must be 64 lowercase hexadecimal digits"
-        ))
-    }
-}
+/// One rule for the executor and the scheduler, kept in shared/proto.
+pub use berth_proto::messages::exec::check_container_id as check_client_id;

@@ -128,20 +128,8 @@ pub(crate) fn new_id() -> Handled<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Docker's rule for names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
-pub fn check_name(name: &str) -> Result<(), String> {
-    let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if !first_ok
-        || name.len() > 128
-        || !chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-    {
-        return Err(format!(
-            "invalid container name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
-        ));
-    }
-    Ok(())
-}
+/// One rule for the executor and the scheduler, kept in shared/proto.
+pub use berth_proto::messages::exec::check_container_name as check_name;
 
 /// Reads a file of the image at `relative` inside `rootfs`, refusing symlinks that lead
 /// outside it (the executor runs as root on the host's filesystem).
