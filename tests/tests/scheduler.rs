@@ -6,7 +6,9 @@
 
 use berth_proto::messages::exec::{ContainerCreateRequest, ContainerCreated, ContainerStarted};
 use berth_proto::messages::node::{NodeRecord, NodeState, Resources};
-use berth_proto::messages::sched::{alloc_key, NodeAlloc, SchedRunReply, SchedRunRequest};
+use berth_proto::messages::sched::{
+    alloc_key, ContainerRecord, NodeAlloc, SchedRef, SchedRunReply, SchedRunRequest,
+};
 use berth_proto::subjects::{self, jetstream as names, SchedVerb};
 use berth_proto::{Encoding, ErrorKind};
 use berth_tests::{fixtures, Stack};
@@ -429,6 +431,73 @@ async fn a_lost_node_moves_restartable_containers_loses_the_rest_and_heals_witho
         env.berth(&["ps", "-a", "--json"]),
         env.stack.node("n2").map(|n| n.logs()).unwrap_or_default()
     );
+    Ok(())
+}
+
+/// The scheduler's record of a container (what `inspect` through the scheduler answers).
+async fn record_of(client: &async_nats::Client, id: &str) -> anyhow::Result<ContainerRecord> {
+    Ok(berth_bus::request(
+        client,
+        &subjects::sched(SchedVerb::Inspect),
+        &SchedRef {
+            reference: id.to_string(),
+        },
+        Encoding::Bincode,
+        Duration::from_secs(5),
+    )
+    .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exit_while_no_scheduler_runs_reaches_the_record_once_one_starts() -> anyhow::Result<()>
+{
+    if !can_run_containers() {
+        return Ok(());
+    }
+    let mut env = Env::start(1).await?;
+    env.add_node("n1", "zone=a", "2").await?;
+    let client = env.stack.nats.client().await?;
+    // Exits with 3 once told to, so the exit surely happens while no scheduler runs.
+    let id = env.run_d(
+        &[],
+        &["sh", "-c", "while [ ! -e /go ]; do sleep 0.1; done; exit 3"],
+    )?;
+    let running = record_of(&client, &id).await?;
+    assert_eq!(running.observed.phase.as_str(), "running", "{running:?}");
+
+    env.stack.kill_service("berth-scheduler").await?;
+    env.ok(&["exec", "--node", "n1", &id, "touch", "/go"])?;
+    let exited_on_node = || {
+        env.ok(&["ps", "-a", "--node", "n1", "--json"])
+            .ok()
+            .and_then(|text| serde_json::from_str::<Vec<serde_json::Value>>(&text).ok())
+            .is_some_and(|rows| {
+                rows.iter().any(|r| {
+                    r["id"] == id.as_str() && r["status"] == "exited" && r["exit_code"] == 3
+                })
+            })
+    };
+    assert!(
+        eventually(Duration::from_secs(20), exited_on_node),
+        "the container never exited on n1"
+    );
+
+    // The die event waited in BERTH_EVENTS for the durable consumer; nothing else (no
+    // reconcile pass) turns a running record into an exited one with its code.
+    env.stack.start_service("berth-scheduler").await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let record = record_of(&client, &id).await?;
+        if record.observed.phase.as_str() == "exited" {
+            assert_eq!(record.observed.exit_code, Some(3), "{record:?}");
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the record never saw the exit: {record:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     Ok(())
 }
 

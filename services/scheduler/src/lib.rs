@@ -4,6 +4,7 @@
 //! nothing but KV, where every write is a compare-and-set.
 
 pub mod config;
+pub mod events;
 pub mod placement;
 pub mod reconcile;
 pub mod sched;
@@ -53,14 +54,13 @@ pub async fn run(
     else {
         return Ok(());
     };
-    if with_retry(names::EVENTS_STREAM, &shutdown, || {
+    let Some(events_stream) = with_retry(names::EVENTS_STREAM, &shutdown, || {
         ensure_events_stream(&js)
     })
     .await
-    .is_none()
-    {
+    else {
         return Ok(());
-    }
+    };
 
     let view = view::View::new(settings.service.node_lost_after());
     let mut background = tokio::task::JoinSet::new();
@@ -73,7 +73,7 @@ pub async fn run(
         view,
         settings.service.clone(),
     ));
-    background.spawn(reconcile::follow_events(Arc::clone(&scheduler)));
+    background.spawn(events::follow_events(Arc::clone(&scheduler), events_stream));
     background.spawn(Arc::clone(&scheduler).reconcile_loop());
 
     let mut service = ServiceHandle::start(

@@ -1,17 +1,15 @@
 //! Desired vs observed, in every instance (each step is a compare-and-set, so instances
-//! running it at once agree): container events update observed state; a pass every
+//! running it at once agree; container events are applied in `events.rs`): a pass every
 //! interval places pending records, re-places containers of lost or draining nodes,
 //! marks the ones without a restart policy lost, cleans a returning node of containers
 //! that now run elsewhere, and frees reservations nothing holds any more.
 
 use berth_proto::messages::exec::{
-    ContainerEvent, ContainerList, ContainerListRequest, ContainerRemoveRequest, ContainerStatus,
-    RestartPolicy,
+    ContainerList, ContainerListRequest, ContainerRemoveRequest, ContainerStatus, RestartPolicy,
 };
 use berth_proto::messages::node::NodeState;
 use berth_proto::messages::sched::{ContainerPhase, ContainerRecord};
-use berth_proto::subjects::{self, EventKind, ExecVerb};
-use futures::StreamExt;
+use berth_proto::subjects::ExecVerb;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,16 +24,6 @@ use crate::view::now_ms;
 const ORPHAN_GRACE_MS: u64 = 30_000;
 /// A pending record is left to the `run` that made it for this long.
 const PENDING_HANDOFF_MS: u64 = 2_000;
-
-/// What an event means for a record on `node`, or `None` to leave it.
-pub fn phase_after(action: &str, current: ContainerPhase) -> Option<ContainerPhase> {
-    match action {
-        "create" if current == ContainerPhase::Scheduled => Some(ContainerPhase::Created),
-        "start" | "restart" | "unpause" => Some(ContainerPhase::Running),
-        "die" => Some(ContainerPhase::Exited),
-        _ => None,
-    }
-}
 
 /// What the reconcile pass does with one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,88 +95,7 @@ pub fn step_for(
     }
 }
 
-/// Follows container events (one instance of the queue group gets each) until aborted.
-pub async fn follow_events(scheduler: Arc<Scheduler>) {
-    loop {
-        let subscription = scheduler
-            .client
-            .queue_subscribe(
-                subjects::events_of_kind(EventKind::Container),
-                berth_proto::subjects::queue_groups::SCHEDULER.to_string(),
-            )
-            .await;
-        let mut events = match subscription {
-            Ok(events) => events,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot follow container events; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        while let Some(message) = events.next().await {
-            let event: ContainerEvent = match serde_json::from_slice(&message.payload) {
-                Ok(event) => event,
-                Err(err) => {
-                    tracing::debug!(subject = %message.subject, error = %err, "unreadable container event ignored");
-                    continue;
-                }
-            };
-            let scheduler = Arc::clone(&scheduler);
-            tokio::spawn(async move { scheduler.observe(event).await });
-        }
-    }
-}
-
 impl Scheduler {
-    /// Applies one container event to its record (events from a node the record does not
-    /// name — a stale copy on a returning node — are ignored).
-    pub async fn observe(&self, event: ContainerEvent) {
-        let span = tracing::debug_span!("event", container_id = %event.id, action = %event.action, node = %event.node_id);
-        async {
-            let Some((record, _)) = self.view.container(&event.id) else {
-                return;
-            };
-            if record.observed.node_id.as_deref() != Some(event.node_id.as_str()) {
-                return;
-            }
-            let node = event.node_id.clone();
-            let outcome = if event.action == "destroy" {
-                let deleted =
-                    store::delete_record(&self.containers_kv, &self.view, &event.id, |r| {
-                        r.observed.node_id.as_deref() == Some(node.as_str())
-                    })
-                    .await;
-                match deleted {
-                    Ok(_) => store::release(&self.nodes_kv, &self.view, &node, &event.id).await,
-                    Err(err) => Err(err),
-                }
-            } else {
-                store::update_record(&self.containers_kv, &self.view, &event.id, |r| {
-                    if r.observed.node_id.as_deref() != Some(node.as_str()) {
-                        return false;
-                    }
-                    let Some(next) = phase_after(&event.action, r.observed.phase) else {
-                        return false;
-                    };
-                    r.observed.phase = next;
-                    r.observed.exit_code = if next == ContainerPhase::Exited {
-                        event.exit_code
-                    } else {
-                        None
-                    };
-                    true
-                })
-                .await
-                .map(|_| ())
-            };
-            if let Err(err) = outcome {
-                tracing::warn!(error = %err.message, "cannot record container event");
-            }
-        }
-        .instrument(span)
-        .await
-    }
-
     /// Runs reconcile passes every interval until aborted.
     pub async fn reconcile_loop(self: Arc<Self>) {
         let mut ticker = tokio::time::interval(self.config.reconcile_interval());
@@ -465,6 +372,7 @@ mod tests {
                 error: None,
                 placements: 1,
                 updated_ms: 1_000,
+                event_seq: 0,
             },
         }
     }
@@ -534,23 +442,5 @@ mod tests {
             step_for(&scheduled, Some(NodeState::Ready), 31_001, 30_000),
             Step::Redispatch
         );
-    }
-
-    #[test]
-    fn events_advance_the_phase() {
-        assert_eq!(
-            phase_after("create", ContainerPhase::Scheduled),
-            Some(ContainerPhase::Created)
-        );
-        assert_eq!(phase_after("create", ContainerPhase::Running), None);
-        assert_eq!(
-            phase_after("start", ContainerPhase::Exited),
-            Some(ContainerPhase::Running)
-        );
-        assert_eq!(
-            phase_after("die", ContainerPhase::Running),
-            Some(ContainerPhase::Exited)
-        );
-        assert_eq!(phase_after("exec_start", ContainerPhase::Running), None);
     }
 }

@@ -300,6 +300,7 @@ impl Scheduler {
                 error: None,
                 placements: 0,
                 updated_ms: now,
+                event_seq: 0,
             },
         };
         let Some(_active) = self.activate(&id) else {

@@ -291,6 +291,10 @@ pub mod jetstream {
     pub const CONTAINERS_BUCKET: &str = "berth-containers";
     /// Stream capturing `berth.v1.events.>`.
     pub const EVENTS_STREAM: &str = "BERTH_EVENTS";
+    /// Durable pull consumer of `BERTH_EVENTS` shared by every scheduler instance: each
+    /// container event is handled by one of them, and events published while none runs
+    /// wait in the stream.
+    pub const SCHEDULER_EVENTS_CONSUMER: &str = "berth-scheduler-events";
 }
 
 #[cfg(test)]

@@ -127,6 +127,10 @@ pub struct ObservedContainer {
     pub placements: u32,
     /// Unix ms of the last change.
     pub updated_ms: u64,
+    /// `BERTH_EVENTS` sequence of the last container event applied: an event at or below
+    /// it arrived late (redelivered, or handled by another instance) and is ignored.
+    #[serde(default)]
+    pub event_seq: u64,
 }
 
 /// One container's record in `berth-containers`.
