@@ -3,9 +3,12 @@
 # `berth run -d` from 8 parallel CLIs. Prints the time until all N run, the executor's
 # RSS and CPU while it supervises them idle (the one shared log pump), each monitor's
 # memory (RSS and private pages), and node memory per container (MemAvailable before
-# and after, divided by N; noisy when other work runs on the host). Run as root.
+# and after, divided by N; noisy when other work runs on the host). Then the peer, in
+# the same run: N `podman run -d --network none` of the same image from 8 parallel
+# CLIs (podman's own root under the bench dir, runc), with conmon's memory standing
+# for the monitor's. PEER=none skips podman. Run as root.
 #
-#   bench/containers.sh            N=100 bench/containers.sh
+#   bench/containers.sh            N=100 bench/containers.sh      PEER=none bench/containers.sh
 set -euo pipefail
 N=${N:-500}
 cd "$(dirname "$0")/.."
@@ -21,6 +24,9 @@ fi
 work=$(mktemp -d /tmp/berth-bench-containers.XXXXXX)
 pids=()
 cleanup() {
+    if [ -n "${pm:-}" ]; then
+        $pm rm -f -a -t 0 >/dev/null 2>&1 || true
+    fi
     if [ -x "$work/bin/berth" ]; then
         "$work/bin/berth" ps -a -q 2>/dev/null | xargs -r -n 50 "$work/bin/berth" rm -f >/dev/null 2>&1 || true
     fi
@@ -91,4 +97,45 @@ print(f"executor RSS:                {exec_rss / 1024:.1f} MiB")
 print(f"executor CPU while idle:     {(t1 - t0) / hz / 10 * 100:.1f} % of a core ({n} containers, 10 s)")
 print(f"monitor RSS (median):        {med(rss) / 1024:.2f} MiB, private {med(own) / 1024:.2f} MiB")
 print(f"node memory per container:   {(before - after) / n / 1024:.2f} MiB (MemAvailable delta / {n})")
+PY
+
+# The peer: berth's containers go first so both sides start from the same host state.
+"$B/berth" ps -a -q | xargs -r -n 50 "$B/berth" rm -f >/dev/null
+if [ "${PEER:-podman}" = none ]; then exit 0; fi
+if ! command -v podman >/dev/null; then
+    echo "podman not installed: the peer is skipped" >&2
+    exit 0
+fi
+# runc: crun refuses this host's hybrid cgroups. Explicit nofile/nproc: podman's defaults
+# are above what this host lets a container set.
+pm="podman --root $work/podman/root --runroot $work/podman/run --storage-driver overlay --runtime runc"
+pm_limits="--ulimit nofile=1024:1024 --ulimit nproc=4096:4096"
+$pm import --change 'ENV PATH=/bin' "$work/busybox.tar" busybox:bench >/dev/null
+$pm run --rm --network none $pm_limits busybox:bench true
+sync
+sleep 5
+before_kb=$(avail)
+start=$(date +%s.%N)
+seq "$N" | xargs -P 8 -I{} $pm run -d --network none $pm_limits busybox:bench sleep 600 >/dev/null
+while [ "$($pm ps -q | wc -l)" -lt "$N" ]; do sleep 0.2; done
+end=$(date +%s.%N)
+sleep 5
+after_kb=$(avail)
+python3 - "$N" "$start" "$end" "$before_kb" "$after_kb" $(pgrep -x conmon) <<'PY'
+import sys
+n, start, end = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+before, after, pids = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6:]
+rss, own = [], []
+for pid in pids:
+    try:
+        fields = dict(l.split(":", 1) for l in open(f"/proc/{pid}/smaps_rollup").read().splitlines()[1:])
+        kb = lambda k: int(fields[k].split()[0])
+        rss.append(kb("Rss")); own.append(kb("Private_Clean") + kb("Private_Dirty"))
+    except (OSError, KeyError, ValueError):
+        pass
+med = lambda xs: sorted(xs)[len(xs) // 2] if xs else 0
+print(f"podman: containers running:  {n} (conmon processes: {len(rss)})")
+print(f"podman: time to start all:   {end - start:.1f} s ({n / (end - start):.1f} containers/s)")
+print(f"podman: conmon RSS (median): {med(rss) / 1024:.2f} MiB, private {med(own) / 1024:.2f} MiB")
+print(f"podman: node memory per container: {(before - after) / n / 1024:.2f} MiB (MemAvailable delta / {n})")
 PY
