@@ -3,6 +3,7 @@
 //! cleans everything up on drop. Every step returns an error instead of panicking, so a
 //! test failure says what did not come up and where its log is.
 
+pub mod cli;
 pub mod fixtures;
 
 use async_nats::Client;

@@ -4,10 +4,11 @@
 
 use berth_proto::messages::exec::ContainerEvent;
 use berth_proto::subjects::{self, EventKind};
+use berth_tests::cli::{eventually, CliEnv};
 use berth_tests::{bin_path, Stack};
 use futures::StreamExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const NODE: &str = "node-c";
@@ -65,97 +66,12 @@ fn busybox_tar(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(tar)
 }
 
-/// A stack with the busybox image imported, and a guard that removes every container
-/// (and with it its overlay mount) when the test ends, passed or not.
-struct Env {
-    stack: Stack,
-    _scratch: tempfile::TempDir,
-}
+/// The stack with the busybox image imported; every container goes when it drops.
+type Env = CliEnv;
 
-impl Env {
-    async fn start() -> anyhow::Result<Env> {
-        let stack = Stack::start(&SERVICES, NODE).await?;
-        let scratch = tempfile::tempdir()?;
-        let tar = busybox_tar(scratch.path())?;
-        let env = Env {
-            stack,
-            _scratch: scratch,
-        };
-        let import = env.berth(&["import", &tar.display().to_string(), IMAGE])?;
-        anyhow::ensure!(
-            import.status.success(),
-            "berth import failed: {}",
-            String::from_utf8_lossy(&import.stderr)
-        );
-        Ok(env)
-    }
-
-    fn berth(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Ok(self.stack.berth()?.args(args).output()?)
-    }
-
-    /// `berth run --rm IMAGE args…` → (exit code, stdout, stderr).
-    fn run(&self, options: &[&str], command: &[&str]) -> anyhow::Result<(i32, String, String)> {
-        let mut args = vec!["run", "--rm"];
-        args.extend_from_slice(options);
-        args.push(IMAGE);
-        args.extend_from_slice(command);
-        let output = self.berth(&args)?;
-        Ok((
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        ))
-    }
-
-    /// Runs a CLI verb that must succeed; its stdout.
-    fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
-        let output = self.berth(args)?;
-        anyhow::ensure!(
-            output.status.success(),
-            "berth {args:?} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    }
-
-    fn inspect(&self, id: &str) -> anyhow::Result<serde_json::Value> {
-        let text = self.ok(&["inspect", id])?;
-        let rows: Vec<serde_json::Value> = serde_json::from_str(&text)?;
-        rows.into_iter()
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("inspect {id} returned nothing"))
-    }
-
-    /// Polls until `probe` holds or `within` passes.
-    fn eventually(&self, within: Duration, mut probe: impl FnMut() -> bool) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if probe() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        probe()
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let Ok(output) = self.berth(&["ps", "-a", "-q"]) else {
-            return;
-        };
-        let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
-            .split_whitespace()
-            .map(str::to_string)
-            .collect();
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(ids.iter().map(String::as_str));
-            let _ = self.berth(&args);
-        }
-    }
+async fn start() -> anyhow::Result<Env> {
+    let stack = Stack::start(&SERVICES, NODE).await?;
+    CliEnv::import(stack, IMAGE, &[], busybox_tar)
 }
 
 #[tokio::test]
@@ -163,13 +79,13 @@ async fn run_streams_output_and_propagates_exit_codes() -> anyhow::Result<()> {
     if !can_run_containers() {
         return Ok(());
     }
-    let env = Env::start().await?;
+    let env = start().await?;
     let client = env.stack.nats.client().await?;
     let mut events = client
         .subscribe(subjects::events_of_kind(EventKind::Container))
         .await?;
     client.flush().await?;
-    let (code, out, _) = env.run(&[], &["echo", "hello from berth"])?;
+    let (code, out, _) = env.run_rm(&[], &["echo", "hello from berth"])?;
     assert_eq!((code, out.as_str()), (0, "hello from berth\n"));
     // create, start, die (with the exit code), destroy: in order, on the container's subjects.
     let mut seen = Vec::new();
@@ -194,25 +110,25 @@ async fn run_streams_output_and_propagates_exit_codes() -> anyhow::Result<()> {
         ]
     );
 
-    let (code, out, err) = env.run(&[], &["sh", "-c", "echo out; echo err >&2; exit 3"])?;
+    let (code, out, err) = env.run_rm(&[], &["sh", "-c", "echo out; echo err >&2; exit 3"])?;
     assert_eq!(code, 3);
     assert_eq!(out, "out\n");
     assert!(err.contains("err\n"), "{err}");
 
-    let (code, _, err) = env.run(&[], &["no-such-command"])?;
+    let (code, _, err) = env.run_rm(&[], &["no-such-command"])?;
     assert_eq!(code, 127, "{err}");
     assert!(err.contains("no-such-command"), "{err}");
-    let (code, _, err) = env.run(&[], &["/etc/passwd"])?;
+    let (code, _, err) = env.run_rm(&[], &["/etc/passwd"])?;
     assert!(code == 126 || code == 127, "{code}: {err}");
 
     // A long line arrives whole (partial CRI records are joined again).
-    let (code, out, _) = env.run(&[], &["sh", "-c", "head -c 40000 /dev/zero | tr '\\0' x"])?;
+    let (code, out, _) = env.run_rm(&[], &["sh", "-c", "head -c 40000 /dev/zero | tr '\\0' x"])?;
     assert_eq!((code, out.len()), (0, 40_000));
 
     // --rm left nothing behind: no container, and no snapshot still pinned by one.
-    let left = env.ok(&["ps", "-a", "-q"])?;
+    let left = env.stdout(&["ps", "-a", "-q"])?;
     assert!(left.trim().is_empty(), "{left}");
-    let df: serde_json::Value = serde_json::from_str(&env.ok(&["system", "df", "--json"])?)?;
+    let df: serde_json::Value = serde_json::from_str(&env.stdout(&["system", "df", "--json"])?)?;
     let snapshots = df
         .as_array()
         .and_then(|rows| rows.iter().find(|r| r["kind"] == "Snapshots"))
@@ -231,8 +147,8 @@ async fn env_workdir_user_hostname_and_limits_apply() -> anyhow::Result<()> {
     if !can_run_containers() {
         return Ok(());
     }
-    let env = Env::start().await?;
-    let (code, out, err) = env.run(
+    let env = start().await?;
+    let (code, out, err) = env.run_rm(
         &[
             "-e",
             "FOO=bar",
@@ -252,16 +168,16 @@ async fn env_workdir_user_hostname_and_limits_apply() -> anyhow::Result<()> {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "bar\n/tmp\n33\n33\n33 50\nbox\n/var/www\n");
 
-    let (code, out, _) = env.run(&["-u", "1234:50"], &["sh", "-c", "id -u; id -g"])?;
+    let (code, out, _) = env.run_rm(&["-u", "1234:50"], &["sh", "-c", "id -u; id -g"])?;
     assert_eq!((code, out.as_str()), (0, "1234\n50\n"));
-    let (code, _, err) = env.run(&["-u", "nobody-here"], &["true"])?;
+    let (code, _, err) = env.run_rm(&["-u", "nobody-here"], &["true"])?;
     assert_eq!(code, 125);
     assert!(err.contains("unable to find user nobody-here"), "{err}");
 
     let env_file = tempfile::NamedTempFile::new()?;
     std::fs::write(env_file.path(), "# comment\nFROM_FILE=yes\nFOO=file\n")?;
     let env_path = env_file.path().display().to_string();
-    let (code, out, err) = env.run(
+    let (code, out, err) = env.run_rm(
         &[
             "--env-file", &env_path, "-e", "FOO=flag", "--ulimit", "nofile=100:200",
             "--tmpfs", "/scratch:size=1m", "--cap-drop", "CHOWN",
@@ -274,11 +190,11 @@ async fn env_workdir_user_hostname_and_limits_apply() -> anyhow::Result<()> {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "yes flag\n100\n1\nno chown\n");
 
-    let (code, _, err) = env.run(&["--read-only"], &["touch", "/x"])?;
+    let (code, _, err) = env.run_rm(&["--read-only"], &["touch", "/x"])?;
     assert_eq!(code, 1);
     assert!(err.contains("Read-only"), "{err}");
 
-    let (code, out, _) = env.run(
+    let (code, out, _) = env.run_rm(
         &["--pids-limit", "32", "--cpus", "0.5", "--network", "none"],
         &["sh", "-c", "ls /sys/class/net"],
     )?;
@@ -308,11 +224,11 @@ async fn bind_mounts_are_read_only_or_writable() -> anyhow::Result<()> {
     if !can_run_containers() {
         return Ok(());
     }
-    let env = Env::start().await?;
+    let env = start().await?;
     let host = tempfile::tempdir()?;
     std::fs::write(host.path().join("in"), "from the host\n")?;
     let ro = format!("{}:/data:ro", host.path().display());
-    let (code, out, err) = env.run(
+    let (code, out, err) = env.run_rm(
         &["-v", &ro],
         &["sh", "-c", "cat /data/in; echo x > /data/out"],
     )?;
@@ -322,7 +238,7 @@ async fn bind_mounts_are_read_only_or_writable() -> anyhow::Result<()> {
     assert!(!host.path().join("out").exists());
 
     let rw = format!("{}:/data", host.path().display());
-    let (code, _, err) = env.run(&["-v", &rw], &["sh", "-c", "echo written > /data/out"])?;
+    let (code, _, err) = env.run_rm(&["-v", &rw], &["sh", "-c", "echo written > /data/out"])?;
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         std::fs::read_to_string(host.path().join("out"))?,
@@ -336,17 +252,17 @@ async fn detached_containers_log_stop_kill_and_remove() -> anyhow::Result<()> {
     if !can_run_containers() {
         return Ok(());
     }
-    let env = Env::start().await?;
+    let env = start().await?;
     // Handles SIGTERM: stop ends it within the grace period with its own code.
-    let polite = env.ok(&[
+    let polite = env.stdout(&[
         "run", "-d", "--name", "polite", IMAGE, "sh", "-c",
         "trap 'echo got TERM; exit 7' TERM; echo line 1; echo line 2; while true; do sleep 0.1; done",
     ])?;
     let polite = polite.trim().to_string();
     assert_eq!(polite.len(), 64, "{polite}");
     // PID 1 ignores SIGTERM by default: stop must fall back to SIGKILL after the grace.
-    env.ok(&["run", "-d", "--name", "stubborn", IMAGE, "sleep", "600"])?;
-    env.ok(&[
+    env.stdout(&["run", "-d", "--name", "stubborn", IMAGE, "sleep", "600"])?;
+    env.stdout(&[
         "run",
         "-d",
         "--name",
@@ -357,13 +273,13 @@ async fn detached_containers_log_stop_kill_and_remove() -> anyhow::Result<()> {
         "trap 'exit 42' USR1; while true; do sleep 0.1; done",
     ])?;
 
-    assert!(env.eventually(Duration::from_secs(10), || {
-        env.ok(&["logs", "polite"])
+    assert!(eventually(Duration::from_secs(10), || {
+        env.stdout(&["logs", "polite"])
             .is_ok_and(|out| out == "line 1\nline 2\n")
     }));
-    assert_eq!(env.ok(&["logs", "--tail", "1", "polite"])?, "line 2\n");
+    assert_eq!(env.stdout(&["logs", "--tail", "1", "polite"])?, "line 2\n");
 
-    let ps: Vec<serde_json::Value> = serde_json::from_str(&env.ok(&["ps", "--json"])?)?;
+    let ps: Vec<serde_json::Value> = serde_json::from_str(&env.stdout(&["ps", "--json"])?)?;
     let mut names: Vec<&str> = ps.iter().filter_map(|c| c["name"].as_str()).collect();
     names.sort_unstable();
     assert_eq!(names, ["polite", "stubborn", "target"]);
@@ -375,13 +291,16 @@ async fn detached_containers_log_stop_kill_and_remove() -> anyhow::Result<()> {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("running"));
 
     let started = Instant::now();
-    env.ok(&["stop", "polite"])?;
+    env.stdout(&["stop", "polite"])?;
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(env.ok(&["wait", "polite"])?, "7\n");
-    assert_eq!(env.ok(&["logs", "polite"])?, "line 1\nline 2\ngot TERM\n");
+    assert_eq!(env.stdout(&["wait", "polite"])?, "7\n");
+    assert_eq!(
+        env.stdout(&["logs", "polite"])?,
+        "line 1\nline 2\ngot TERM\n"
+    );
 
     let started = Instant::now();
-    env.ok(&["stop", "-t", "1", "stubborn"])?;
+    env.stdout(&["stop", "-t", "1", "stubborn"])?;
     let took = started.elapsed();
     assert!(
         took >= Duration::from_secs(1) && took < Duration::from_secs(6),
@@ -389,24 +308,24 @@ async fn detached_containers_log_stop_kill_and_remove() -> anyhow::Result<()> {
     );
     assert_eq!(env.inspect("stubborn")?["exit_code"], 137);
 
-    env.ok(&["kill", "-s", "USR1", "target"])?;
-    assert_eq!(env.ok(&["wait", "target"])?, "42\n");
+    env.stdout(&["kill", "-s", "USR1", "target"])?;
+    assert_eq!(env.stdout(&["wait", "target"])?, "42\n");
     let killing_stopped = env.berth(&["kill", "target"])?;
     assert_eq!(killing_stopped.status.code(), Some(1));
 
     // Exited containers show in ps -a only; rm removes them.
-    let running = env.ok(&["ps", "-q"])?;
+    let running = env.stdout(&["ps", "-q"])?;
     assert!(running.trim().is_empty(), "{running}");
-    let all = env.ok(&["ps", "-a"])?;
+    let all = env.stdout(&["ps", "-a"])?;
     assert!(
         all.contains("Exited (7)") && all.contains("Exited (137)"),
         "{all}"
     );
-    env.ok(&["rm", "polite", "stubborn", "target"])?;
-    assert!(env.ok(&["ps", "-a", "-q"])?.trim().is_empty());
+    env.stdout(&["rm", "polite", "stubborn", "target"])?;
+    assert!(env.stdout(&["ps", "-a", "-q"])?.trim().is_empty());
 
     // rm -f on a running one; start of a created one.
-    let id = env.ok(&[
+    let id = env.stdout(&[
         "create",
         "--name",
         "later",
@@ -416,12 +335,12 @@ async fn detached_containers_log_stop_kill_and_remove() -> anyhow::Result<()> {
         "echo started late; sleep 600",
     ])?;
     assert_eq!(env.inspect("later")?["status"], "created");
-    env.ok(&["start", "later"])?;
-    assert!(env.eventually(Duration::from_secs(10), || {
-        env.ok(&["logs", "later"])
+    env.stdout(&["start", "later"])?;
+    assert!(eventually(Duration::from_secs(10), || {
+        env.stdout(&["logs", "later"])
             .is_ok_and(|out| out == "started late\n")
     }));
-    env.ok(&["rm", "-f", id.trim()])?;
+    env.stdout(&["rm", "-f", id.trim()])?;
     let gone = env.berth(&["inspect", "later"])?;
     assert!(!gone.status.success());
     Ok(())
@@ -432,8 +351,8 @@ async fn logs_follow_streams_until_the_container_exits() -> anyhow::Result<()> {
     if !can_run_containers() {
         return Ok(());
     }
-    let env = Env::start().await?;
-    env.ok(&[
+    let env = start().await?;
+    env.stdout(&[
         "run",
         "-d",
         "--name",
@@ -460,15 +379,15 @@ async fn a_sigkilled_executor_readopts_its_containers() -> anyhow::Result<()> {
     // Declared before `env` so it is dropped after it: Env's drop removes the containers
     // through this executor, even when an assertion fails.
     let restarted: std::cell::Cell<Option<tokio::process::Child>> = std::cell::Cell::new(None);
-    let mut env = Env::start().await?;
+    let mut env = start().await?;
     // Twenty containers: five exit while no executor runs, each with its own code;
     // fourteen keep running; one ticks through the outage so its log shows whether lines
     // were lost.
     for n in 0..14 {
         let name = format!("long-{n}");
-        env.ok(&["run", "-d", "--name", &name, IMAGE, "sleep", "600"])?;
+        env.stdout(&["run", "-d", "--name", &name, IMAGE, "sleep", "600"])?;
     }
-    env.ok(&[
+    env.stdout(&[
         "run",
         "-d",
         "--name",
@@ -482,7 +401,7 @@ async fn a_sigkilled_executor_readopts_its_containers() -> anyhow::Result<()> {
     for code in [3, 5, 7, 9, 11] {
         let name = format!("short-{code}");
         let script = format!("echo before; sleep 2; echo after; exit {code}");
-        env.ok(&["run", "-d", "--name", &name, IMAGE, "sh", "-c", &script])?;
+        env.stdout(&["run", "-d", "--name", &name, IMAGE, "sh", "-c", &script])?;
     }
 
     let executor = env
@@ -522,11 +441,11 @@ async fn a_sigkilled_executor_readopts_its_containers() -> anyhow::Result<()> {
         assert_eq!(state["status"], "exited", "{state}");
         assert_eq!(state["exit_code"], code, "{state}");
         assert_eq!(
-            env.ok(&["logs", &format!("short-{code}")])?,
+            env.stdout(&["logs", &format!("short-{code}")])?,
             "before\nafter\n"
         );
     }
-    let running = env.ok(&["ps", "-q"])?;
+    let running = env.stdout(&["ps", "-q"])?;
     assert_eq!(
         running.split_whitespace().count(),
         15,
@@ -538,9 +457,9 @@ async fn a_sigkilled_executor_readopts_its_containers() -> anyhow::Result<()> {
     assert_eq!(String::from_utf8_lossy(&follow.stdout), expected);
 
     // Exits of re-adopted containers are still seen and recorded.
-    env.ok(&["kill", "-s", "KILL", "long-0"])?;
-    assert_eq!(env.ok(&["wait", "long-0"])?, "137\n");
-    env.ok(&["stop", "-t", "1", "long-1"])?;
+    env.stdout(&["kill", "-s", "KILL", "long-0"])?;
+    assert_eq!(env.stdout(&["wait", "long-0"])?, "137\n");
+    env.stdout(&["stop", "-t", "1", "long-1"])?;
     assert_eq!(env.inspect("long-1")?["exit_code"], 137);
     drop(env);
     if let Some(mut child) = restarted.take() {
@@ -554,8 +473,8 @@ async fn exec_runs_in_the_container_with_its_own_exit_code_and_stats_count() -> 
     if !can_run_containers() {
         return Ok(());
     }
-    let env = Env::start().await?;
-    env.ok(&[
+    let env = start().await?;
+    env.stdout(&[
         "run",
         "-d",
         "--name",
@@ -567,7 +486,7 @@ async fn exec_runs_in_the_container_with_its_own_exit_code_and_stats_count() -> 
         "-c",
         "echo marker > /tmp/inside; sleep 600",
     ])?;
-    assert!(env.eventually(Duration::from_secs(10), || {
+    assert!(eventually(Duration::from_secs(10), || {
         env.berth(&["exec", "host", "cat", "/tmp/inside"])
             .is_ok_and(|o| o.status.success() && o.stdout == b"marker\n")
     }));
@@ -612,7 +531,7 @@ async fn exec_runs_in_the_container_with_its_own_exit_code_and_stats_count() -> 
     let missing = env.berth(&["exec", "host", "no-such-command"])?;
     assert_eq!(missing.status.code(), Some(127));
 
-    let stats = env.ok(&["stats", "--no-stream", "host"])?;
+    let stats = env.stdout(&["stats", "--no-stream", "host"])?;
     let row = stats
         .lines()
         .find(|l| l.contains("host"))
@@ -627,8 +546,8 @@ async fn on_failure_restarts_exactly_n_times_and_stop_is_remembered() -> anyhow:
     if !can_run_containers() {
         return Ok(());
     }
-    let env = Env::start().await?;
-    env.ok(&[
+    let env = start().await?;
+    env.stdout(&[
         "run",
         "-d",
         "--restart",
@@ -641,7 +560,7 @@ async fn on_failure_restarts_exactly_n_times_and_stop_is_remembered() -> anyhow:
         "echo try; exit 1",
     ])?;
     // Backoff 100 ms then 200 ms: three runs well within the wait.
-    assert!(env.eventually(Duration::from_secs(10), || {
+    assert!(eventually(Duration::from_secs(10), || {
         env.inspect("flaky")
             .is_ok_and(|c| c["restart_count"] == 2 && c["status"] == "exited")
     }));
@@ -649,10 +568,10 @@ async fn on_failure_restarts_exactly_n_times_and_stop_is_remembered() -> anyhow:
     let flaky = env.inspect("flaky")?;
     assert_eq!(flaky["restart_count"], 2, "{flaky}");
     assert_eq!(flaky["exit_code"], 1, "{flaky}");
-    assert_eq!(env.ok(&["logs", "flaky"])?, "try\ntry\ntry\n");
+    assert_eq!(env.stdout(&["logs", "flaky"])?, "try\ntry\ntry\n");
 
     // `always` restarts a clean exit too, but not after an explicit stop.
-    env.ok(&[
+    env.stdout(&[
         "run",
         "-d",
         "--restart",
@@ -664,11 +583,11 @@ async fn on_failure_restarts_exactly_n_times_and_stop_is_remembered() -> anyhow:
         "-c",
         "sleep 0.2",
     ])?;
-    assert!(env.eventually(Duration::from_secs(10), || {
+    assert!(eventually(Duration::from_secs(10), || {
         env.inspect("keeper")
             .is_ok_and(|c| c["restart_count"].as_u64().is_some_and(|n| n >= 2))
     }));
-    env.ok(&["stop", "-t", "1", "keeper"])?;
+    env.stdout(&["stop", "-t", "1", "keeper"])?;
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(env.inspect("keeper")?["status"], "exited");
 
@@ -682,35 +601,35 @@ async fn volumes_labels_flags_events_and_rotated_logs() -> anyhow::Result<()> {
     if !can_run_containers() {
         return Ok(());
     }
-    let env = Env::start().await?;
-    let began = env.ok(&["run", "--rm", IMAGE, "date", "+%s"])?;
+    let env = start().await?;
+    let began = env.stdout(&["run", "--rm", IMAGE, "date", "+%s"])?;
     let began: i64 = began.trim().parse()?;
 
     // Named volumes: created explicitly or on first use, data kept across containers,
     // refused removal while a container (even a stopped one) uses them.
     assert_eq!(
-        env.ok(&["volume", "create", "--label", "k=v", "shared"])?,
+        env.stdout(&["volume", "create", "--label", "k=v", "shared"])?,
         "shared\n"
     );
-    let (code, _, err) = env.run(
+    let (code, _, err) = env.run_rm(
         &["-v", "shared:/data"],
         &["sh", "-c", "echo kept > /data/f"],
     )?;
     assert_eq!(code, 0, "{err}");
-    let (code, out, _) = env.run(
+    let (code, out, _) = env.run_rm(
         &["-v", "shared:/data:ro"],
         &["sh", "-c", "cat /data/f; touch /data/g"],
     )?;
     assert_eq!((code, out.as_str()), (1, "kept\n"));
-    env.ok(&["create", "--name", "holder", "-v", "auto:/v", IMAGE, "true"])?;
+    env.stdout(&["create", "--name", "holder", "-v", "auto:/v", IMAGE, "true"])?;
     let volumes: Vec<serde_json::Value> =
-        serde_json::from_str(&env.ok(&["volume", "ls", "--json"])?)?;
+        serde_json::from_str(&env.stdout(&["volume", "ls", "--json"])?)?;
     let names: Vec<&str> = volumes.iter().filter_map(|v| v["name"].as_str()).collect();
     assert_eq!(names, ["auto", "shared"], "{volumes:?}");
-    let listed = env.ok(&["volume", "ls", "-q", "--filter", "label=k=v"])?;
+    let listed = env.stdout(&["volume", "ls", "-q", "--filter", "label=k=v"])?;
     assert_eq!(listed, "shared\n");
     let auto: Vec<serde_json::Value> =
-        serde_json::from_str(&env.ok(&["volume", "inspect", "auto"])?)?;
+        serde_json::from_str(&env.stdout(&["volume", "inspect", "auto"])?)?;
     assert_eq!(
         auto[0]["containers"].as_array().map(Vec::len),
         Some(1),
@@ -732,20 +651,20 @@ async fn volumes_labels_flags_events_and_rotated_logs() -> anyhow::Result<()> {
     assert_eq!(missing.status.code(), Some(1));
     let bad = env.berth(&["run", "--rm", "-v", "bad/name:/x", IMAGE, "true"])?;
     assert_eq!(bad.status.code(), Some(2), "bad -v is a usage error");
-    env.ok(&["rm", "holder"])?;
-    env.ok(&["volume", "rm", "auto", "shared"])?;
+    env.stdout(&["rm", "holder"])?;
+    env.stdout(&["volume", "rm", "auto", "shared"])?;
     assert!(!Path::new(&mountpoint).exists());
-    assert!(env.ok(&["volume", "ls", "-q"])?.trim().is_empty());
+    assert!(env.stdout(&["volume", "ls", "-q"])?.trim().is_empty());
     // An anonymous volume lives as long as its --rm container.
-    let (code, out, _) = env.run(
+    let (code, out, _) = env.run_rm(
         &["-v", "/scratch"],
         &["sh", "-c", "grep -c ' /scratch ' /proc/mounts"],
     )?;
     assert_eq!((code, out.as_str()), (0, "1\n"));
-    assert!(env.ok(&["volume", "ls", "-q"])?.trim().is_empty());
+    assert!(env.stdout(&["volume", "ls", "-q"])?.trim().is_empty());
 
     // --privileged: every capability, no seccomp, mounts allowed; not so without it.
-    let (code, out, err) = env.run(
+    let (code, out, err) = env.run_rm(
         &["--privileged"],
         &[
             "sh",
@@ -760,7 +679,7 @@ async fn volumes_labels_flags_events_and_rotated_logs() -> anyhow::Result<()> {
         .find_map(|l| l.strip_prefix("CapBnd:").map(|v| v.trim().to_string()))
         .unwrap_or_default();
     assert_eq!(out, format!("CapEff:\t{bounding}\nSeccomp:\t0\nmounted\n"));
-    let (code, out, _) = env.run(
+    let (code, out, _) = env.run_rm(
         &[],
         &[
             "sh",
@@ -771,12 +690,12 @@ async fn volumes_labels_flags_events_and_rotated_logs() -> anyhow::Result<()> {
     assert_eq!((code, out.as_str()), (0, "Seccomp:\t2\nrefused\n"));
 
     // --entrypoint, --hostname, labels and ps filters.
-    let (code, out, _) = env.run(
+    let (code, out, _) = env.run_rm(
         &["--entrypoint", "/bin/hostname", "--hostname", "named-box"],
         &[],
     )?;
     assert_eq!((code, out.as_str()), (0, "named-box\n"));
-    env.ok(&[
+    env.stdout(&[
         "run",
         "-d",
         "--name",
@@ -789,7 +708,7 @@ async fn volumes_labels_flags_events_and_rotated_logs() -> anyhow::Result<()> {
         "sleep",
         "600",
     ])?;
-    env.ok(&[
+    env.stdout(&[
         "run",
         "-d",
         "--name",
@@ -801,11 +720,11 @@ async fn volumes_labels_flags_events_and_rotated_logs() -> anyhow::Result<()> {
         "-c",
         "exit 4",
     ])?;
-    assert_eq!(env.ok(&["wait", "db-a"])?, "4\n");
+    assert_eq!(env.stdout(&["wait", "db-a"])?, "4\n");
     let names = |args: &[&str]| -> anyhow::Result<Vec<String>> {
         let mut all = vec!["ps", "--json"];
         all.extend_from_slice(args);
-        let rows: Vec<serde_json::Value> = serde_json::from_str(&env.ok(&all)?)?;
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&env.stdout(&all)?)?;
         let mut out: Vec<String> = rows
             .iter()
             .filter_map(|r| r["name"].as_str().map(str::to_string))
@@ -827,7 +746,7 @@ async fn volumes_labels_flags_events_and_rotated_logs() -> anyhow::Result<()> {
     assert_eq!(bad.status.code(), Some(125));
 
     // --stop-signal and --stop-timeout are what `stop` uses.
-    env.ok(&[
+    env.stdout(&[
         "run",
         "-d",
         "--name",
@@ -839,7 +758,7 @@ async fn volumes_labels_flags_events_and_rotated_logs() -> anyhow::Result<()> {
         "-c",
         "trap 'exit 21' USR1; while true; do sleep 0.1; done",
     ])?;
-    env.ok(&[
+    env.stdout(&[
         "run",
         "-d",
         "--name",
@@ -851,10 +770,10 @@ async fn volumes_labels_flags_events_and_rotated_logs() -> anyhow::Result<()> {
         "600",
     ])?;
     std::thread::sleep(Duration::from_millis(500));
-    env.ok(&["stop", "usr1"])?;
+    env.stdout(&["stop", "usr1"])?;
     assert_eq!(env.inspect("usr1")?["exit_code"], 21);
     let started = Instant::now();
-    env.ok(&["stop", "slow"])?;
+    env.stdout(&["stop", "slow"])?;
     let took = started.elapsed();
     assert!(
         took >= Duration::from_secs(1) && took < Duration::from_secs(8),
@@ -863,10 +782,10 @@ async fn volumes_labels_flags_events_and_rotated_logs() -> anyhow::Result<()> {
     assert_eq!(env.inspect("slow")?["exit_code"], 137);
 
     // exec events.
-    env.ok(&["exec", "web-a", "sh", "-c", "exit 6"]).err();
+    env.stdout(&["exec", "web-a", "sh", "-c", "exit 6"]).err();
 
     // Size-based rotation: the CRI files stay small and the newest lines remain.
-    env.ok(&[
+    env.stdout(&[
         "run",
         "-d",
         "--name",
@@ -880,7 +799,7 @@ async fn volumes_labels_flags_events_and_rotated_logs() -> anyhow::Result<()> {
         "-c",
         "i=0; while [ $i -lt 300 ]; do echo line $i; i=$((i+1)); done",
     ])?;
-    env.ok(&["wait", "chatty"])?;
+    env.stdout(&["wait", "chatty"])?;
     let chatty = env.inspect("chatty")?;
     let log_path = PathBuf::from(chatty["log_path"].as_str().unwrap_or_default());
     let log_dir = log_path
@@ -899,7 +818,7 @@ async fn volumes_labels_flags_events_and_rotated_logs() -> anyhow::Result<()> {
         let size = std::fs::metadata(file)?.len();
         assert!(size <= 2048, "{file:?} is {size} bytes");
     }
-    let logs = env.ok(&["logs", "chatty"])?;
+    let logs = env.stdout(&["logs", "chatty"])?;
     assert!(logs.ends_with("line 298\nline 299\n"), "{logs}");
     assert!(!logs.starts_with("line 0\n"), "rotated away: {logs}");
     let kept: Vec<&str> = logs.lines().collect();
@@ -907,11 +826,11 @@ async fn volumes_labels_flags_events_and_rotated_logs() -> anyhow::Result<()> {
     let expected: Vec<String> = (first..300).map(|i| format!("line {i}")).collect();
     assert_eq!(kept, expected, "no gaps in what is kept");
     assert_eq!(
-        env.ok(&["logs", "--tail", "2", "chatty"])?,
+        env.stdout(&["logs", "--tail", "2", "chatty"])?,
         "line 298\nline 299\n"
     );
     // A long line is cut into partial records on disk and joined again on output.
-    env.ok(&[
+    env.stdout(&[
         "run",
         "-d",
         "--name",
@@ -921,7 +840,7 @@ async fn volumes_labels_flags_events_and_rotated_logs() -> anyhow::Result<()> {
         "-c",
         "head -c 40000 /dev/zero | tr '\\0' y; echo",
     ])?;
-    env.ok(&["wait", "long"])?;
+    env.stdout(&["wait", "long"])?;
     let raw = std::fs::read_to_string(
         env.inspect("long")?["log_path"]
             .as_str()
@@ -930,12 +849,12 @@ async fn volumes_labels_flags_events_and_rotated_logs() -> anyhow::Result<()> {
     let tags: Vec<&str> = raw.lines().filter_map(|l| l.split(' ').nth(2)).collect();
     assert_eq!(tags, ["P", "P", "F"], "{} records", tags.len());
     assert_eq!(
-        env.ok(&["logs", "long"])?,
+        env.stdout(&["logs", "long"])?,
         format!("{}\n", "y".repeat(40_000))
     );
 
     // --since, -t.
-    env.ok(&[
+    env.stdout(&[
         "run",
         "-d",
         "--name",
@@ -945,8 +864,8 @@ async fn volumes_labels_flags_events_and_rotated_logs() -> anyhow::Result<()> {
         "-c",
         "echo first; sleep 1.5; echo second",
     ])?;
-    env.ok(&["wait", "twice"])?;
-    let stamped = env.ok(&["logs", "-t", "twice"])?;
+    env.stdout(&["wait", "twice"])?;
+    let stamped = env.stdout(&["logs", "-t", "twice"])?;
     let second_at = stamped
         .lines()
         .find(|l| l.ends_with(" second"))
@@ -954,22 +873,22 @@ async fn volumes_labels_flags_events_and_rotated_logs() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no stamped second line in {stamped}"))?
         .to_string();
     assert_eq!(
-        env.ok(&["logs", "--since", &second_at, "twice"])?,
+        env.stdout(&["logs", "--since", &second_at, "twice"])?,
         "second\n"
     );
     assert_eq!(
-        env.ok(&["logs", "--until", &second_at, "twice"])?,
+        env.stdout(&["logs", "--until", &second_at, "twice"])?,
         "first\nsecond\n"
     );
     assert_eq!(
-        env.ok(&["logs", "--since", "1h", "twice"])?,
+        env.stdout(&["logs", "--since", "1h", "twice"])?,
         "first\nsecond\n"
     );
 
     // `berth events` replays the stream with Docker's filters.
     let since = began.to_string();
     let until = format!("{}", began + 3600);
-    let out = env.ok(&[
+    let out = env.stdout(&[
         "events",
         "--since",
         &since,
@@ -990,7 +909,7 @@ async fn volumes_labels_flags_events_and_rotated_logs() -> anyhow::Result<()> {
             && lines[0].contains("name=db-a"),
         "{out}"
     );
-    let out = env.ok(&[
+    let out = env.stdout(&[
         "events",
         "--since",
         &since,
@@ -1049,14 +968,8 @@ async fn a_full_log_disk_drops_lines_once_reported_and_logging_resumes() -> anyh
     )?;
     let config_path = config.path().display().to_string();
     let stack = Stack::start_with_env(&SERVICES, NODE, &[("BERTH_CONFIG", &config_path)]).await?;
-    let scratch = tempfile::tempdir()?;
-    let tar = busybox_tar(scratch.path())?;
-    let env = Env {
-        stack,
-        _scratch: scratch,
-    };
-    env.ok(&["import", &tar.display().to_string(), IMAGE])?;
-    env.ok(&[
+    let env = CliEnv::import(stack, IMAGE, &[], busybox_tar)?;
+    env.stdout(&[
         "run",
         "-d",
         "--name",
@@ -1066,8 +979,8 @@ async fn a_full_log_disk_drops_lines_once_reported_and_logging_resumes() -> anyh
         "-c",
         "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.05; done",
     ])?;
-    assert!(env.eventually(Duration::from_secs(10), || {
-        env.ok(&["logs", "writer"])
+    assert!(eventually(Duration::from_secs(10), || {
+        env.stdout(&["logs", "writer"])
             .is_ok_and(|o| o.contains("line 2\n"))
     }));
     // Fill the disk.
@@ -1080,7 +993,7 @@ async fn a_full_log_disk_drops_lines_once_reported_and_logging_resumes() -> anyh
         let _ = file.sync_all();
     }
     assert!(
-        env.eventually(Duration::from_secs(10), || {
+        eventually(Duration::from_secs(10), || {
             env.inspect("writer")
                 .is_ok_and(|c| c["log_error"].is_string())
         }),
@@ -1094,10 +1007,10 @@ async fn a_full_log_disk_drops_lines_once_reported_and_logging_resumes() -> anyh
     );
     // Space returns: logging resumes, the report goes away.
     std::fs::remove_file(&filler)?;
-    let before = env.ok(&["logs", "writer"])?.lines().count();
+    let before = env.stdout(&["logs", "writer"])?.lines().count();
     assert!(
-        env.eventually(Duration::from_secs(10), || {
-            env.ok(&["logs", "writer"])
+        eventually(Duration::from_secs(10), || {
+            env.stdout(&["logs", "writer"])
                 .is_ok_and(|o| o.lines().count() > before + 3)
                 && env
                     .inspect("writer")
@@ -1105,7 +1018,7 @@ async fn a_full_log_disk_drops_lines_once_reported_and_logging_resumes() -> anyh
         }),
         "logging resumes"
     );
-    let logs_now = env.ok(&["logs", "writer"])?;
+    let logs_now = env.stdout(&["logs", "writer"])?;
     assert!(
         logs_now.lines().all(|l| l.starts_with("line ")),
         "only whole lines: {logs_now}"
@@ -1123,7 +1036,7 @@ async fn a_full_log_disk_drops_lines_once_reported_and_logging_resumes() -> anyh
         "reported once: {monitor_log}"
     );
     assert_eq!(monitor_log.matches("resumed").count(), 1, "{monitor_log}");
-    env.ok(&["rm", "-f", "writer"])?;
+    env.stdout(&["rm", "-f", "writer"])?;
     assert!(
         !logs.path().join("c").join(&id).exists(),
         "rm takes the log dir too"

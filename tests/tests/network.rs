@@ -4,13 +4,14 @@
 //! executor SIGKILL. Every stack has its own bridge, subnets and nftables table
 //! (`NetSlot`); traffic only goes to namespaces these tests create.
 
+use berth_tests::cli::CliEnv;
 use berth_tests::fixtures::{busybox_rootfs_tar, ok};
 use berth_tests::{NetSlot, Stack};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const IMAGE: &str = "busybox:net";
@@ -35,93 +36,22 @@ fn can_run() -> bool {
     true
 }
 
-struct Env {
-    stack: Stack,
-    _scratch: tempfile::TempDir,
+/// A stack with the `-P`-able test image imported; every container goes when it drops.
+type Env = CliEnv;
+
+async fn start(node: &str) -> anyhow::Result<Env> {
+    let stack = Stack::start(&SERVICES, node).await?;
+    CliEnv::import(stack, IMAGE, &["-c", "EXPOSE 80/tcp"], |dir| {
+        busybox_rootfs_tar(dir, "net", &[("www/index.html", "hello from berth\n")])
+    })
 }
 
-impl Env {
-    async fn start(node: &str) -> anyhow::Result<Env> {
-        let stack = Stack::start(&SERVICES, node).await?;
-        let scratch = tempfile::tempdir()?;
-        let tar = busybox_rootfs_tar(
-            scratch.path(),
-            "net",
-            &[("www/index.html", "hello from berth\n")],
-        )?;
-        let env = Env {
-            stack,
-            _scratch: scratch,
-        };
-        env.ok(&[
-            "import",
-            &tar.display().to_string(),
-            IMAGE,
-            "-c",
-            "EXPOSE 80/tcp",
-        ])?;
-        Ok(env)
-    }
-
-    fn berth(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Ok(self.stack.berth()?.args(args).output()?)
-    }
-
-    fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
-        let output = self.berth(args)?;
-        anyhow::ensure!(
-            output.status.success(),
-            "berth {args:?} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
-    }
-
-    /// `berth run -d [options] IMAGE cmd…` → id.
-    fn run_d(&self, options: &[&str], cmd: &[&str]) -> anyhow::Result<String> {
-        let mut args = vec!["run", "-d"];
-        args.extend_from_slice(options);
-        args.push(IMAGE);
-        args.extend_from_slice(cmd);
-        self.ok(&args)
-    }
-
-    /// `berth exec ID cmd…` → (exit code, stdout + stderr).
-    fn exec(&self, id: &str, cmd: &[&str]) -> anyhow::Result<(i32, String)> {
-        let mut args = vec!["exec", id];
-        args.extend_from_slice(cmd);
-        let output = self.berth(&args)?;
-        Ok((
-            output.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ),
-        ))
-    }
-
-    fn inspect(&self, id: &str) -> anyhow::Result<serde_json::Value> {
-        let rows: Vec<serde_json::Value> = serde_json::from_str(&self.ok(&["inspect", id])?)?;
-        rows.into_iter()
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("inspect {id} returned nothing"))
-    }
-
-    fn ip_of(&self, id: &str) -> anyhow::Result<String> {
-        let inspect = self.inspect(id)?;
-        inspect["network"]["endpoints"][0]["ip_address"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| anyhow::anyhow!("container {id} has no address: {inspect}"))
-    }
-
-    fn rm(&self, ids: &[&str]) {
-        let mut args = vec!["rm", "-f"];
-        args.extend_from_slice(ids);
-        let _ = self.berth(&args);
-    }
+fn ip_of(env: &Env, id: &str) -> anyhow::Result<String> {
+    let inspect = env.inspect(id)?;
+    inspect["network"]["endpoints"][0]["ip_address"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("container {id} has no address: {inspect}"))
 }
 
 /// A namespace of the test's own, linked to the host by a veth pair: "another host".
@@ -262,7 +192,7 @@ async fn bridge_nat_and_published_ports() -> anyhow::Result<()> {
     if !can_run() {
         return Ok(());
     }
-    let env = Env::start("node-net-a").await?;
+    let env = start("node-net-a").await?;
     let slot = &env.stack.net;
     let outside = Outside::create(slot)?;
 
@@ -501,7 +431,7 @@ async fn bridge_nat_and_published_ports() -> anyhow::Result<()> {
         rules.contains(&format!("udp dport {udp_port}")) && rules.contains(":5353"),
         "{rules}"
     );
-    env.rm(&[&exposed, &udp]);
+    env.remove(&[&exposed, &udp]);
     eventually(Duration::from_secs(5), || {
         Ok(std::net::UdpSocket::bind(("0.0.0.0", udp_port))?)
     })
@@ -540,7 +470,7 @@ async fn bridge_nat_and_published_ports() -> anyhow::Result<()> {
         "{bad:?}"
     );
 
-    env.rm(&[&a, &b, &web, "clash", "clash2"]);
+    env.remove(&[&a, &b, &web, "clash", "clash2"]);
     let after = footprint(&env)?;
     assert_eq!(after.links, BTreeSet::from([slot.bridge()]), "{after:?}");
     assert!(
@@ -556,7 +486,7 @@ async fn user_networks_resolve_names_and_stay_apart() -> anyhow::Result<()> {
     if !can_run() {
         return Ok(());
     }
-    let env = Env::start("node-net-b").await?;
+    let env = start("node-net-b").await?;
     let slot = &env.stack.net;
     let front = env.ok(&["network", "create", "front"])?;
     // The last /24 of the slot's pool, given explicitly.
@@ -600,7 +530,7 @@ async fn user_networks_resolve_names_and_stay_apart() -> anyhow::Result<()> {
         &["sleep", "600"],
     )?;
     let other = env.run_d(&["--name", "other", "--network", "back"], &["sleep", "600"])?;
-    let ip_db = env.ip_of(&db)?;
+    let ip_db = ip_of(&env, &db)?;
     for name in ["db", "database"] {
         let (code, out) = env.exec(&web, &["ping", "-c", "1", "-W", "2", name])?;
         assert_eq!(code, 0, "web cannot reach {name}: {out}");
@@ -661,7 +591,7 @@ async fn user_networks_resolve_names_and_stay_apart() -> anyhow::Result<()> {
     );
     let builtin = env.berth(&["network", "rm", "bridge"])?;
     assert!(!builtin.status.success());
-    env.rm(&[&web, &db, &other]);
+    env.remove(&[&web, &db, &other]);
     env.ok(&["network", "rm", "front", "back"])?;
     let links: Vec<String> = slot.links().into_iter().map(|(n, _)| n).collect();
     assert_eq!(links, [slot.bridge()], "only the default bridge is left");
@@ -675,7 +605,7 @@ async fn cycles_and_an_executor_sigkill_leave_nothing_behind() -> anyhow::Result
     if !can_run() {
         return Ok(());
     }
-    let mut env = Env::start("node-net-c").await?;
+    let mut env = start("node-net-c").await?;
     // One container keeps running across everything: its share must stay.
     let keeper = env.run_d(
         &["--name", "keeper", "-p", "80"],
@@ -738,7 +668,7 @@ async fn cycles_and_an_executor_sigkill_leave_nothing_behind() -> anyhow::Result
         http_get(&format!("127.0.0.1:{port}"), "/index.html")?,
         "hello from berth\n"
     );
-    env.rm(&[&keeper, &dies]);
+    env.remove(&[&keeper, &dies]);
     let end = footprint(&env)?;
     assert_eq!(
         end.links,
