@@ -107,16 +107,38 @@ impl Backend for JetStreamBackend {
     }
 
     async fn kv_keys(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
-        let keys = self
+        // Stream info with a subject filter is one request. async-nats' `keys()` makes an
+        // ephemeral consumer per call instead, and hundreds of concurrent `run`s each
+        // inspecting an image (which lists references) hit the server's consumer limit.
+        let stream_prefix = format!("$KV.{}.", self.kv.name);
+        // A subject filter can only end in a whole token; other prefixes are matched below.
+        let token_prefix = match prefix.rfind('.') {
+            Some(dot) => &prefix[..=dot],
+            None => "",
+        };
+        let mut subjects = self
             .kv
-            .keys()
+            .stream
+            .info_with_subjects(format!("{stream_prefix}{token_prefix}>"))
             .await
             .map_err(|err| unavailable("list keys", err))?;
-        let keys: Vec<String> = keys
-            .try_collect()
+        let mut keys = Vec::new();
+        while let Some((subject, _count)) = subjects
+            .try_next()
             .await
-            .map_err(|err| unavailable("list keys", err))?;
-        Ok(keys.into_iter().filter(|k| k.starts_with(prefix)).collect())
+            .map_err(|err| unavailable("list keys", err))?
+        {
+            let Some(key) = subject.strip_prefix(&stream_prefix) else {
+                continue;
+            };
+            if key.starts_with(prefix) {
+                // A deleted key keeps its delete marker in the stream: only live ones count.
+                if self.kv_get(key).await?.is_some() {
+                    keys.push(key.to_string());
+                }
+            }
+        }
+        Ok(keys)
     }
 
     async fn blob_size(&self, name: &str) -> Result<Option<u64>, BackendError> {
