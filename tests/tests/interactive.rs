@@ -449,3 +449,193 @@ async fn stats_streams_until_stopped_and_ps_reads_like_docker() -> anyhow::Resul
     );
     Ok(())
 }
+
+/// Waits for a stdout line containing `mark`; the lines before it.
+fn until(lines: &mpsc::Receiver<String>, mark: &str) -> anyhow::Result<Vec<String>> {
+    let mut seen = Vec::new();
+    loop {
+        let line = lines
+            .recv_timeout(PATIENCE)
+            .map_err(|_| anyhow::anyhow!("no {mark:?} within {PATIENCE:?}; saw {seen:?}"))?;
+        if line.contains(mark) {
+            return Ok(seen);
+        }
+        seen.push(line);
+    }
+}
+
+#[tokio::test]
+async fn detach_keys_leave_the_container_running() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    need("script")?;
+    // Each CLI runs in the background on the terminal; READY once it put it in raw mode
+    // (input typed earlier would meet the terminal's own ^Q flow control).
+    let shell = format!(
+        r#"b=$(stty -g)
+ready() {{ i=0; while [ "$(stty -g)" = "$b" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; echo READY; }}
+$B run -it --name dk --detach-keys ctrl-x,y {IMAGE} sh -c 'read x; printf %s "$x" | od -An -tx1; sleep 600' </dev/tty &
+p=$!
+ready
+wait $p
+echo "RUN-EXIT=$?"
+$B attach dk </dev/tty &
+p=$!
+ready
+wait $p
+echo "ATTACH-EXIT=$?""#
+    );
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &shell, "/dev/null"])
+        .env("BERTH_NATS_URL", env.stack.nats.url())
+        .env("B", berth_tests::bin_path("berth")?)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut input = child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdin"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let (sender, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let outcome = (|| -> anyhow::Result<()> {
+        until(&lines, "READY")?;
+        // ^X then z: a start of the sequence that diverges reaches the container whole.
+        input.write_all(b"\x18z\r")?;
+        input.flush()?;
+        until(&lines, "18 7a")?;
+        input.write_all(b"\x18y")?;
+        input.flush()?;
+        until(&lines, "RUN-EXIT=0")?;
+        until(&lines, "READY")?;
+        // Docker's default, ctrl-p ctrl-q, on attach.
+        input.write_all(b"\x10\x11")?;
+        input.flush()?;
+        until(&lines, "ATTACH-EXIT=0")?;
+        Ok(())
+    })();
+    drop(input);
+    let _ = child.kill();
+    let _ = child.wait();
+    outcome?;
+    let inspect: Vec<serde_json::Value> = serde_json::from_str(&env.ok(&["inspect", "dk"])?)?;
+    assert_eq!(inspect[0]["status"], "running", "{inspect:?}");
+    // A bad sequence is refused before anything is created.
+    let before = env.ok(&["ps", "-a", "-q"])?;
+    let out = env.with_input(&["run", "--detach-keys", "ctrl-1", IMAGE, "true"], b"")?;
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid detach keys"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(env.ok(&["ps", "-a", "-q"])?, before);
+    Ok(())
+}
+
+#[tokio::test]
+async fn it_without_a_terminal_is_refused_like_docker() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let id = env.detached(&[], &["sleep", "600"])?;
+    let before = env.ok(&["ps", "-a", "-q"])?;
+    for args in [
+        vec!["run", "-it", IMAGE, "true"],
+        vec!["exec", "-it", &id, "true"],
+    ] {
+        let out = env.with_input(&args, b"")?;
+        assert_eq!(
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            (Some(1), "berth: the input device is not a TTY"),
+            "{args:?}"
+        );
+    }
+    assert_eq!(env.ok(&["ps", "-a", "-q"])?, before, "run -it created one");
+    // -t alone is fine without a terminal.
+    let out = env.with_input(&["run", "--rm", "-t", IMAGE, "sh", "-c", "exit 4"], b"")?;
+    assert_eq!(out.status.code(), Some(4));
+    let out = env.with_input(&["exec", "-t", &id, "sh", "-c", "exit 5"], b"")?;
+    assert_eq!(out.status.code(), Some(5));
+    Ok(())
+}
+
+const TRAP_TERM: &str =
+    "trap 'echo got TERM; exit 7' TERM; echo ready; while true; do sleep 0.1; done";
+
+#[tokio::test]
+async fn attached_run_proxies_signals_unless_told_not_to() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let attached = {
+        let mut command = env.berth()?;
+        command.args(["run", "--name", "sp", IMAGE, "sh", "-c", TRAP_TERM]);
+        Interactive::spawn(command)?
+    };
+    assert_eq!(attached.line()?, "ready");
+    let pid = attached.child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status()?;
+    anyhow::ensure!(killed.success(), "kill -TERM {pid}");
+    assert_eq!(attached.line()?, "got TERM");
+    assert_eq!(attached.finish()?, 7);
+
+    // --sig-proxy=false: the CLI dies of it, the container runs on.
+    let attached = {
+        let mut command = env.berth()?;
+        command.args([
+            "run",
+            "--sig-proxy=false",
+            "--name",
+            "nsp",
+            IMAGE,
+            "sh",
+            "-c",
+            TRAP_TERM,
+        ]);
+        Interactive::spawn(command)?
+    };
+    assert_eq!(attached.line()?, "ready");
+    let pid = attached.child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status()?;
+    anyhow::ensure!(killed.success(), "kill -TERM {pid}");
+    assert_eq!(attached.finish()?, -1, "killed by SIGTERM");
+    let inspect: Vec<serde_json::Value> = serde_json::from_str(&env.ok(&["inspect", "nsp"])?)?;
+    assert_eq!(inspect[0]["status"], "running", "{inspect:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn attached_run_survives_an_executor_sigkill() -> anyhow::Result<()> {
+    let mut env = Env::start().await?;
+    let mut attached = {
+        let mut command = env.berth()?;
+        command.args([
+            "run",
+            "-i",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo before; read x; echo \"got $x\"; exit 9",
+        ]);
+        Interactive::spawn(command)?
+    };
+    assert_eq!(attached.line()?, "before");
+    env.stack.kill_service("berth-executor").await?;
+    // Sent while no executor runs: the CLI holds it until one answers again.
+    attached.send("during\n")?;
+    env.stack.start_service("berth-executor").await?;
+    assert_eq!(attached.line()?, "got during");
+    assert_eq!(attached.finish()?, 9);
+    Ok(())
+}

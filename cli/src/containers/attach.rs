@@ -2,7 +2,8 @@
 //! and its exit code. Output comes from the container's log (live chunks, gaps filled
 //! from history), so an executor restart while attached loses nothing.
 
-use super::interactive::{Session, SessionOptions};
+use super::interactive;
+use super::interactive::{Session, SessionOptions, SignalProxy};
 use super::logs::Follower;
 use super::*;
 use std::time::Instant;
@@ -17,6 +18,8 @@ pub struct AttachArgs {
     /// Do not send stdin, even to a container created with -i.
     #[arg(long)]
     pub(super) no_stdin: bool,
+    #[command(flatten)]
+    pub(super) attached: super::create::AttachedArgs,
     pub(super) container: String,
 }
 
@@ -33,6 +36,7 @@ pub(super) async fn attach(
     nats: &NatsSettings,
     timeout: Duration,
 ) -> Result<ExitCode, Failure> {
+    let detach_keys = args.attached.keys()?;
     let target = Target::connect(nats, &args.node, timeout).await?;
     let inspect: ContainerInspect = target
         .call(
@@ -45,6 +49,10 @@ pub(super) async fn attach(
         .await
         .map_err(failure)?;
     let id = inspect.id.clone();
+    interactive::check_tty(
+        inspect.config.open_stdin && !args.no_stdin,
+        inspect.config.tty,
+    )?;
     if inspect.status != berth_proto::messages::exec::ContainerStatus::Running {
         return Err(Failure::berth(format!(
             "cannot attach to container {id}: it is not running (start it first)"
@@ -69,33 +77,57 @@ pub(super) async fn attach(
         )
         .await
         .map_err(failure)?;
+    let stdin = inspect.config.open_stdin && !args.no_stdin;
     let session = Session::start(
         &target,
         &id,
         None,
         SessionOptions {
-            stdin: inspect.config.open_stdin && !args.no_stdin,
+            stdin,
             tty: inspect.config.tty,
             resize_now: inspect.config.tty,
+            detach_keys,
         },
     )?;
-    let mut follower = Follower {
+    let _proxy = (args.attached.sig_proxy && !inspect.config.tty)
+        .then(|| SignalProxy::start(&target, &id))
+        .transpose()?;
+    let follower = Follower {
         target: &target,
         id: id.clone(),
         next: now.end,
         print: Default::default(),
     };
-    let mut running = now.running;
+    match follow_to_exit(follower, &mut live, now.running, session).await? {
+        Some(exit) => Ok(ExitCode::from(exit.exit_code.clamp(0, 255) as u8)),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Prints a container's output until it exits and returns its exit, riding out an
+/// executor that is away (its monitor keeps the log and the exit status meanwhile);
+/// `None` if the user detached first.
+pub(super) async fn follow_to_exit(
+    mut follower: Follower<'_>,
+    live: &mut async_nats::Subscriber,
+    mut running: bool,
+    mut session: Session,
+) -> Result<Option<ContainerExit>, Failure> {
+    let target = follower.target;
+    let id = follower.id.clone();
     let mut outage: Option<Instant> = None;
     while running {
-        let step = match tokio::time::timeout(Duration::from_secs(2), live.next()).await {
-            Ok(Some(message)) => match Encoding::Bincode.decode::<LogChunk>(&message.payload) {
-                Ok(chunk) => follower.chunk(chunk).await.map(|eof| !eof),
-                Err(_) => Ok(true),
+        let step = tokio::select! {
+            () = session.detached() => return Ok(None),
+            next = tokio::time::timeout(Duration::from_secs(2), live.next()) => match next {
+                Ok(Some(message)) => match Encoding::Bincode.decode::<LogChunk>(&message.payload) {
+                    Ok(chunk) => follower.chunk(chunk).await.map(|eof| !eof),
+                    Err(_) => Ok(true),
+                },
+                Ok(None) => Ok(false),
+                // Quiet: an exit while the executor was away sends no end chunk.
+                Err(_) => follower.catch_up(None).await,
             },
-            Ok(None) => Ok(false),
-            // Quiet: an exit while the executor was away sends no end chunk.
-            Err(_) => follower.catch_up(None).await,
         };
         match step {
             Ok(still) => {
@@ -130,5 +162,7 @@ pub(super) async fn attach(
             Err(err) => return Err(failure(err)),
         }
     };
-    Ok(ExitCode::from(exit.exit_code.clamp(0, 255) as u8))
+    // Lines written between the last page and the exit record.
+    let _ = follower.catch_up(None).await;
+    Ok(Some(exit))
 }

@@ -120,7 +120,29 @@ pub struct RunArgs {
     #[arg(long)]
     pub(super) rm: bool,
     #[command(flatten)]
+    pub(super) attached: AttachedArgs,
+    #[command(flatten)]
     pub(super) create: CreateArgs,
+}
+
+/// How an attached session behaves (`run`, `attach`).
+#[derive(clap::Args, Debug)]
+pub struct AttachedArgs {
+    /// Keys that detach from a terminal and leave the container running (Docker's
+    /// syntax: `ctrl-<a-z@[\]^_>` or single characters, comma-separated).
+    #[arg(long, env = "BERTH_DETACH_KEYS", default_value = super::detach::DEFAULT)]
+    pub(super) detach_keys: String,
+    /// Pass the signals the CLI receives on to the container (not with -t: the
+    /// terminal delivers ^C itself).
+    #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub(super) sig_proxy: bool,
+}
+
+impl AttachedArgs {
+    /// The detach sequence, or Docker's error for a bad one.
+    pub(super) fn keys(&self) -> Result<Vec<u8>, Failure> {
+        super::detach::parse(&self.detach_keys).map_err(Failure::berth)
+    }
 }
 
 /// `30s`, `2m`, `1h30m`, `90` (seconds) → a duration.

@@ -22,6 +22,9 @@ pub struct ExecArgs {
     /// Give the command a pseudo-terminal.
     #[arg(short = 't', long)]
     pub(super) tty: bool,
+    /// Keys that detach from the terminal and leave the command running (see `run`).
+    #[arg(long, env = "BERTH_DETACH_KEYS", default_value = super::detach::DEFAULT)]
+    pub(super) detach_keys: String,
     pub(super) container: String,
     /// Command and arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
@@ -33,6 +36,8 @@ pub(super) async fn exec(
     nats: &NatsSettings,
     timeout: Duration,
 ) -> Result<ExitCode, Failure> {
+    let detach_keys = super::detach::parse(&args.detach_keys).map_err(Failure::berth)?;
+    interactive::check_tty(args.interactive, args.tty)?;
     let (target, _) = Target::for_container(nats, &args.node, &args.container, timeout).await?;
     let output = format!("{}.exec", target.client.new_inbox());
     let mut pieces = target
@@ -54,7 +59,7 @@ pub(super) async fn exec(
         console_size: args.tty.then(interactive::console_size).flatten(),
         exec_id: exec_id.clone(),
     };
-    let _session = interactive::Session::start(
+    let mut session = interactive::Session::start(
         &target,
         &args.container,
         exec_id,
@@ -62,6 +67,7 @@ pub(super) async fn exec(
             stdin: args.interactive,
             tty: args.tty,
             resize_now: false,
+            detach_keys,
         },
     )?;
     let reply = target.call::<_, ExecExit>(ExecVerb::Exec, &request, Some(WAIT_DEADLINE));
@@ -70,6 +76,8 @@ pub(super) async fn exec(
     let exit = loop {
         tokio::select! {
             exit = &mut reply => break exit.map_err(failure)?,
+            // The command runs on; its output goes nowhere until it ends.
+            () = session.detached() => return Ok(ExitCode::SUCCESS),
             message = pieces.next(), if !eof => {
                 let Some(message) = message else { eof = true; continue };
                 if let Ok(piece) = Encoding::Bincode.decode::<ExecOutput>(&message.payload) {

@@ -170,6 +170,7 @@ impl Sender {
 pub(super) struct Session {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _raw: Option<RawMode>,
+    detached: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 /// What a session forwards.
@@ -180,6 +181,24 @@ pub(super) struct SessionOptions {
     pub tty: bool,
     /// Send the current window size first (attach: the pty exists already).
     pub resize_now: bool,
+    /// The detach sequence (see `detach::parse`); only watched for with a terminal.
+    pub detach_keys: Vec<u8>,
+}
+
+/// Docker's check before attaching a terminal: `-it` needs the CLI's stdin to be one
+/// (`-t` alone is fine, the output just carries the pty's line endings).
+pub(super) fn check_tty(attach_stdin: bool, tty: bool) -> Result<(), Failure> {
+    tty_allowed(attach_stdin, tty, std::io::stdin().is_terminal())
+}
+
+fn tty_allowed(attach_stdin: bool, tty: bool, stdin_is_terminal: bool) -> Result<(), Failure> {
+    if attach_stdin && tty && !stdin_is_terminal {
+        return Err(Failure {
+            code: 1,
+            message: "the input device is not a TTY".into(),
+        });
+    }
+    Ok(())
 }
 
 impl Session {
@@ -208,6 +227,10 @@ impl Session {
             None
         };
         let mut input = options.stdin.then(read_stdin);
+        let (detach_tx, detached) = tokio::sync::oneshot::channel();
+        let mut detach_tx = Some(detach_tx);
+        let mut matcher = (options.tty && options.stdin && !options.detach_keys.is_empty())
+            .then(|| super::detach::Matcher::new(options.detach_keys.clone()));
         let mut sender = Sender {
             client: target.client.clone(),
             subject: subjects::exec(&target.node, ExecVerb::Stdin),
@@ -253,7 +276,31 @@ impl Session {
                     }
                 };
                 let payload = match next {
-                    Next::Chunk(Some(data)) if !data.is_empty() => StdinPayload::Data(data),
+                    Next::Chunk(Some(data)) if !data.is_empty() => {
+                        let Some(matcher) = matcher.as_mut() else {
+                            if let Err(err) = sender.send(StdinPayload::Data(data)).await {
+                                report(&err);
+                                return;
+                            }
+                            continue;
+                        };
+                        let fed = matcher.feed(&data);
+                        // Held-back bytes can make it longer than one request may carry.
+                        for piece in fed.forward.chunks(MAX_STDIN_CHUNK) {
+                            if let Err(err) = sender.send(StdinPayload::Data(piece.to_vec())).await
+                            {
+                                report(&err);
+                                return;
+                            }
+                        }
+                        if fed.detach {
+                            if let Some(tx) = detach_tx.take() {
+                                let _ = tx.send(());
+                            }
+                            return;
+                        }
+                        continue;
+                    }
                     // End of the CLI's stdin (or it failed): the process's ends too.
                     Next::Chunk(_) => {
                         input = None;
@@ -270,7 +317,23 @@ impl Session {
                 }
             }
         }));
-        Ok(Session { tasks, _raw: raw })
+        Ok(Session {
+            tasks,
+            _raw: raw,
+            detached: Some(detached),
+        })
+    }
+
+    /// Resolves once the user typed the detach sequence; never otherwise.
+    pub(super) async fn detached(&mut self) {
+        let Some(receiver) = self.detached.as_mut() else {
+            return std::future::pending().await;
+        };
+        if receiver.await.is_err() {
+            // The input ended without detaching: keep following the output.
+            self.detached = None;
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -348,4 +411,96 @@ async fn restore_on_signal() {
     let (number, _, _) = futures::future::select_all(waits).await;
     restore_terminal();
     std::process::exit(128 + number);
+}
+
+/// What `run` and `attach` pass on to the container (Docker's `--sig-proxy`): every
+/// catchable signal but those about the CLI's own process, pipe and terminal (SIGCHLD,
+/// SIGPIPE, SIGWINCH, SIGURG, job control).
+const PROXIED: [libc::c_int; 16] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTRAP,
+    libc::SIGABRT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGTERM,
+    libc::SIGSTKFLT,
+    libc::SIGXCPU,
+    libc::SIGXFSZ,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGPWR,
+    libc::SIGSYS,
+];
+
+/// Signals received by the CLI, sent on to container `id` while it lives.
+pub(super) struct SignalProxy {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SignalProxy {
+    /// Takes over the signals now (so none arriving from here on ends the CLI).
+    pub(super) fn start(target: &Target, id: &str) -> Result<SignalProxy, Failure> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut tasks = Vec::new();
+        for number in PROXIED {
+            let mut stream = signal(SignalKind::from_raw(number))
+                .map_err(|err| Failure::berth(format!("cannot proxy signal {number}: {err}")))?;
+            let target = Target {
+                client: target.client.clone(),
+                node: target.node.clone(),
+                timeout: target.timeout,
+            };
+            let id = id.to_string();
+            tasks.push(tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    let request = ContainerKillRequest {
+                        id: id.clone(),
+                        signal: Some(number.to_string()),
+                    };
+                    let sent: Result<ContainerDone, BusError> =
+                        target.call(ExecVerb::Kill, &request, None).await;
+                    match sent {
+                        // Gone already: its exit is on its way to the CLI.
+                        Err(err) if err.kind() == Some(ErrorKind::Conflict) => {}
+                        Err(err) => {
+                            eprintln!(
+                                "berth: forwarding signal {number}: {}",
+                                failure(err).message
+                            )
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            }));
+        }
+        Ok(SignalProxy { tasks })
+    }
+}
+
+impl Drop for SignalProxy {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn it_needs_a_terminal_on_stdin_like_docker() {
+        let refused = tty_allowed(true, true, false).expect_err("-it without a terminal");
+        assert_eq!(
+            (refused.code, refused.message.as_str()),
+            (1, "the input device is not a TTY")
+        );
+        assert!(tty_allowed(true, true, true).is_ok());
+        assert!(tty_allowed(false, true, false).is_ok(), "-t alone");
+        assert!(tty_allowed(true, false, false).is_ok(), "-i alone");
+    }
 }

@@ -6,6 +6,7 @@
 
 mod attach;
 mod create;
+mod detach;
 mod exec;
 mod human;
 mod interactive;

@@ -27,6 +27,11 @@ pub(super) async fn run_container(
             "conflicting options: --rm and --restart cannot be combined",
         ));
     }
+    // Bad input is refused before anything exists.
+    let detach_keys = args.attached.keys()?;
+    if !args.detach {
+        super::interactive::check_tty(args.create.interactive, args.create.tty)?;
+    }
     let client = Target::client(nats, timeout).await?;
     let id = new_id()?;
     // Attached, the CLI removes the container itself after reading its exit code.
@@ -85,7 +90,7 @@ pub(super) async fn run_container(
         node: placed.node_id.clone(),
         timeout,
     };
-    let _session = super::interactive::Session::start(
+    let session = super::interactive::Session::start(
         &target,
         &id,
         None,
@@ -93,30 +98,22 @@ pub(super) async fn run_container(
             stdin: args.create.interactive,
             tty: args.create.tty,
             resize_now: false,
+            detach_keys,
         },
     )?;
-    let mut follower = Follower {
+    let _proxy = (args.attached.sig_proxy && !args.create.tty)
+        .then(|| super::interactive::SignalProxy::start(&target, &id))
+        .transpose()?;
+    let follower = Follower {
         target: &target,
         id: id.clone(),
         next: 0,
         print: Default::default(),
     };
-    let wait_ref = ContainerRef { id: id.clone() };
-    let wait = target.call::<_, ContainerExit>(ExecVerb::Wait, &wait_ref, Some(WAIT_DEADLINE));
-    tokio::pin!(wait);
-    let exit = loop {
-        tokio::select! {
-            exit = &mut wait => break exit.map_err(failure)?,
-            message = live.next() => {
-                let Some(message) = message else { continue };
-                if let Ok(chunk) = Encoding::Bincode.decode::<LogChunk>(&message.payload) {
-                    follower.chunk(chunk).await?;
-                }
-            }
-        }
+    // Detached by the keys: the container runs on, as after `run -d`.
+    let Some(exit) = super::attach::follow_to_exit(follower, live, true, session).await? else {
+        return Ok(ExitCode::SUCCESS);
     };
-    // The monitor wrote every line before it recorded the exit: read what is left.
-    follower.catch_up(None).await?;
     if args.rm {
         let pinned = NodeArg { node: None };
         if let Err(err) = remove_one(&client, &pinned, &id, true, true, timeout).await {
