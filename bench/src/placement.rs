@@ -50,6 +50,7 @@ fn node_record(index: usize) -> NodeRecord {
         last_heartbeat_ms: unix_ms(),
         executor_version: "fake".into(),
         ports: Vec::new(),
+        platform: None,
     }
 }
 

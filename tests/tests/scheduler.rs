@@ -319,6 +319,41 @@ async fn the_next_placement_of_an_image_prefers_the_node_that_has_it() -> anyhow
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_goes_only_to_nodes_of_its_platform() -> anyhow::Result<()> {
+    if !can_run_containers() {
+        return Ok(());
+    }
+    let mut env = Env::start(1).await?;
+    // n1 says it is an arm64 machine; the test image is built for this host.
+    env.stack
+        .add_node(
+            "n1",
+            &[("BERTH_NODE_ARCH", "arm64"), ("BERTH_CAPACITY_CPUS", "2")],
+        )
+        .await?;
+    anyhow::ensure!(
+        eventually(Duration::from_secs(20), || env.node_state("n1").as_deref()
+            == Some("ready")),
+        "n1 never became ready: {:?}",
+        env.nodes()
+    );
+    let refused = env.berth(&["run", "-d", "--wait-timeout", "1s", IMAGE, "true"])?;
+    assert_eq!(refused.status.code(), Some(125), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("no suitable node (platform)") && stderr.contains("linux/arm64"),
+        "{stderr}"
+    );
+    assert!(env.ps().is_empty(), "{:?}", env.ps());
+    env.add_node("n2", "zone=a", "2").await?;
+    for _ in 0..3 {
+        let id = env.run_d(&[], &["sleep", "600"])?;
+        assert_eq!(env.node_of(&id).as_deref(), Some("n2"));
+    }
+    Ok(())
+}
+
 /// SIGKILLs the processes of every container on a node (monitor and payload).
 fn kill_containers(data_dir: &Path) -> anyhow::Result<usize> {
     let mut killed = 0;
@@ -543,6 +578,7 @@ async fn fake_nodes(
                     last_heartbeat_ms: now_ms(),
                     executor_version: "fake".into(),
                     ports: Vec::new(),
+                    platform: None,
                 };
                 if let Ok(body) = serde_json::to_vec(&record) {
                     let _ = kv.put(id.as_str(), body.into()).await;

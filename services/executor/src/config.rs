@@ -20,6 +20,10 @@ pub struct Config {
     /// (a disk of their own, so a flood of output cannot fill the node's data disk).
     #[serde(default)]
     pub log_dir: Option<std::path::PathBuf>,
+    /// Architecture the node reports (OCI name: amd64, arm64…) instead of the host's,
+    /// for test fleets that pretend to be other machines on one host.
+    #[serde(default)]
+    pub arch: Option<String>,
     /// What the node offers the scheduler instead of the whole host (`[capacity]`).
     #[serde(default)]
     pub capacity: CapacityOverride,

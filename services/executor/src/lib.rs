@@ -204,6 +204,7 @@ pub async fn run(
             node_id: node_id.clone(),
             labels: settings.service.labels.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            platform: node::host_platform(settings.service.arch.as_deref()),
         },
         node::capacity_with(&settings.service.capacity),
         settings.service.heartbeat_interval(),

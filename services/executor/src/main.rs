@@ -19,6 +19,9 @@ struct Args {
     /// Memory in bytes the node offers the scheduler (default: the config's, else all).
     #[arg(long, env = "BERTH_CAPACITY_MEMORY")]
     capacity_memory: Option<u64>,
+    /// Architecture the node reports to the scheduler (default: the config's, else the host's).
+    #[arg(long, env = "BERTH_NODE_ARCH")]
+    arch: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,9 @@ fn main() -> ExitCode {
             settings.service.network.apply(&args.network);
             if args.capacity_cpus.is_some() {
                 settings.service.capacity.cpus = args.capacity_cpus;
+            }
+            if args.arch.is_some() {
+                settings.service.arch = args.arch.clone();
             }
             if args.capacity_memory.is_some() {
                 settings.service.capacity.memory_bytes = args.capacity_memory;

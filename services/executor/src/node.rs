@@ -2,6 +2,7 @@
 //! heartbeat in the `berth-nodes` KV bucket under the node id.
 
 use async_nats::jetstream::kv;
+use berth_proto::messages::image::ImagePlatform;
 use berth_proto::messages::node::{NodeRecord, NodeState, Resources};
 use berth_proto::messages::unpack::{SnapshotList, SnapshotListRequest};
 use berth_proto::subjects::{self, UnpackVerb};
@@ -15,6 +16,35 @@ pub struct NodeIdentity {
     pub node_id: String,
     pub labels: BTreeMap<String, String>,
     pub version: String,
+    pub platform: ImagePlatform,
+}
+
+/// OCI's name (the one image configs use) for a Rust `target_arch`.
+pub fn oci_arch(rust_arch: &str) -> &str {
+    match rust_arch {
+        "x86_64" => "amd64",
+        "x86" => "386",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        "powerpc64" => "ppc64le",
+        "loongarch64" => "loong64",
+        "mips64" => "mips64le",
+        other => other,
+    }
+}
+
+/// This host's platform, or `arch` instead of the host's architecture when given.
+pub fn host_platform(arch: Option<&str>) -> ImagePlatform {
+    let arch = arch
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| oci_arch(std::env::consts::ARCH));
+    ImagePlatform {
+        os: std::env::consts::OS.to_string(),
+        architecture: arch.to_string(),
+        // arm64 is v8 unless said otherwise; 32-bit arm variants are not probed.
+        variant: None,
+    }
 }
 
 /// `MemTotal` of `/proc/meminfo`, in bytes.
@@ -100,6 +130,7 @@ pub fn record(
         last_heartbeat_ms: unix_millis(now),
         executor_version: identity.version.clone(),
         ports: usage.ports,
+        platform: Some(identity.platform.clone()),
     }
 }
 
@@ -178,11 +209,23 @@ mod tests {
     }
 
     #[test]
+    fn the_host_architecture_gets_its_oci_name_unless_overridden() {
+        assert_eq!(oci_arch("x86_64"), "amd64");
+        assert_eq!(oci_arch("aarch64"), "arm64");
+        let host = host_platform(None);
+        assert_eq!(host.os, "linux");
+        assert_eq!(host.architecture, oci_arch(std::env::consts::ARCH));
+        assert_eq!(host_platform(Some("arm64")).architecture, "arm64");
+        assert_eq!(host_platform(Some(" ")).architecture, host.architecture);
+    }
+
+    #[test]
     fn record_carries_identity_and_time() {
         let identity = NodeIdentity {
             node_id: "n1".into(),
             labels: BTreeMap::from([("zone".into(), "a".into())]),
             version: "0.1.0".into(),
+            platform: host_platform(Some("arm64")),
         };
         let now = UNIX_EPOCH + Duration::from_millis(1_234);
         let usage = Usage {
@@ -200,6 +243,10 @@ mod tests {
         assert_eq!(record.allocated, usage.allocated);
         assert_eq!(record.state, NodeState::Ready);
         assert_eq!(record.labels.get("zone").map(String::as_str), Some("a"));
+        assert_eq!(
+            record.platform.map(|p| p.architecture).as_deref(),
+            Some("arm64")
+        );
         assert!(record.capacity.cpu_millis >= 1000);
     }
 }

@@ -1,7 +1,8 @@
-//! Placement as pure functions over a snapshot of the nodes: filter (state, free
-//! resources, constraints, pin), then score (image locality first, then spread or
+//! Placement as pure functions over a snapshot of the nodes: filter (state, platform,
+//! free resources, constraints, pin), then score (image locality first, then spread or
 //! binpack). No NATS here, so every rule is unit-tested.
 
+use berth_proto::messages::image::ImagePlatform;
 use berth_proto::messages::node::{NodeState, Resources};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
@@ -70,6 +71,8 @@ pub struct Candidate<'a> {
     pub containers: usize,
     pub labels: &'a BTreeMap<String, String>,
     pub chain_ids: &'a HashSet<String>,
+    /// `None`: the node does not say (an older executor).
+    pub platform: Option<&'a ImagePlatform>,
 }
 
 /// What one container asks for.
@@ -80,6 +83,52 @@ pub struct Ask<'a> {
     pub pin: Option<&'a str>,
     /// The image's layers: (chainID, bytes).
     pub layers: &'a [(String, u64)],
+    /// The image's platform; `None` when its config names none.
+    pub platform: Option<&'a ImagePlatform>,
+}
+
+/// OCI's spelling of architectures some image builders write otherwise.
+fn normal_arch(arch: &str) -> &str {
+    match arch {
+        "x86_64" | "x86-64" => "amd64",
+        "aarch64" => "arm64",
+        "i386" | "i686" => "386",
+        other => other,
+    }
+}
+
+/// Whether a node of platform `node` runs an image built for `image`. What either side
+/// leaves unsaid matches (an image config without os or architecture, a node that does
+/// not report); a variant must agree only when both name one (arm64 means v8).
+pub fn platform_matches(node: Option<&ImagePlatform>, image: Option<&ImagePlatform>) -> bool {
+    let (Some(node), Some(image)) = (node, image) else {
+        return true;
+    };
+    let same = |a: &str, b: &str| a.is_empty() || b.is_empty() || a == b;
+    same(&node.os, &image.os)
+        && same(
+            normal_arch(&node.architecture),
+            normal_arch(&image.architecture),
+        )
+        && match (node.variant.as_deref(), image.variant.as_deref()) {
+            (Some(a), Some(b)) => same(a, b),
+            _ => true,
+        }
+}
+
+/// `os/arch[/variant]`, as Docker prints a platform.
+pub fn show_platform(platform: Option<&ImagePlatform>) -> String {
+    match platform {
+        None => "unknown".to_string(),
+        Some(p) => {
+            let mut text = format!("{}/{}", p.os, p.architecture);
+            if let Some(variant) = p.variant.as_deref().filter(|v| !v.is_empty()) {
+                text.push('/');
+                text.push_str(variant);
+            }
+            text
+        }
+    }
 }
 
 /// `allocated + ask` stays within `capacity` on every axis (a 0 capacity means "not
@@ -101,6 +150,7 @@ pub fn fits(capacity: Resources, allocated: Resources, ask: Resources) -> bool {
 pub fn eligible(node: &Candidate<'_>, ask: &Ask<'_>) -> bool {
     node.state == NodeState::Ready
         && ask.pin.is_none_or(|pin| pin == node.node_id)
+        && platform_matches(node.platform, ask.platform)
         && ask.constraints.iter().all(|c| c.holds(node.labels))
         && fits(node.capacity, node.allocated, ask.resources)
 }
@@ -173,17 +223,38 @@ pub fn explain(nodes: &[Candidate<'_>], ask: &Ask<'_>) -> String {
         return match nodes.iter().find(|n| n.node_id == pin) {
             None => format!("node {pin} is not registered"),
             Some(n) if n.state != NodeState::Ready => format!("node {pin} is not ready"),
+            Some(n) if !platform_matches(n.platform, ask.platform) => format!(
+                "no suitable node (platform): node {pin} is {}, the image is {}",
+                show_platform(n.platform),
+                show_platform(ask.platform)
+            ),
             Some(_) if !ask.constraints.is_empty() => {
                 format!("node {pin} lacks room or does not meet the constraints")
             }
             Some(_) => format!("node {pin} has no room for the request"),
         };
     }
-    let matching = nodes
+    let runnable: Vec<&Candidate<'_>> = nodes
         .iter()
-        .filter(|n| {
-            n.state == NodeState::Ready && ask.constraints.iter().all(|c| c.holds(n.labels))
-        })
+        .filter(|n| n.state == NodeState::Ready && platform_matches(n.platform, ask.platform))
+        .collect();
+    if runnable.is_empty() {
+        let mut seen: Vec<String> = nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Ready)
+            .map(|n| show_platform(n.platform))
+            .collect();
+        seen.sort();
+        seen.dedup();
+        return format!(
+            "no suitable node (platform): no ready node runs {} images (ready nodes are {})",
+            show_platform(ask.platform),
+            seen.join(", ")
+        );
+    }
+    let matching = runnable
+        .iter()
+        .filter(|n| ask.constraints.iter().all(|c| c.holds(n.labels)))
         .count();
     if matching == 0 {
         return format!("no ready node meets the constraints ({ready} ready)");
@@ -201,6 +272,15 @@ mod tests {
     struct Fixture {
         labels: Vec<BTreeMap<String, String>>,
         chains: Vec<HashSet<String>>,
+        platforms: Vec<Option<ImagePlatform>>,
+    }
+
+    fn platform(os: &str, arch: &str, variant: Option<&str>) -> ImagePlatform {
+        ImagePlatform {
+            os: os.into(),
+            architecture: arch.into(),
+            variant: variant.map(str::to_string),
+        }
     }
 
     fn res(cpu: u64, mem: u64) -> Resources {
@@ -217,6 +297,7 @@ mod tests {
             Fixture {
                 labels: vec![zone("a"), zone("b"), zone("b")],
                 chains: vec![HashSet::new(), HashSet::new(), HashSet::new()],
+                platforms: vec![Some(platform("linux", "amd64", None)); 3],
             }
         }
 
@@ -232,6 +313,7 @@ mod tests {
                     containers: counts[i],
                     labels: &self.labels[i],
                     chain_ids: &self.chains[i],
+                    platform: self.platforms[i].as_ref(),
                 })
                 .collect()
         }
@@ -347,5 +429,88 @@ mod tests {
         nodes[2].state = NodeState::Lost;
         assert_eq!(choose(&nodes, &ask, Strategy::Spread), None);
         assert!(explain(&nodes, &ask).contains("ready"));
+    }
+
+    #[test]
+    fn only_nodes_of_the_image_platform_take_it() {
+        let mut f = Fixture::new();
+        f.platforms[0] = Some(platform("linux", "arm64", None));
+        f.platforms[1] = None;
+        // n1 (arm64) is the least busy, yet an amd64 image never goes there.
+        let nodes = f.nodes([0, 1500, 1000], [0, 3, 2]);
+        let amd64 = platform("linux", "amd64", None);
+        let ask = Ask {
+            resources: res(500, 0),
+            platform: Some(&amd64),
+            ..Default::default()
+        };
+        assert_eq!(choose(&nodes, &ask, Strategy::Spread), Some("n3"));
+        // A node that does not report its platform is not refused for it.
+        let unknown = Ask {
+            pin: Some("n2"),
+            platform: Some(&amd64),
+            ..Default::default()
+        };
+        assert_eq!(choose(&nodes, &unknown, Strategy::Spread), Some("n2"));
+        let arm = platform("linux", "aarch64", Some("v8"));
+        let ask = Ask {
+            platform: Some(&arm),
+            ..Default::default()
+        };
+        assert_eq!(choose(&nodes, &ask, Strategy::Binpack), Some("n2"));
+        let pinned = Ask {
+            pin: Some("n1"),
+            platform: Some(&amd64),
+            ..Default::default()
+        };
+        assert_eq!(choose(&nodes, &pinned, Strategy::Spread), None);
+        assert!(
+            explain(&nodes, &pinned).contains("platform"),
+            "{}",
+            explain(&nodes, &pinned)
+        );
+    }
+
+    #[test]
+    fn an_image_no_node_can_run_explains_the_platforms() {
+        let mut f = Fixture::new();
+        f.platforms = vec![Some(platform("linux", "arm64", None)); 3];
+        let nodes = f.nodes([0, 0, 0], [0, 0, 0]);
+        let amd64 = platform("linux", "amd64", None);
+        let ask = Ask {
+            platform: Some(&amd64),
+            ..Default::default()
+        };
+        assert_eq!(choose(&nodes, &ask, Strategy::Spread), None);
+        let why = explain(&nodes, &ask);
+        assert!(why.contains("no suitable node (platform)"), "{why}");
+        assert!(
+            why.contains("linux/amd64") && why.contains("linux/arm64"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn platforms_match_on_os_architecture_and_a_named_variant() {
+        let node = platform("linux", "arm", Some("v7"));
+        assert!(platform_matches(
+            Some(&node),
+            Some(&platform("linux", "arm", None))
+        ));
+        assert!(!platform_matches(
+            Some(&node),
+            Some(&platform("linux", "arm", Some("v6")))
+        ));
+        assert!(!platform_matches(
+            Some(&node),
+            Some(&platform("windows", "arm", None))
+        ));
+        assert!(platform_matches(
+            Some(&platform("linux", "amd64", None)),
+            Some(&platform("linux", "x86_64", None))
+        ));
+        assert!(platform_matches(Some(&node), Some(&platform("", "", None))));
+        assert!(platform_matches(None, Some(&node)));
+        assert_eq!(show_platform(Some(&node)), "linux/arm/v7");
     }
 }

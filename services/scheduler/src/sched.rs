@@ -9,7 +9,7 @@ use berth_proto::messages::exec::{
     ContainerCreateRequest, ContainerCreated, ContainerInspect, ContainerRef, ContainerStarted,
     RestartPolicy,
 };
-use berth_proto::messages::image::{ImageInspect, ImageInspectRequest};
+use berth_proto::messages::image::{ImageInspect, ImageInspectRequest, ImagePlatform};
 use berth_proto::messages::node::Resources;
 use berth_proto::messages::sched::{
     ContainerPhase, ContainerRecord, DesiredContainer, ObservedContainer, SchedRunReply,
@@ -40,6 +40,8 @@ const IMAGE_CACHE_TTL: Duration = Duration::from_secs(5);
 pub struct ResolvedImage {
     pub digest: String,
     pub layers: Vec<(String, u64)>,
+    /// `None` when the config names no os and no architecture.
+    pub platform: Option<ImagePlatform>,
 }
 
 /// How a placement attempt ended.
@@ -205,7 +207,10 @@ impl Scheduler {
         )
         .await
         .map_err(|err| upstream(&format!("resolving image {reference}"), err))?;
+        let platform = inspect.platform;
         let image = ResolvedImage {
+            platform: (!platform.os.is_empty() || !platform.architecture.is_empty())
+                .then_some(platform),
             digest: inspect.digest,
             layers: inspect
                 .layers
@@ -290,6 +295,7 @@ impl Scheduler {
                 pin: request.node,
                 image_digest: image.digest,
                 layers: image.layers,
+                platform: image.platform,
                 pending_deadline_ms: now.saturating_add(wait.as_millis() as u64),
             },
             observed: ObservedContainer {
@@ -380,6 +386,7 @@ impl Scheduler {
             constraints: &constraints,
             pin: record.desired.pin.as_deref(),
             layers: &record.desired.layers,
+            platform: record.desired.platform.as_ref(),
         };
         let strategy = self.config.strategy;
         for _ in 0..16 {

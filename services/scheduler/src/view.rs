@@ -66,6 +66,7 @@ impl NodeEntry {
             last_heartbeat_ms: 0,
             executor_version: String::new(),
             ports: Vec::new(),
+            platform: None,
         });
         record.state = self.state(now_ms, lost_after);
         record.allocated = self.alloc.allocated;
@@ -291,6 +292,7 @@ impl View {
                     containers: e.alloc.containers.len(),
                     labels: &heartbeat.labels,
                     chain_ids: &e.chain_ids,
+                    platform: heartbeat.platform.as_ref(),
                 })
             })
             .collect();
@@ -395,6 +397,7 @@ mod tests {
             last_heartbeat_ms: at,
             executor_version: "0".into(),
             ports: vec![],
+            platform: None,
         })
         .expect("encodes")
     }

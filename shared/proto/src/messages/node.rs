@@ -40,6 +40,9 @@ pub struct NodeRecord {
     /// Host ports its running containers publish.
     #[serde(default)]
     pub ports: Vec<crate::messages::network::PortBinding>,
+    /// os/architecture[/variant] in OCI's names; `None` from an executor that predates it.
+    #[serde(default)]
+    pub platform: Option<crate::messages::image::ImagePlatform>,
 }
 
 /// `nodes`: every node record.

@@ -110,6 +110,9 @@ pub struct DesiredContainer {
     pub image_digest: String,
     /// The image's layers (chainID, bytes) for locality when it is re-placed.
     pub layers: Vec<(String, u64)>,
+    /// The image config's os/architecture[/variant]: only nodes of that platform take it.
+    #[serde(default)]
+    pub platform: Option<crate::messages::image::ImagePlatform>,
     /// Unix ms after which a pending record is given up.
     pub pending_deadline_ms: u64,
 }
