@@ -469,6 +469,70 @@ async fn a_lost_node_moves_restartable_containers_loses_the_rest_and_heals_witho
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_stopped_by_hand_is_not_re_placed_when_its_node_is_lost() -> anyhow::Result<()>
+{
+    if !can_run_containers() {
+        return Ok(());
+    }
+    let mut env = Env::start(1).await?;
+    env.add_node("n1", "zone=a", "2").await?;
+    let client = env.stack.nats.client().await?;
+    let stopped = env.run_d(&["--restart", "always"], &["sleep", "600"])?;
+    let control = env.run_d(&["--restart", "always"], &["sleep", "600"])?;
+    env.add_node("n2", "zone=a", "2").await?;
+
+    // `stop` goes through the scheduler, which remembers it in the record.
+    env.ok(&["stop", "-t", "1", &stopped])?;
+    let record = record_of(&client, &stopped).await?;
+    assert!(record.desired.stopped, "{record:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while record_of(&client, &stopped).await?.observed.phase.as_str() != "exited" {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the stop never reached the record"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // `start` and `stop` again: the start forgets the stop, the stop is remembered.
+    env.ok(&["start", &stopped])?;
+    assert!(!record_of(&client, &stopped).await?.desired.stopped);
+    env.ok(&["stop", "-t", "1", &stopped])?;
+    assert!(record_of(&client, &stopped).await?.desired.stopped);
+
+    let n1_data = env
+        .stack
+        .node("n1")
+        .map(|n| n.data_dir())
+        .ok_or_else(|| anyhow::anyhow!("no n1"))?;
+    env.stack.kill_node("n1").await?;
+    kill_containers(&n1_data)?;
+
+    // The control one moves to n2 …
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let rows = Env::rows_of(&env.ps(), &control);
+            rows.len() == 1 && rows[0]["node_id"] == "n2" && rows[0]["status"] == "running"
+        }),
+        "the running --restart always container was not re-placed: {:#?}",
+        env.ps()
+    );
+    // … the stopped one stays where it was, stopped, placed once.
+    let record = record_of(&client, &stopped).await?;
+    assert_eq!(record.observed.node_id.as_deref(), Some("n1"), "{record:?}");
+    assert_eq!(record.observed.placements, 1, "{record:?}");
+    assert!(
+        matches!(record.observed.phase.as_str(), "exited" | "lost"),
+        "{record:?}"
+    );
+    assert!(
+        Env::rows_of(&env.ps(), &stopped).is_empty(),
+        "the stopped container runs somewhere: {:#?}",
+        env.ps()
+    );
+    Ok(())
+}
+
 /// The scheduler's record of a container (what `inspect` through the scheduler answers).
 async fn record_of(client: &async_nats::Client, id: &str) -> anyhow::Result<ContainerRecord> {
     Ok(berth_bus::request(
@@ -701,7 +765,7 @@ async fn record_ids(client: &async_nats::Client) -> anyhow::Result<HashSet<Strin
         .collect();
     Ok(keys
         .into_iter()
-        .filter(|k| !k.starts_with("name."))
+        .filter(|k| !k.starts_with("name.") && !k.starts_with("gone."))
         .collect())
 }
 

@@ -1,8 +1,9 @@
 //! Container verbs, Docker's habits, one file per verb or group: `run`, `create`,
 //! `start`, `ps`, `logs`, `stop`, `kill`, `rm`, `inspect`, `wait`, `exec`, `stats`.
-//! `run` and `create` go through the scheduler (`--node` pins the node); the verbs that
-//! name a container find its node from the scheduler's records, else by asking the
-//! executors, and then talk to that node's executor.
+//! `run` and `create` go through the scheduler (`--node` pins the node), and so do
+//! `start`, `stop`, `kill` and `rm` when it holds the container's record (it remembers
+//! the user's wish); the other verbs that name a container find its node from the
+//! scheduler's records, else by asking the executors, and talk to that node's executor.
 
 mod attach;
 mod create;
@@ -32,7 +33,8 @@ use berth_proto::messages::exec::{
     VolumeMount,
 };
 use berth_proto::messages::sched::{
-    ContainerRecord, SchedDone, SchedRef, SchedRemoveRequest, SchedRunReply, SchedRunRequest,
+    ContainerRecord, SchedDone, SchedKillRequest, SchedRef, SchedRemoveRequest, SchedRunReply,
+    SchedRunRequest, SchedStopRequest,
 };
 use berth_proto::subjects::{self, service_names, ExecVerb, SchedVerb};
 use berth_proto::{Encoding, ErrorKind};
@@ -303,15 +305,29 @@ pub async fn run(
             Ok(ExitCode::SUCCESS)
         }
         ContainersCommand::Start(args) => {
-            each(nats, timeout, args, |target, id| async move {
-                let _: ContainerStarted = target
-                    .call(
-                        ExecVerb::Start,
-                        &ContainerRef { id },
-                        Some(Duration::from_secs(150)),
-                    )
-                    .await?;
-                Ok(())
+            each(nats, timeout, args, |client, node, reference| async move {
+                let sched = SchedRef {
+                    reference: reference.clone(),
+                };
+                let via = Via(SchedVerb::Start, &sched, Duration::from_secs(180));
+                verb_one(
+                    &client,
+                    &node,
+                    &reference,
+                    via,
+                    timeout,
+                    |target, id| async move {
+                        let _: ContainerStarted = target
+                            .call(
+                                ExecVerb::Start,
+                                &ContainerRef { id },
+                                Some(Duration::from_secs(150)),
+                            )
+                            .await?;
+                        Ok(())
+                    },
+                )
+                .await
             })
             .await
         }
@@ -324,37 +340,73 @@ pub async fn run(
             let grace = args.time;
             // The reply comes after the grace period and the SIGKILL.
             let deadline = Duration::from_secs(u64::from(grace.unwrap_or(300)) + 60);
-            each(nats, timeout, args.refs, move |target, id| async move {
-                let _: ContainerDone = target
-                    .call(
-                        ExecVerb::Stop,
-                        &ContainerStopRequest {
-                            id,
-                            timeout_seconds: grace,
+            each(
+                nats,
+                timeout,
+                args.refs,
+                move |client, node, reference| async move {
+                    let sched = SchedStopRequest {
+                        reference: reference.clone(),
+                        timeout_seconds: grace,
+                    };
+                    // The scheduler's own call to the node has `deadline`.
+                    let via = Via(SchedVerb::Stop, &sched, deadline + Duration::from_secs(30));
+                    verb_one(
+                        &client,
+                        &node,
+                        &reference,
+                        via,
+                        timeout,
+                        |target, id| async move {
+                            let _: ContainerDone = target
+                                .call(
+                                    ExecVerb::Stop,
+                                    &ContainerStopRequest {
+                                        id,
+                                        timeout_seconds: grace,
+                                    },
+                                    Some(deadline),
+                                )
+                                .await?;
+                            Ok(())
                         },
-                        Some(deadline),
                     )
-                    .await?;
-                Ok(())
-            })
+                    .await
+                },
+            )
             .await
         }
         ContainersCommand::Kill(args) => {
             let signal = args.signal.clone();
-            each(nats, timeout, args.refs, move |target, id| {
+            each(nats, timeout, args.refs, move |client, node, reference| {
                 let signal = signal.clone();
                 async move {
-                    let _: ContainerDone = target
-                        .call(
-                            ExecVerb::Kill,
-                            &ContainerKillRequest {
-                                id,
-                                signal: Some(signal),
-                            },
-                            None,
-                        )
-                        .await?;
-                    Ok(())
+                    let sched = SchedKillRequest {
+                        reference: reference.clone(),
+                        signal: Some(signal.clone()),
+                    };
+                    let via = Via(SchedVerb::Kill, &sched, Duration::from_secs(60));
+                    verb_one(
+                        &client,
+                        &node,
+                        &reference,
+                        via,
+                        timeout,
+                        |target, id| async move {
+                            let _: ContainerDone = target
+                                .call(
+                                    ExecVerb::Kill,
+                                    &ContainerKillRequest {
+                                        id,
+                                        signal: Some(signal),
+                                    },
+                                    None,
+                                )
+                                .await?;
+                            Ok(())
+                        },
+                    )
+                    .await
                 }
             })
             .await
@@ -463,25 +515,23 @@ async fn each<F, Fut>(
     verb: F,
 ) -> Result<ExitCode, Failure>
 where
-    F: Fn(std::sync::Arc<Target>, String) -> Fut,
-    Fut: std::future::Future<Output = Result<(), BusError>>,
+    F: Fn(async_nats::Client, std::sync::Arc<NodeArg>, String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Failure>>,
 {
     let client = Target::client(nats, timeout).await?;
+    let node = std::sync::Arc::new(args.node);
     let mut failed = false;
     for reference in args.containers {
-        let (target, id) =
-            match Target::locate(client.clone(), &args.node, &reference, timeout).await {
-                Ok(located) => located,
-                Err(err) => {
-                    eprintln!("berth: {}", err.message);
-                    failed = true;
-                    continue;
-                }
-            };
-        match verb(std::sync::Arc::new(target), id).await {
+        match verb(
+            client.clone(),
+            std::sync::Arc::clone(&node),
+            reference.clone(),
+        )
+        .await
+        {
             Ok(()) => println!("{reference}"),
             Err(err) => {
-                eprintln!("berth: {}", failure(err).message);
+                eprintln!("berth: {}", err.message);
                 failed = true;
             }
         }
@@ -491,6 +541,41 @@ where
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The scheduler's verb for a container verb (it records the wish in the container's
+/// record), with its request and deadline.
+struct Via<'a, Req>(SchedVerb, &'a Req, Duration);
+
+/// One verb on one container: through the scheduler when it holds the record (so that
+/// the record remembers a stop or a start), else straight to the executor that has the
+/// container (no scheduler, a container it does not know, or `--node` given).
+async fn verb_one<Req, F, Fut>(
+    client: &async_nats::Client,
+    node: &NodeArg,
+    reference: &str,
+    via: Via<'_, Req>,
+    timeout: Duration,
+    direct: F,
+) -> Result<(), Failure>
+where
+    Req: Serialize,
+    F: FnOnce(Target, String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), BusError>>,
+{
+    if node.node.is_none() {
+        let Via(verb, request, deadline) = via;
+        let done: Result<SchedDone, BusError> =
+            sched_call(client, verb, request, deadline.max(timeout)).await;
+        match done {
+            Ok(_) => return Ok(()),
+            Err(BusError::NoResponders { .. }) => {}
+            Err(err) if err.kind() == Some(ErrorKind::NotFound) => {}
+            Err(err) => return Err(failure(err)),
+        }
+    }
+    let (target, id) = Target::locate(client.clone(), node, reference, timeout).await?;
+    direct(target, id).await.map_err(failure)
 }
 
 /// `rm` of one container: through the scheduler when it holds the record (the record and

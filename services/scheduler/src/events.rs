@@ -54,6 +54,11 @@ pub fn apply_event(record: &mut ContainerRecord, event: &ContainerEvent, seq: u6
         return false;
     };
     record.observed.phase = next;
+    if matches!(event.action.as_str(), "start" | "restart") {
+        // It runs again (started on its node, or restarted there by its policy): an
+        // earlier stop or kill no longer describes it.
+        record.desired.stopped = false;
+    }
     record.observed.exit_code = if next == ContainerPhase::Exited {
         event.exit_code
     } else {
@@ -259,6 +264,16 @@ mod tests {
         assert!(apply_event(&mut r, &event("start", "n1", None), 9));
         assert_eq!(r.observed.phase, ContainerPhase::Running);
         assert_eq!(r.observed.exit_code, None);
+    }
+
+    #[test]
+    fn a_start_after_a_stop_forgets_the_stop() {
+        let mut r = record(ContainerPhase::Running);
+        r.desired.stopped = true;
+        assert!(apply_event(&mut r, &event("die", "n1", Some(137)), 4));
+        assert!(r.desired.stopped, "the die of a stop keeps it stopped");
+        assert!(apply_event(&mut r, &event("start", "n1", None), 5));
+        assert!(!r.desired.stopped);
     }
 
     #[test]

@@ -106,6 +106,7 @@ pub async fn run(
     serve!(SchedVerb::Run, SchedRunRequest, |s, r| s.run(r));
     serve!(SchedVerb::List, SchedListRequest, |s, r| s.list(r));
     serve!(SchedVerb::Inspect, SchedRef, |s, r| s.inspect(r));
+    serve!(SchedVerb::Start, SchedRef, |s, r| s.start(r));
     serve!(SchedVerb::Stop, SchedStopRequest, |s, r| s.stop(r));
     serve!(SchedVerb::Kill, SchedKillRequest, |s, r| s.kill(r));
     serve!(SchedVerb::Remove, SchedRemoveRequest, |s, r| s.remove(r));

@@ -52,7 +52,9 @@ pub fn step_for(
     redispatch_after_ms: u64,
 ) -> Step {
     let observed = &record.observed;
-    let restarts = record.restart() != RestartPolicy::No;
+    // An explicit stop is remembered (Docker's rule): a stopped container stays where
+    // it is, whatever its restart policy.
+    let restarts = record.restart() != RestartPolicy::No && !record.desired.stopped;
     match observed.phase {
         ContainerPhase::Pending => {
             if now_ms > record.desired.pending_deadline_ms {
@@ -82,7 +84,9 @@ pub fn step_for(
                 },
                 NodeState::Ready | NodeState::Draining => {
                     let stuck = observed.phase == ContainerPhase::Scheduled
-                        || (observed.phase == ContainerPhase::Created && record.desired.start);
+                        || (observed.phase == ContainerPhase::Created
+                            && record.desired.start
+                            && !record.desired.stopped);
                     if stuck && now_ms.saturating_sub(observed.updated_ms) > redispatch_after_ms {
                         Step::Redispatch
                     } else {
@@ -400,6 +404,47 @@ mod tests {
         let exited = record(ContainerPhase::Exited, RestartPolicy::Always);
         assert_eq!(
             step_for(&exited, Some(NodeState::Lost), 5_000, 30_000),
+            Step::Nothing
+        );
+    }
+
+    #[test]
+    fn a_stopped_container_is_not_re_placed_whatever_its_restart_policy() {
+        for policy in [RestartPolicy::Always, RestartPolicy::UnlessStopped] {
+            // Stopped, and the die already seen: nothing, lost node or not.
+            let mut stopped = record(ContainerPhase::Exited, policy);
+            stopped.desired.stopped = true;
+            assert_eq!(
+                step_for(&stopped, Some(NodeState::Lost), 5_000, 30_000),
+                Step::Nothing
+            );
+            // Stopped, the node lost before the die arrived: lost, not moved.
+            stopped.observed.phase = ContainerPhase::Running;
+            assert_eq!(
+                step_for(&stopped, Some(NodeState::Lost), 5_000, 30_000),
+                Step::MarkLost
+            );
+            assert_eq!(step_for(&stopped, None, 5_000, 30_000), Step::MarkLost);
+            assert_eq!(
+                step_for(&stopped, Some(NodeState::Draining), 5_000, 30_000),
+                Step::Nothing
+            );
+            // Started again: moved as before.
+            stopped.desired.stopped = false;
+            assert_eq!(
+                step_for(&stopped, Some(NodeState::Lost), 5_000, 30_000),
+                Step::Replace {
+                    from: "n1".into(),
+                    drain: false
+                }
+            );
+        }
+        // A created container stopped by hand is not started behind the user's back.
+        let mut created = record(ContainerPhase::Created, RestartPolicy::Always);
+        created.desired.start = true;
+        created.desired.stopped = true;
+        assert_eq!(
+            step_for(&created, Some(NodeState::Ready), 60_000, 30_000),
             Step::Nothing
         );
     }

@@ -297,6 +297,7 @@ impl Scheduler {
                 layers: image.layers,
                 platform: image.platform,
                 pending_deadline_ms: now.saturating_add(wait.as_millis() as u64),
+                stopped: false,
             },
             observed: ObservedContainer {
                 phase: ContainerPhase::Pending,

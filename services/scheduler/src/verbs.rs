@@ -4,7 +4,8 @@
 
 use berth_bus::Handled;
 use berth_proto::messages::exec::{
-    ContainerDone, ContainerKillRequest, ContainerRemoveRequest, ContainerStopRequest,
+    ContainerDone, ContainerKillRequest, ContainerRef, ContainerRemoveRequest, ContainerStarted,
+    ContainerStopRequest,
 };
 use berth_proto::messages::node::{NodeList, NodeListRequest, NodeState};
 use berth_proto::messages::sched::{
@@ -19,6 +20,20 @@ use tracing::Instrument;
 use crate::sched::{upstream, Scheduler};
 use crate::store;
 use crate::view::{now_ms, ResolveError};
+
+/// Whether `kill -s SIGNAL` is meant to end the container (SIGKILL, the default, and
+/// the usual stop signals) rather than to tell it something (SIGHUP, SIGUSR1…).
+pub fn kill_stops(signal: Option<&str>) -> bool {
+    let Some(signal) = signal else {
+        return true;
+    };
+    let name = signal.trim().to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    matches!(
+        name,
+        "KILL" | "9" | "TERM" | "15" | "INT" | "2" | "QUIT" | "3"
+    )
+}
 
 impl Scheduler {
     fn resolve(&self, reference: &str) -> Handled<ContainerRecord> {
@@ -68,10 +83,52 @@ impl Scheduler {
         self.resolve(&request.reference)
     }
 
-    /// `stop`
+    /// Records the user's wish to have the container stopped (or running again) before
+    /// the verb goes to the node, so that a node lost meanwhile does not re-place a
+    /// container the user stopped.
+    async fn remember_stopped(&self, id: &str, stopped: bool) -> Handled<()> {
+        store::update_record(&self.containers_kv, &self.view, id, |r| {
+            if r.desired.stopped == stopped && (stopped || r.desired.start) {
+                return false;
+            }
+            r.desired.stopped = stopped;
+            if !stopped {
+                // Started by hand: a re-placement starts it too.
+                r.desired.start = true;
+            }
+            true
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `start`: the container on its node; the record says it is meant to run again.
+    pub async fn start(&self, request: SchedRef) -> Handled<SchedDone> {
+        let record = self.resolve(&request.reference)?;
+        let node = self.node_for_verb(&record, "start")?;
+        self.remember_stopped(&record.id, false).await?;
+        let _: ContainerStarted = self
+            .exec(
+                &node,
+                ExecVerb::Start,
+                &ContainerRef {
+                    id: record.id.clone(),
+                },
+                Duration::from_secs(150),
+            )
+            .await
+            .map_err(|err| upstream(&format!("starting {} on node {node}", record.id), err))?;
+        Ok(SchedDone {
+            id: record.id,
+            node_id: Some(node),
+        })
+    }
+
+    /// `stop`: remembered in the record (`desired.stopped`), then sent to the node.
     pub async fn stop(&self, request: SchedStopRequest) -> Handled<SchedDone> {
         let record = self.resolve(&request.reference)?;
         let node = self.node_for_verb(&record, "stop")?;
+        self.remember_stopped(&record.id, true).await?;
         let grace = u64::from(request.timeout_seconds.unwrap_or(300));
         let _: ContainerDone = self
             .exec(
@@ -91,10 +148,13 @@ impl Scheduler {
         })
     }
 
-    /// `kill`
+    /// `kill`: a signal that ends the container is remembered as a stop.
     pub async fn kill(&self, request: SchedKillRequest) -> Handled<SchedDone> {
         let record = self.resolve(&request.reference)?;
         let node = self.node_for_verb(&record, "kill")?;
+        if kill_stops(request.signal.as_deref()) {
+            self.remember_stopped(&record.id, true).await?;
+        }
         let _: ContainerDone = self
             .exec(
                 &node,
@@ -218,5 +278,26 @@ impl Scheduler {
         self.view.apply_node(&key, Some(&body), revision);
         tracing::info!(node = %request.node_id, state = ?state, "node state set");
         self.node_inspect(request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kill_stops;
+
+    #[test]
+    fn only_signals_that_end_the_container_count_as_a_stop() {
+        for signal in [
+            None,
+            Some("KILL"),
+            Some("sigkill"),
+            Some("9"),
+            Some("SIGTERM"),
+        ] {
+            assert!(kill_stops(signal), "{signal:?}");
+        }
+        for signal in ["HUP", "SIGUSR1", "1", "WINCH"] {
+            assert!(!kill_stops(Some(signal)), "{signal}");
+        }
     }
 }

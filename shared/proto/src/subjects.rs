@@ -70,6 +70,7 @@ verbs!(
         Run => "run",
         List => "list",
         Inspect => "inspect",
+        Start => "start",
         Stop => "stop",
         Kill => "kill",
         Remove => "remove",

@@ -115,6 +115,11 @@ pub struct DesiredContainer {
     pub platform: Option<crate::messages::image::ImagePlatform>,
     /// Unix ms after which a pending record is given up.
     pub pending_deadline_ms: u64,
+    /// Stopped (or killed) by the user through the scheduler, not started since: as
+    /// Docker remembers an explicit stop, such a container is not re-placed when its
+    /// node is lost or drained, whatever its restart policy.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 /// What was last seen.
