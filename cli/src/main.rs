@@ -79,7 +79,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_exit(&err),
+    };
     let nats = NatsSettings {
         url: cli.nats_url.clone(),
         creds: cli.nats_creds.clone(),
@@ -109,5 +112,19 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(failure) => exit::fail(failure.code, &failure.message),
+    }
+}
+
+/// What clap could not parse, with Docker's exit codes: `--help` and `--version` print
+/// and exit 0; a usage error prints clap's message on stderr and exits 125 (clap's own
+/// default is 2, which a script would take for the container's exit code).
+fn usage_exit(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    // clap prints help and version on stdout and errors on stderr; a closed stdout
+    // (`berth --help | head -0`) is no failure worth reporting.
+    let _ = err.print();
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+        _ => ExitCode::from(exit::BERTH_ERROR),
     }
 }

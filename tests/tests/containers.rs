@@ -650,7 +650,11 @@ async fn volumes_labels_flags_events_and_rotated_logs() -> anyhow::Result<()> {
     let missing = env.berth(&["volume", "inspect", "nope"])?;
     assert_eq!(missing.status.code(), Some(1));
     let bad = env.berth(&["run", "--rm", "-v", "bad/name:/x", IMAGE, "true"])?;
-    assert_eq!(bad.status.code(), Some(2), "bad -v is a usage error");
+    assert_eq!(
+        bad.status.code(),
+        Some(125),
+        "bad -v is a usage error (125, as Docker)"
+    );
     env.stdout(&["rm", "holder"])?;
     env.stdout(&["volume", "rm", "auto", "shared"])?;
     assert!(!Path::new(&mountpoint).exists());
@@ -1041,5 +1045,52 @@ async fn a_full_log_disk_drops_lines_once_reported_and_logging_resumes() -> anyh
         !logs.path().join("c").join(&id).exists(),
         "rm takes the log dir too"
     );
+    Ok(())
+}
+
+/// Docker's exit codes for the CLI's own parsing: a bad flag is a berth error (125, not
+/// clap's 2, which a script would take for the container's code); `--help` is success.
+/// Parsing fails before the bus is dialled, so no stack is needed.
+#[test]
+fn bad_flags_exit_125_and_help_exits_0() -> anyhow::Result<()> {
+    let berth = bin_path("berth")?;
+    let unreachable = "nats://127.0.0.1:9";
+    let bad = Command::new(&berth)
+        .args([
+            "--nats-url",
+            unreachable,
+            "run",
+            "--no-such-flag",
+            "busybox",
+            "true",
+        ])
+        .output()?;
+    anyhow::ensure!(
+        bad.status.code() == Some(125),
+        "bad flag exited {} (want 125): {}",
+        bad.status,
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    anyhow::ensure!(
+        stderr.contains("--no-such-flag"),
+        "clap's message names the flag on stderr: {stderr}"
+    );
+    for args in [&["--help"][..], &["run", "--help"], &["--version"]] {
+        let out = Command::new(&berth)
+            .args(["--nats-url", unreachable])
+            .args(args)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "berth {args:?} exited {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        anyhow::ensure!(
+            !out.stdout.is_empty(),
+            "berth {args:?} printed nothing on stdout"
+        );
+    }
     Ok(())
 }
