@@ -190,7 +190,7 @@ fn fullness(node: &Candidate<'_>, ask: Resources) -> u64 {
 }
 
 /// The sort key of an eligible node: smaller is better.
-fn rank(node: &Candidate<'_>, ask: &Ask<'_>, strategy: Strategy) -> (u64, i64, i64, String) {
+fn rank<'a>(node: &Candidate<'a>, ask: &Ask<'_>, strategy: Strategy) -> (u64, i64, i64, &'a str) {
     let locality = locality(node, ask.layers);
     let full = fullness(node, ask.resources) as i64;
     let count = node.containers as i64;
@@ -198,7 +198,7 @@ fn rank(node: &Candidate<'_>, ask: &Ask<'_>, strategy: Strategy) -> (u64, i64, i
         Strategy::Spread => (count, full),
         Strategy::Binpack => (-full, -count),
     };
-    (1000 - locality, first, second, node.node_id.to_string())
+    (1000 - locality, first, second, node.node_id)
 }
 
 /// The best node for `ask`, or `None` when none is eligible.

@@ -98,6 +98,28 @@ pub use berth_proto::messages::exec::check_container_id as check_id;
 /// One rule for the executor and the scheduler, kept in shared/proto.
 pub use berth_proto::messages::exec::check_container_name as check_name;
 
+/// The name of a container run without `--name`.
+pub fn generated_name(id: &str) -> String {
+    format!("berth_{}", id.get(..12).unwrap_or(id))
+}
+
+/// `berth_` and 12 lowercase hex digits: the shape `generated_name` gives.
+fn looks_generated(name: &str) -> bool {
+    name.strip_prefix("berth_").is_some_and(|rest| {
+        rest.len() == 12 && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
+/// Marks `record` as placed on `node` (once more, if it ran elsewhere before).
+fn claim_for(record: &mut ContainerRecord, node: &str) {
+    record.observed.phase = ContainerPhase::Scheduled;
+    record.observed.node_id = Some(node.to_string());
+    record.observed.placements += 1;
+    record.observed.error = None;
+    record.observed.exit_code = None;
+    record.observed.ports.clear();
+}
+
 /// What a create request reserves: its CPU, memory and pids limits.
 pub fn resources_of(create: &ContainerCreateRequest) -> Resources {
     Resources {
@@ -264,22 +286,30 @@ impl Scheduler {
                 check_name(&name).map_err(ErrorEnvelope::invalid)?;
                 name
             }
-            _ => format!("berth_{}", &id[..12]),
+            _ => generated_name(&id),
         };
+        if name != generated_name(&id) && looks_generated(&name) {
+            return Err(ErrorEnvelope::invalid(format!(
+                "the name {name} has the form of generated names (berth_ and 12 hex digits): choose another"
+            )));
+        }
         let wait = request
             .wait_timeout_ms
             .map(Duration::from_millis)
             .unwrap_or_else(|| self.config.pending_timeout());
         let deadline = Instant::now() + wait;
-        // The same id again: answer with what became of the first request.
-        if store::read_record(&self.containers_kv, &id)
-            .await?
-            .is_some()
-        {
+        // The same id again: answer with what became of the first request (one the view
+        // has not seen yet is caught by the record's create below).
+        if self.view.container(&id).is_some() {
             return self.await_outcome(&id, deadline).await;
         }
         let image = self.resolve_image(&create.image).await?;
-        store::reserve_name(&self.containers_kv, &name, &id).await?;
+        // A generated name is unique with its id (and no chosen name may look like one),
+        // so only a chosen name costs a reservation.
+        let reserved_name = name != generated_name(&id);
+        if reserved_name {
+            store::reserve_name(&self.containers_kv, &name, &id).await?;
+        }
         create.id = Some(id.clone());
         create.name = Some(name.clone());
         let now = now_ms();
@@ -313,11 +343,37 @@ impl Scheduler {
         let Some(_active) = self.activate(&id) else {
             return self.await_outcome(&id, deadline).await;
         };
+        // A node with room now: reserve there and write the record already placed, one
+        // record write instead of a pending one and its claim. A scheduler dying between
+        // the two leaves a reservation the reconcile loop frees as an orphan.
+        if let Ok(node) = self.reserve_somewhere(&record, None).await? {
+            let mut placed = record.clone();
+            claim_for(&mut placed, &node);
+            let created = store::create_record(&self.containers_kv, &self.view, &placed).await;
+            if !matches!(created, Ok(true)) {
+                let _ = store::release(&self.nodes_kv, &self.view, &node, &id).await;
+            }
+            return match created {
+                Ok(true) => {
+                    tracing::info!(node = %node, "placed");
+                    self.dispatch(placed, true).await
+                }
+                Ok(false) => self.await_outcome(&id, deadline).await,
+                Err(err) => {
+                    if reserved_name {
+                        store::release_name(&self.containers_kv, &name, &id).await;
+                    }
+                    Err(err)
+                }
+            };
+        }
         match store::create_record(&self.containers_kv, &self.view, &record).await {
             Ok(true) => {}
             Ok(false) => return self.await_outcome(&id, deadline).await,
             Err(err) => {
-                store::release_name(&self.containers_kv, &name, &id).await;
+                if reserved_name {
+                    store::release_name(&self.containers_kv, &name, &id).await;
+                }
                 return Err(err);
             }
         }
@@ -368,14 +424,13 @@ impl Scheduler {
         }
     }
 
-    /// Chooses a node for `record` (never `exclude`), reserves its resources there and
-    /// claims the record for that node if `claimable` still holds for the current record.
-    pub async fn place(
+    /// Chooses a node for `record` (never `exclude`) and reserves its resources there:
+    /// `Ok(Err(reason))` when no node has room.
+    async fn reserve_somewhere(
         &self,
         record: &ContainerRecord,
         exclude: Option<&str>,
-        claimable: impl Fn(&ContainerRecord) -> bool,
-    ) -> Handled<Placement> {
+    ) -> Handled<Result<String, String>> {
         let constraints: Vec<Constraint> = record
             .desired
             .constraints
@@ -392,59 +447,77 @@ impl Scheduler {
         let strategy = self.config.strategy;
         for _ in 0..16 {
             let chosen = self.view.with_candidates(|candidates| {
-                let usable: Vec<_> = candidates
-                    .iter()
-                    .filter(|c| Some(c.node_id) != exclude)
-                    .cloned()
-                    .collect();
-                placement::choose(&usable, &ask, strategy)
-                    .map(str::to_string)
-                    .ok_or_else(|| placement::explain(&usable, &ask))
+                let pick = |nodes: &[placement::Candidate<'_>]| {
+                    placement::choose(nodes, &ask, strategy)
+                        .map(str::to_string)
+                        .ok_or_else(|| placement::explain(nodes, &ask))
+                };
+                // Copying a thousand candidates per placement only when one is excluded.
+                match exclude {
+                    None => pick(candidates),
+                    Some(excluded) => {
+                        let usable: Vec<_> = candidates
+                            .iter()
+                            .filter(|c| c.node_id != excluded)
+                            .cloned()
+                            .collect();
+                        pick(&usable)
+                    }
+                }
             });
             let node = match chosen {
                 Ok(node) => node,
-                Err(reason) => return Ok(Placement::NoRoom(reason)),
+                Err(reason) => return Ok(Err(reason)),
             };
             let reserved = {
                 let lock = self.node_lock(&node);
                 let _held = lock.lock().await;
                 store::reserve(&self.nodes_kv, &self.view, &node, &record.id, ask.resources).await?
             };
-            if !reserved {
-                continue;
-            }
-            let previous = record.observed.node_id.clone();
-            let claimed = store::update_record(&self.containers_kv, &self.view, &record.id, |r| {
-                if !claimable(r) {
-                    return false;
-                }
-                r.observed.phase = ContainerPhase::Scheduled;
-                r.observed.node_id = Some(node.clone());
-                r.observed.placements += 1;
-                r.observed.error = None;
-                r.observed.exit_code = None;
-                r.observed.ports.clear();
-                true
-            })
-            .await;
-            match claimed {
-                Ok(Some(placed)) => {
-                    tracing::info!(container_id = %record.id, node = %node, previous = ?previous, "placed");
-                    return Ok(Placement::Placed(Box::new(placed)));
-                }
-                Ok(None) => {
-                    store::release(&self.nodes_kv, &self.view, &node, &record.id).await?;
-                    return Ok(Placement::Taken);
-                }
-                Err(err) => {
-                    let _ = store::release(&self.nodes_kv, &self.view, &node, &record.id).await;
-                    return Err(err);
-                }
+            if reserved {
+                return Ok(Ok(node));
             }
         }
-        Ok(Placement::NoRoom(
-            "nodes kept filling up while placing; try again".to_string(),
+        Ok(Err(
+            "nodes kept filling up while placing; try again".to_string()
         ))
+    }
+
+    /// Chooses a node for `record` (never `exclude`), reserves its resources there and
+    /// claims the record for that node if `claimable` still holds for the current record.
+    pub async fn place(
+        &self,
+        record: &ContainerRecord,
+        exclude: Option<&str>,
+        claimable: impl Fn(&ContainerRecord) -> bool,
+    ) -> Handled<Placement> {
+        let node = match self.reserve_somewhere(record, exclude).await? {
+            Ok(node) => node,
+            Err(reason) => return Ok(Placement::NoRoom(reason)),
+        };
+        let previous = record.observed.node_id.clone();
+        let claimed = store::update_record(&self.containers_kv, &self.view, &record.id, |r| {
+            if !claimable(r) {
+                return false;
+            }
+            claim_for(r, &node);
+            true
+        })
+        .await;
+        match claimed {
+            Ok(Some(placed)) => {
+                tracing::info!(container_id = %record.id, node = %node, previous = ?previous, "placed");
+                Ok(Placement::Placed(Box::new(placed)))
+            }
+            Ok(None) => {
+                store::release(&self.nodes_kv, &self.view, &node, &record.id).await?;
+                Ok(Placement::Taken)
+            }
+            Err(err) => {
+                let _ = store::release(&self.nodes_kv, &self.view, &node, &record.id).await;
+                Err(err)
+            }
+        }
     }
 
     /// Sends `create` (and `start`) for a placed record to its node. `first`: a `run` is
@@ -477,16 +550,19 @@ impl Scheduler {
                     return Err(envelope);
                 }
             };
-            store::update_record(&self.containers_kv, &self.view, &id, |r| {
-                if r.observed.node_id.as_deref() != Some(node.as_str())
-                    || r.observed.phase != ContainerPhase::Scheduled
-                {
-                    return false;
-                }
-                r.observed.phase = ContainerPhase::Created;
-                true
-            })
-            .await?;
+            // Started next, the record goes from scheduled to running in one write.
+            if !record.desired.start {
+                store::update_record(&self.containers_kv, &self.view, &id, |r| {
+                    if r.observed.node_id.as_deref() != Some(node.as_str())
+                        || r.observed.phase != ContainerPhase::Scheduled
+                    {
+                        return false;
+                    }
+                    r.observed.phase = ContainerPhase::Created;
+                    true
+                })
+                .await?;
+            }
             let mut reply = SchedRunReply {
                 id: id.clone(),
                 name: created.name,
@@ -655,6 +731,16 @@ mod tests {
         assert!(check_name("web-1").is_ok());
         assert!(check_name("-web").is_err());
         assert!(check_name("a b").is_err());
+    }
+
+    #[test]
+    fn generated_names_are_recognised() {
+        let id = "0123456789abcdef".repeat(4);
+        assert_eq!(generated_name(&id), "berth_0123456789ab");
+        assert!(looks_generated(&generated_name(&id)));
+        assert!(!looks_generated("berth_0123456789AB"));
+        assert!(!looks_generated("berth_0123456789a"));
+        assert!(!looks_generated("web_0123456789ab"));
     }
 
     #[test]

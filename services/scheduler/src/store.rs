@@ -9,6 +9,7 @@ use berth_proto::messages::sched::{alloc_key, name_key, ContainerRecord, NodeAll
 use berth_proto::ErrorEnvelope;
 
 use crate::placement::fits;
+use crate::sched::generated_name;
 use crate::view::{now_ms, View};
 
 /// Attempts before a compare-and-set gives up (each attempt re-reads the key).
@@ -199,11 +200,23 @@ pub async fn update_record(
     id: &str,
     mut change: impl FnMut(&mut ContainerRecord) -> bool,
 ) -> Result<Option<ContainerRecord>, ErrorEnvelope> {
+    // The view's copy first: it is this instance's own last write or the watch's latest,
+    // so the common update costs one KV write and no read. The compare-and-set still
+    // decides; a stale copy (or one `change` declines) is followed by a read from KV.
+    let mut cached = view.container(id);
     for _ in 0..CAS_ATTEMPTS {
-        let Some((mut record, revision)) = read_record(kv, id).await? else {
+        let from_view = cached.is_some();
+        let current = match cached.take() {
+            Some(held) => Some(held),
+            None => read_record(kv, id).await?,
+        };
+        let Some((mut record, revision)) = current else {
             return Ok(None);
         };
         if !change(&mut record) {
+            if from_view {
+                continue;
+            }
             return Ok(None);
         }
         record.observed.updated_ms = now_ms();
@@ -239,7 +252,9 @@ pub async fn delete_record(
         match kv.delete_expect_revision(id, Some(revision)).await {
             Ok(()) => {
                 view.apply_container(id, None, revision + 1);
-                release_name(kv, &record.name, id).await;
+                if record.name != generated_name(id) {
+                    release_name(kv, &record.name, id).await;
+                }
                 return Ok(Some(record));
             }
             Err(err) => {
