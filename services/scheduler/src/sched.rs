@@ -307,9 +307,6 @@ impl Scheduler {
         // A generated name is unique with its id (and no chosen name may look like one),
         // so only a chosen name costs a reservation.
         let reserved_name = name != generated_name(&id);
-        if reserved_name {
-            store::reserve_name(&self.containers_kv, &name, &id).await?;
-        }
         create.id = Some(id.clone());
         create.name = Some(name.clone());
         let now = now_ms();
@@ -346,7 +343,33 @@ impl Scheduler {
         // A node with room now: reserve there and write the record already placed, one
         // record write instead of a pending one and its claim. A scheduler dying between
         // the two leaves a reservation the reconcile loop frees as an orphan.
-        if let Ok(node) = self.reserve_somewhere(&record, None).await? {
+        // The name and the node are reserved at the same time: two KV round trips in
+        // parallel rather than in a row.
+        let name_reservation = async {
+            if reserved_name {
+                store::reserve_name(&self.containers_kv, &name, &id).await
+            } else {
+                Ok(())
+            }
+        };
+        let (named, reserved) =
+            tokio::join!(name_reservation, self.reserve_somewhere(&record, None));
+        if let Err(err) = named {
+            if let Ok(Ok(node)) = &reserved {
+                let _ = store::release(&self.nodes_kv, &self.view, node, &id).await;
+            }
+            return Err(err);
+        }
+        let reserved = match reserved {
+            Ok(reserved) => reserved,
+            Err(err) => {
+                if reserved_name {
+                    store::release_name(&self.containers_kv, &name, &id).await;
+                }
+                return Err(err);
+            }
+        };
+        if let Ok(node) = reserved {
             let mut placed = record.clone();
             claim_for(&mut placed, &node);
             let created = store::create_record(&self.containers_kv, &self.view, &placed).await;
