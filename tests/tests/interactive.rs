@@ -639,3 +639,73 @@ async fn attached_run_survives_an_executor_sigkill() -> anyhow::Result<()> {
     assert_eq!(attached.finish()?, 9);
     Ok(())
 }
+
+#[tokio::test]
+async fn rm_container_detached_from_is_removed_when_it_exits() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    need("script")?;
+    // The container ends when told to through a bind mount, so it is surely still
+    // running when the keys detach from it.
+    let signal = tempfile::tempdir()?;
+    let shell = format!(
+        r#"b=$(stty -g)
+ready() {{ i=0; while [ "$(stty -g)" = "$b" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; echo READY; }}
+$B run --rm -it --name rmd -v {}:/sig {IMAGE} sh -c 'while [ ! -e /sig/go ]; do sleep 0.1; done; exit 0' </dev/tty &
+p=$!
+ready
+wait $p
+echo "RUN-EXIT=$?""#,
+        signal.path().display()
+    );
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &shell, "/dev/null"])
+        .env("BERTH_NATS_URL", env.stack.nats.url())
+        .env("B", berth_tests::bin_path("berth")?)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut input = child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdin"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let (sender, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let outcome = (|| -> anyhow::Result<()> {
+        until(&lines, "READY")?;
+        input.write_all(b"\x10\x11")?;
+        input.flush()?;
+        until(&lines, "RUN-EXIT=0")?;
+        Ok(())
+    })();
+    drop(input);
+    let _ = child.kill();
+    let _ = child.wait();
+    outcome?;
+    let inspect: Vec<serde_json::Value> = serde_json::from_str(&env.ok(&["inspect", "rmd"])?)?;
+    assert_eq!(inspect[0]["status"], "running", "{inspect:?}");
+    let id = inspect[0]["id"].as_str().unwrap_or_default().to_string();
+    anyhow::ensure!(!id.is_empty(), "inspect shows no id: {inspect:?}");
+    std::fs::write(signal.path().join("go"), b"")?;
+    // Nobody is attached any more: the executor removes it, and the scheduler's record
+    // goes with its destroy event.
+    let gone = berth_tests::cli::eventually(PATIENCE, || {
+        env.ok(&["ps", "-a", "-q"])
+            .is_ok_and(|listed| !listed.split_whitespace().any(|row| id.starts_with(row)))
+    });
+    assert!(gone, "ps -a still lists {id}: {:?}", env.ok(&["ps", "-a"]));
+    let out = env.berth()?.args(["inspect", &id]).output()?;
+    assert!(!out.status.success(), "inspect still finds {id}");
+    Ok(())
+}

@@ -6,6 +6,7 @@ use super::interactive;
 use super::interactive::{Session, SessionOptions, SignalProxy};
 use super::logs::Follower;
 use super::*;
+use berth_proto::messages::exec::ContainerEvent;
 use std::time::Instant;
 
 /// How long attach rides out an executor that does not answer.
@@ -97,8 +98,9 @@ pub(super) async fn attach(
         id: id.clone(),
         next: now.end,
         print: Default::default(),
+        gone: false,
     };
-    match follow_to_exit(follower, &mut live, now.running, session).await? {
+    match follow_to_exit(follower, &mut live, None, now.running, session).await? {
         Some(exit) => Ok(ExitCode::from(exit.exit_code.clamp(0, 255) as u8)),
         None => Ok(ExitCode::SUCCESS),
     }
@@ -106,10 +108,13 @@ pub(super) async fn attach(
 
 /// Prints a container's output until it exits and returns its exit, riding out an
 /// executor that is away (its monitor keeps the log and the exit status meanwhile);
-/// `None` if the user detached first.
+/// `None` if the user detached first. `die`, a subscription to the container's `die`
+/// events made before it started, answers when an auto-removal (`--rm`) took the
+/// container and its exit before the executor was asked.
 pub(super) async fn follow_to_exit(
     mut follower: Follower<'_>,
     live: &mut async_nats::Subscriber,
+    mut die: Option<&mut async_nats::Subscriber>,
     mut running: bool,
     mut session: Session,
 ) -> Result<Option<ContainerExit>, Failure> {
@@ -136,6 +141,8 @@ pub(super) async fn follow_to_exit(
             }
             // Failures here are requests for history: the executor is away. Its monitor
             // keeps the log, so what is missed now is read when it is back.
+            // Removed (auto-remove after its exit): nothing more to print.
+            Err(_) if follower.gone => running = false,
             Err(err) => {
                 if outage.get_or_insert_with(Instant::now).elapsed() > OUTAGE_PATIENCE {
                     return Err(err);
@@ -159,10 +166,42 @@ pub(super) async fn follow_to_exit(
             Err(err) if transient(&err) && started.elapsed() < OUTAGE_PATIENCE => {
                 tokio::time::sleep(Duration::from_millis(200)).await
             }
+            Err(err) if err.kind() == Some(ErrorKind::NotFound) => {
+                match died(die.as_deref_mut(), &id).await {
+                    Some(exit) => break exit,
+                    None => return Err(failure(err)),
+                }
+            }
             Err(err) => return Err(failure(err)),
         }
     };
     // Lines written between the last page and the exit record.
     let _ = follower.catch_up(None).await;
     Ok(Some(exit))
+}
+
+/// The exit a `die` event reported (published before any auto-removal, so it is
+/// already buffered when the removal is seen); the last one if there were several.
+async fn died(die: Option<&mut async_nats::Subscriber>, id: &str) -> Option<ContainerExit> {
+    let die = die?;
+    let mut exit = None;
+    loop {
+        let wait = if exit.is_some() {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(5)
+        };
+        let Ok(Some(message)) = tokio::time::timeout(wait, die.next()).await else {
+            return exit;
+        };
+        let Ok(event) = serde_json::from_slice::<ContainerEvent>(&message.payload) else {
+            continue;
+        };
+        exit = Some(ContainerExit {
+            id: id.to_string(),
+            exit_code: event.exit_code.unwrap_or(-1),
+            oom_killed: event.oom_killed,
+            error: None,
+        });
+    }
 }

@@ -148,6 +148,8 @@ pub(super) struct Follower<'a> {
     pub(super) id: String,
     pub(super) next: u64,
     pub(super) print: PrintOptions,
+    /// Set when the executor no longer knows the container (removed, e.g. by `--rm`).
+    pub(super) gone: bool,
 }
 
 impl Follower<'_> {
@@ -157,7 +159,7 @@ impl Follower<'_> {
             if until.is_some_and(|u| self.next >= u) {
                 return Ok(true);
             }
-            let page: LogsPage = self
+            let page: Result<LogsPage, BusError> = self
                 .target
                 .call(
                     ExecVerb::Logs,
@@ -169,8 +171,14 @@ impl Follower<'_> {
                     },
                     None,
                 )
-                .await
-                .map_err(failure)?;
+                .await;
+            let page = match page {
+                Ok(page) => page,
+                Err(err) => {
+                    self.gone |= err.kind() == Some(ErrorKind::NotFound);
+                    return Err(failure(err));
+                }
+            };
             print_records(&page.data, &self.print);
             self.next = page.end;
             if !page.more || page.data.is_empty() {
@@ -267,6 +275,7 @@ pub(super) async fn logs(
         id: id.clone(),
         next: first.end,
         print,
+        gone: false,
     };
     let running = if first.more {
         follower.catch_up(None).await?

@@ -6,6 +6,7 @@
 
 use super::logs::Follower;
 use super::*;
+use berth_proto::subjects::EventKind;
 use std::io::Read;
 
 /// 64 random hex digits, as Docker ids.
@@ -34,8 +35,9 @@ pub(super) async fn run_container(
     }
     let client = Target::client(nats, timeout).await?;
     let id = new_id()?;
-    // Attached, the CLI removes the container itself after reading its exit code.
-    let mut request = args.create.sched_request(args.rm && args.detach)?;
+    // The executor removes a --rm container when it exits, attached or not: a user who
+    // detaches leaves nothing behind once it ends, as with Docker.
+    let mut request = args.create.sched_request(args.rm)?;
     request.id = Some(id.clone());
     let mut live = if args.detach {
         None
@@ -45,6 +47,19 @@ pub(super) async fn run_container(
                 .subscribe(subjects::logs(&id))
                 .await
                 .map_err(|err| Failure::berth(format!("cannot follow the logs of {id}: {err}")))?,
+        )
+    };
+    // Its exit code, should the auto-removal beat the `wait` for it.
+    let mut die = if args.detach || !args.rm {
+        None
+    } else {
+        Some(
+            client
+                .subscribe(subjects::event(EventKind::Container, &id, "die"))
+                .await
+                .map_err(|err| {
+                    Failure::berth(format!("cannot follow the events of {id}: {err}"))
+                })?,
         )
     };
     let placed: Result<SchedRunReply, BusError> = sched_call(
@@ -109,15 +124,33 @@ pub(super) async fn run_container(
         id: id.clone(),
         next: 0,
         print: Default::default(),
+        gone: false,
     };
     // Detached by the keys: the container runs on, as after `run -d`.
-    let Some(exit) = super::attach::follow_to_exit(follower, live, true, session).await? else {
+    let Some(exit) =
+        super::attach::follow_to_exit(follower, live, die.as_mut(), true, session).await?
+    else {
         return Ok(ExitCode::SUCCESS);
     };
     if args.rm {
-        let pinned = NodeArg { node: None };
-        if let Err(err) = remove_one(&client, &pinned, &id, true, true, timeout).await {
-            eprintln!("berth: removing {id}: {}", err.message);
+        // The executor is removing it; removing here too returns once it is gone (the
+        // scheduler's record included), as Docker's `run --rm` does.
+        let removed: Result<SchedDone, BusError> = sched_call(
+            &client,
+            SchedVerb::Remove,
+            &SchedRemoveRequest {
+                reference: id.clone(),
+                force: true,
+                volumes: true,
+            },
+            Duration::from_secs(60).max(timeout),
+        )
+        .await;
+        match removed {
+            Ok(_) => {}
+            // The executor's removal came first and its destroy event took the record.
+            Err(err) if err.kind() == Some(ErrorKind::NotFound) => {}
+            Err(err) => eprintln!("berth: removing {id}: {}", failure(err).message),
         }
     }
     Ok(ExitCode::from(exit.exit_code.clamp(0, 255) as u8))

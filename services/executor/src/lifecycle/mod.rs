@@ -77,7 +77,13 @@ pub struct Executor {
     pub(crate) net: Arc<crate::network::Networks>,
     /// Input ends of the exec sessions that take stdin.
     pub(crate) exec_inputs: crate::attach::ExecInputs,
+    /// Exits of auto-removed (`--rm`) containers, kept a while after their removal so
+    /// that a `wait` racing the removal (an attached `run --rm`) still gets the code.
+    removed_exits: Mutex<HashMap<String, (ContainerExit, std::time::Instant)>>,
 }
+
+/// How long the exit of an auto-removed container stays answerable by `wait`.
+const REMOVED_EXIT_KEPT: Duration = Duration::from_secs(600);
 
 /// How far a container's log was published, and the current file as last seen.
 pub(crate) struct LogCursor {
@@ -196,7 +202,25 @@ impl Executor {
             paths,
             net,
             exec_inputs: Default::default(),
+            removed_exits: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Keeps the exit of a container about to be auto-removed (see `removed_exits`).
+    pub(crate) fn keep_removed_exit(&self, exit: ContainerExit) {
+        let mut kept = self.removed_exits.lock().unwrap_or_else(|p| p.into_inner());
+        kept.retain(|_, (_, at)| at.elapsed() < REMOVED_EXIT_KEPT);
+        kept.insert(exit.id.clone(), (exit, std::time::Instant::now()));
+    }
+
+    /// The kept exit of an auto-removed container, by its full id.
+    pub(crate) fn removed_exit(&self, id: &str) -> Option<ContainerExit> {
+        self.removed_exits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .filter(|(_, at)| at.elapsed() < REMOVED_EXIT_KEPT)
+            .map(|(exit, _)| exit.clone())
     }
 
     /// Remembers (on disk too, for `unless-stopped` across executor restarts) that the

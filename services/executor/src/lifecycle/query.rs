@@ -8,6 +8,10 @@ pub const MAX_LOG_PAYLOAD: usize = 512 * 1024;
 impl Executor {
     /// `wait`: blocks until the container is not running, then its exit.
     pub async fn wait(self: &Arc<Self>, request: ContainerRef) -> Handled<ContainerExit> {
+        // Auto-removed already (`run --rm`): its exit was kept for this.
+        if let Some(exit) = self.removed_exit(&request.id) {
+            return Ok(exit);
+        }
         let id = self.resolve(&request.id).await?;
         // A created container that was never started: wait for it to start and exit.
         loop {
@@ -18,7 +22,11 @@ impl Executor {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         while !self.wait_exit(&id, Duration::from_secs(3600)).await {}
-        let st = state::read_state(&self.dir(&id)).map_err(|err| state_error(&id, err))?;
+        let st = match state::read_state(&self.dir(&id)) {
+            Ok(st) => st,
+            // Removed right after its exit (auto-remove): the kept exit answers.
+            Err(err) => return self.removed_exit(&id).ok_or_else(|| state_error(&id, err)),
+        };
         Ok(ContainerExit {
             id,
             exit_code: st.exit_code.unwrap_or(-1),

@@ -384,6 +384,19 @@ impl Executor {
                 tracing::warn!(error = %err, "cannot record that the exit was handled");
             }
         }
+        let stopped = self.is_stopped(id);
+        let code = st.exit_code.unwrap_or(monitor::START_FAILED);
+        let restart = should_restart(record.config.restart, code, st.restart_count, stopped);
+        if record.config.auto_remove && !restart {
+            // Kept before anyone can see the exit: a `wait` woken by it may find the
+            // container removed already.
+            self.keep_removed_exit(ContainerExit {
+                id: id.to_string(),
+                exit_code: st.exit_code.unwrap_or(-1),
+                oom_killed: st.oom_killed,
+                error: st.error.clone(),
+            });
+        }
         if st.oom_killed {
             self.publish_event(&record, "oom", Some(&st), None).await;
         }
@@ -391,9 +404,7 @@ impl Executor {
         self.release_network(id).await;
         self.untrack(id);
 
-        let stopped = self.is_stopped(id);
-        let code = st.exit_code.unwrap_or(monitor::START_FAILED);
-        if should_restart(record.config.restart, code, st.restart_count, stopped) {
+        if restart {
             let delay = restart_delay(st.restart_count);
             st.restart_count += 1;
             if let Err(err) = state::write_state(&dir, &st) {
