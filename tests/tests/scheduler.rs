@@ -533,6 +533,80 @@ async fn a_container_stopped_by_hand_is_not_re_placed_when_its_node_is_lost() ->
     Ok(())
 }
 
+/// The ids `ps -a --node NODE` shows: that node's executor's own listing.
+fn listed_on(env: &Env, node: &str) -> Option<Vec<String>> {
+    let text = env.ok(&["ps", "-a", "--node", node, "--json"]).ok()?;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).ok()?;
+    Some(
+        rows.iter()
+            .filter_map(|r| r["id"].as_str().map(str::to_string))
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rm_of_a_container_on_a_lost_node_removes_it_there_once_the_node_is_back(
+) -> anyhow::Result<()> {
+    if !can_run_containers() {
+        return Ok(());
+    }
+    let mut env = Env::start(1).await?;
+    env.add_node("n1", "zone=a", "2").await?;
+    env.add_node("n2", "zone=a", "2").await?;
+    let client = env.stack.nats.client().await?;
+    let doomed = env.run_d(&["--node", "n1", "--name", "doomed"], &["sleep", "600"])?;
+    let kept = env.run_d(&["--node", "n1", "--name", "kept"], &["sleep", "600"])?;
+    assert_eq!(env.node_of(&doomed).as_deref(), Some("n1"));
+
+    // n1's executor and unpacker die; its containers keep running.
+    env.stack.kill_node("n1").await?;
+    assert!(
+        eventually(Duration::from_secs(30), || env.node_state("n1").as_deref()
+            == Some("lost")),
+        "n1 never became lost: {:?}",
+        env.nodes()
+    );
+    env.ok(&["rm", "-f", "doomed"])?;
+    assert!(
+        Env::rows_of(&env.ps(), &doomed).is_empty(),
+        "{:#?}",
+        env.ps()
+    );
+    // The name is free again at once.
+    let again = env.run_d(&["--node", "n2", "--name", "doomed"], &["true"])?;
+    env.ok(&["rm", "-f", &again])?;
+
+    // n1 comes back with the container still there: the scheduler removes it, and
+    // ps never shows it meanwhile.
+    env.stack.start_node("n1").await?;
+    let mut shown = false;
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            shown |= !Env::rows_of(&env.ps(), &doomed).is_empty();
+            listed_on(&env, "n1").is_some_and(|ids| !ids.contains(&doomed))
+        }),
+        "the container removed while n1 was lost is still there: {:?} {}",
+        listed_on(&env, "n1"),
+        env.stack.node("n1").map(|n| n.logs()).unwrap_or_default()
+    );
+    assert!(
+        !shown,
+        "ps showed the removed container while n1 still had it"
+    );
+    assert!(Env::rows_of(&env.ps(), &doomed).is_empty());
+    // … and only that one: the other container of n1 is n1's again.
+    assert!(listed_on(&env, "n1").is_some_and(|ids| ids.contains(&kept)));
+    // The tombstone goes once its work is done.
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = js.get_key_value(names::CONTAINERS_BUCKET).await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while kv.get(format!("gone.{doomed}")).await?.is_some() {
+        anyhow::ensure!(Instant::now() < deadline, "the tombstone stays");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
 /// The scheduler's record of a container (what `inspect` through the scheduler answers).
 async fn record_of(client: &async_nats::Client, id: &str) -> anyhow::Result<ContainerRecord> {
     Ok(berth_bus::request(

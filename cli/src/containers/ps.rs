@@ -143,6 +143,20 @@ pub(super) async fn ps(
         None => live_nodes(&client, timeout).await?,
     };
     let all = args.all || filter.wants_all();
+    // The scheduler's records first: a container removed while its node was lost is
+    // listed as removed until it is gone from that node too, so asking the nodes after
+    // never shows it.
+    let records: Option<SchedList> = match args.node.node {
+        Some(_) => None,
+        None => sched_call(
+            &client,
+            SchedVerb::List,
+            &SchedListRequest::default(),
+            timeout,
+        )
+        .await
+        .ok(),
+    };
     let lists = futures::future::join_all(nodes.iter().map(|node| {
         let target = Target {
             client: client.clone(),
@@ -169,57 +183,47 @@ pub(super) async fn ps(
         }
     }
     rows.retain(|r| filter.matches(&r.summary));
-    if args.node.node.is_none() {
-        // Records that run nowhere now: waiting for room, or lost with their node.
-        let records: Result<SchedList, BusError> = sched_call(
-            &client,
-            SchedVerb::List,
-            &SchedListRequest::default(),
-            timeout,
-        )
-        .await;
-        if let Ok(records) = records {
-            for record in records.containers {
-                let shown = matches!(
-                    record.observed.phase,
-                    ContainerPhase::Pending | ContainerPhase::Lost
-                );
-                if !shown
-                    || !args.filters.is_empty()
-                    || rows.iter().any(|r| r.summary.id == record.id)
-                {
-                    continue;
-                }
-                let created = time::OffsetDateTime::from_unix_timestamp_nanos(
-                    i128::from(record.created_ms) * 1_000_000,
-                )
-                .ok()
-                .and_then(|t| {
-                    t.format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .unwrap_or_default();
-                let create = &record.desired.create;
-                let mut command = create.entrypoint.clone().unwrap_or_default();
-                command.extend(create.cmd.iter().cloned());
-                rows.push(Row {
-                    summary: ContainerSummary {
-                        id: record.id.clone(),
-                        name: record.name.clone(),
-                        image: create.image.clone(),
-                        node_id: record.observed.node_id.clone().unwrap_or_default(),
-                        status: berth_proto::messages::exec::ContainerStatus::Created,
-                        exit_code: None,
-                        created,
-                        command,
-                        labels: create.labels.clone(),
-                        ports: Vec::new(),
-                        started_at: None,
-                        finished_at: None,
-                    },
-                    phase: Some(record.observed.phase.as_str().to_string()),
-                });
+    // Records that run nowhere now: waiting for room, or lost with their node.
+    if let Some(records) = records {
+        rows.retain(|r| !records.removed.contains(&r.summary.id));
+        for record in records.containers {
+            let shown = matches!(
+                record.observed.phase,
+                ContainerPhase::Pending | ContainerPhase::Lost
+            );
+            if !shown || !args.filters.is_empty() || rows.iter().any(|r| r.summary.id == record.id)
+            {
+                continue;
             }
+            let created = time::OffsetDateTime::from_unix_timestamp_nanos(
+                i128::from(record.created_ms) * 1_000_000,
+            )
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default();
+            let create = &record.desired.create;
+            let mut command = create.entrypoint.clone().unwrap_or_default();
+            command.extend(create.cmd.iter().cloned());
+            rows.push(Row {
+                summary: ContainerSummary {
+                    id: record.id.clone(),
+                    name: record.name.clone(),
+                    image: create.image.clone(),
+                    node_id: record.observed.node_id.clone().unwrap_or_default(),
+                    status: berth_proto::messages::exec::ContainerStatus::Created,
+                    exit_code: None,
+                    created,
+                    command,
+                    labels: create.labels.clone(),
+                    ports: Vec::new(),
+                    started_at: None,
+                    finished_at: None,
+                },
+                phase: Some(record.observed.phase.as_str().to_string()),
+            });
         }
     }
     if args.json {

@@ -4,12 +4,15 @@
 //! marks the ones without a restart policy lost, cleans a returning node of containers
 //! that now run elsewhere, and frees reservations nothing holds any more.
 
+use berth_bus::BusError;
 use berth_proto::messages::exec::{
-    ContainerList, ContainerListRequest, ContainerRemoveRequest, ContainerStatus, RestartPolicy,
+    ContainerDone, ContainerList, ContainerListRequest, ContainerRemoveRequest, ContainerStatus,
+    RestartPolicy,
 };
 use berth_proto::messages::node::NodeState;
-use berth_proto::messages::sched::{ContainerPhase, ContainerRecord};
+use berth_proto::messages::sched::{ContainerPhase, ContainerRecord, Tombstone};
 use berth_proto::subjects::ExecVerb;
+use berth_proto::ErrorKind;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,6 +157,25 @@ impl Scheduler {
                 this.apply(record, step).instrument(span).await;
             });
         }
+        // Containers removed while their node was lost: removed there once it is back.
+        for (id, tombstone) in self.view.tombstones() {
+            let back = states
+                .get(&tombstone.node_id)
+                .is_some_and(|s| *s != NodeState::Lost);
+            let key = berth_proto::messages::sched::gone_key(&id);
+            if !back || self.is_active(&key) {
+                continue;
+            }
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                let Some(_active) = this.activate(&key) else {
+                    return;
+                };
+                let span =
+                    tracing::info_span!("tombstone", container_id = %id, node = %tombstone.node_id);
+                this.bury(&id, &tombstone).instrument(span).await;
+            });
+        }
         // Reservations no record explains (a scheduler died between reserving and
         // claiming, or a record was removed behind our back).
         for node in states.keys() {
@@ -281,6 +303,34 @@ impl Scheduler {
                 .await;
         }
         self.dispatch(*placed, false).await.map(|_| ())
+    }
+
+    /// Removes a container `rm`ed while its node was lost from that node (now back),
+    /// then its tombstone; a failure leaves the tombstone for the next pass.
+    async fn bury(&self, id: &str, tombstone: &Tombstone) {
+        let removed: Result<ContainerDone, BusError> = self
+            .exec(
+                &tombstone.node_id,
+                ExecVerb::Remove,
+                &ContainerRemoveRequest {
+                    id: id.to_string(),
+                    force: true,
+                    volumes: tombstone.volumes,
+                },
+                Duration::from_secs(60),
+            )
+            .await;
+        match removed {
+            Ok(_) => tracing::info!("removed from its node, which is back"),
+            Err(err) if err.kind() == Some(ErrorKind::NotFound) => {}
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot remove it from its node yet");
+                return;
+            }
+        }
+        if let Err(err) = store::delete_tombstone(&self.containers_kv, &self.view, id).await {
+            tracing::warn!(error = %err.message, "cannot drop the tombstone");
+        }
     }
 
     /// A node is (back) up: containers it holds that now belong to another node are

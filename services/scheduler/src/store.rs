@@ -5,7 +5,9 @@
 
 use async_nats::jetstream::kv;
 use berth_proto::messages::node::Resources;
-use berth_proto::messages::sched::{alloc_key, name_key, ContainerRecord, NodeAlloc};
+use berth_proto::messages::sched::{
+    alloc_key, gone_key, name_key, ContainerRecord, NodeAlloc, Tombstone,
+};
 use berth_proto::ErrorEnvelope;
 
 use crate::placement::fits;
@@ -308,4 +310,32 @@ pub async fn release_name(kv: &kv::Store, name: &str, id: &str) {
                 .await;
         }
     }
+}
+
+/// Writes the tombstone of a container removed while its node was lost.
+pub async fn put_tombstone(
+    kv: &kv::Store,
+    view: &View,
+    id: &str,
+    tombstone: &Tombstone,
+) -> Result<(), ErrorEnvelope> {
+    let key = gone_key(id);
+    let body = encode(tombstone)?;
+    let revision = kv
+        .put(key.as_str(), body.clone())
+        .await
+        .map_err(|err| unavailable(&format!("writing {key}"), err))?;
+    view.apply_container(&key, Some(&body), revision);
+    Ok(())
+}
+
+/// Drops a tombstone once its container is gone from its node.
+pub async fn delete_tombstone(kv: &kv::Store, view: &View, id: &str) -> Result<(), ErrorEnvelope> {
+    let key = gone_key(id);
+    kv.delete(key.as_str())
+        .await
+        .map_err(|err| unavailable(&format!("deleting {key}"), err))?;
+    // The watch delivers the deletion with its revision; drop it from the view now.
+    view.apply_container(&key, None, u64::MAX);
+    Ok(())
 }

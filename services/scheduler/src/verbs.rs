@@ -10,7 +10,7 @@ use berth_proto::messages::exec::{
 use berth_proto::messages::node::{NodeList, NodeListRequest, NodeState};
 use berth_proto::messages::sched::{
     admin_key, ContainerRecord, NodeAdmin, NodeDetail, NodeRef, SchedDone, SchedKillRequest,
-    SchedList, SchedListRequest, SchedRef, SchedRemoveRequest, SchedStopRequest,
+    SchedList, SchedListRequest, SchedRef, SchedRemoveRequest, SchedStopRequest, Tombstone,
 };
 use berth_proto::subjects::{self, ExecVerb};
 use berth_proto::{ErrorEnvelope, ErrorKind};
@@ -75,7 +75,17 @@ impl Scheduler {
             })
             .collect();
         containers.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(a.id.cmp(&b.id)));
-        Ok(SchedList { containers })
+        let mut removed: Vec<String> = self
+            .view
+            .tombstones()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        removed.sort();
+        Ok(SchedList {
+            containers,
+            removed,
+        })
     }
 
     /// `inspect`
@@ -189,8 +199,9 @@ impl Scheduler {
     }
 
     /// `remove`: the container on its node (when the node is there), then its record and
-    /// its reservation. A container on a lost node loses its record; should the node come
-    /// back, it still holds the container, which `ps` shows from the node.
+    /// its reservation. A container on a lost node leaves a tombstone (`gone.<id>`) in
+    /// place of its record: once the node is back, the reconcile loop removes the
+    /// container there and then the tombstone.
     pub async fn remove(&self, request: SchedRemoveRequest) -> Handled<SchedDone> {
         let record = self.resolve(&request.reference)?;
         let span = tracing::info_span!("remove", container_id = %record.id);
@@ -221,6 +232,21 @@ impl Scheduler {
                 Err(err) if err.kind() == Some(ErrorKind::NotFound) => {}
                 Err(err) => return Err(upstream(&format!("removing {id} on node {node}"), err)),
             }
+        } else if let Some(node) = &record.observed.node_id {
+            // Written before the record goes: a scheduler dying in between leaves a
+            // tombstone and a record, and the next `rm` finishes the job.
+            store::put_tombstone(
+                &self.containers_kv,
+                &self.view,
+                &id,
+                &Tombstone {
+                    node_id: node.clone(),
+                    volumes: request.volumes,
+                    removed_ms: now_ms(),
+                },
+            )
+            .await?;
+            tracing::info!(node = %node, "its node is lost: removed there once it is back");
         }
         store::delete_record(&self.containers_kv, &self.view, &id, |_| true).await?;
         if let Some(node) = &record.observed.node_id {

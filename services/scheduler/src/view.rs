@@ -6,7 +6,8 @@
 use async_nats::jetstream::kv;
 use berth_proto::messages::node::{NodeRecord, NodeState, Resources};
 use berth_proto::messages::sched::{
-    ContainerRecord, NodeAdmin, NodeAlloc, ADMIN_KEY_SUFFIX, ALLOC_KEY_SUFFIX, NAME_KEY_PREFIX,
+    ContainerRecord, NodeAdmin, NodeAlloc, Tombstone, ADMIN_KEY_SUFFIX, ALLOC_KEY_SUFFIX,
+    GONE_KEY_PREFIX, NAME_KEY_PREFIX,
 };
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
@@ -93,9 +94,10 @@ pub fn parse_node_key(key: &str) -> NodeKey<'_> {
     }
 }
 
-/// Whether a `berth-containers` key is a container record (not a name reservation).
+/// Whether a `berth-containers` key is a container record (not a name reservation or
+/// a tombstone).
 pub fn is_record_key(key: &str) -> bool {
-    !key.starts_with(NAME_KEY_PREFIX)
+    !key.starts_with(NAME_KEY_PREFIX) && !key.starts_with(GONE_KEY_PREFIX)
 }
 
 /// The shared view; cheap to clone.
@@ -107,6 +109,8 @@ pub struct View {
 struct Inner {
     nodes: RwLock<HashMap<String, NodeEntry>>,
     containers: RwLock<HashMap<String, (ContainerRecord, u64)>>,
+    /// Tombstones by container id, with their revision.
+    tombstones: RwLock<HashMap<String, (Tombstone, u64)>>,
     /// Fired when capacity may have appeared (a node changed, a container went away).
     changed: Notify,
     lost_after: Duration,
@@ -119,6 +123,7 @@ impl View {
             inner: Arc::new(Inner {
                 nodes: RwLock::new(HashMap::new()),
                 containers: RwLock::new(HashMap::new()),
+                tombstones: RwLock::new(HashMap::new()),
                 changed: Notify::new(),
                 lost_after,
             }),
@@ -223,6 +228,10 @@ impl View {
 
     /// Applies one `berth-containers` record (or its deletion) if newer than what is held.
     pub fn apply_container(&self, key: &str, value: Option<&[u8]>, revision: u64) {
+        if let Some(id) = key.strip_prefix(GONE_KEY_PREFIX) {
+            self.apply_tombstone(id, value, revision);
+            return;
+        }
         if !is_record_key(key) {
             return;
         }
@@ -246,6 +255,42 @@ impl View {
                 self.inner.changed.notify_waiters();
             }
         }
+    }
+
+    fn apply_tombstone(&self, id: &str, value: Option<&[u8]>, revision: u64) {
+        let mut tombstones = self
+            .inner
+            .tombstones
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if tombstones
+            .get(id)
+            .is_some_and(|(_, held)| *held >= revision)
+        {
+            return;
+        }
+        match value.map(serde_json::from_slice::<Tombstone>) {
+            Some(Ok(tombstone)) => {
+                tombstones.insert(id.to_string(), (tombstone, revision));
+            }
+            Some(Err(err)) => {
+                tracing::warn!(container_id = %id, error = %err, "unreadable tombstone ignored");
+            }
+            None => {
+                tombstones.remove(id);
+            }
+        }
+    }
+
+    /// Containers removed while their node was lost, by id.
+    pub fn tombstones(&self) -> Vec<(String, Tombstone)> {
+        self.inner
+            .tombstones
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, (t, _))| (id.clone(), t.clone()))
+            .collect()
     }
 
     /// One node's entry.
@@ -409,6 +454,26 @@ mod tests {
         assert_eq!(parse_node_key("n1.admin"), NodeKey::Admin("n1"));
         assert!(is_record_key("abc"));
         assert!(!is_record_key("name.web"));
+        assert!(!is_record_key("gone.abc"));
+    }
+
+    #[test]
+    fn tombstones_are_kept_apart_from_records() {
+        let view = View::new(Duration::from_secs(10));
+        let tombstone = serde_json::to_vec(&Tombstone {
+            node_id: "n1".into(),
+            volumes: false,
+            removed_ms: 1,
+        })
+        .expect("encodes");
+        view.apply_container("gone.abc", Some(&tombstone), 4);
+        assert!(view.containers().is_empty());
+        assert_eq!(view.tombstones().len(), 1);
+        assert_eq!(view.tombstones()[0].1.node_id, "n1");
+        view.apply_container("gone.abc", Some(&tombstone), 3);
+        assert_eq!(view.tombstones().len(), 1);
+        view.apply_container("gone.abc", None, 6);
+        assert!(view.tombstones().is_empty());
     }
 
     #[test]

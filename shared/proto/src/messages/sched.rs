@@ -31,6 +31,28 @@ pub fn name_key(name: &str) -> String {
     format!("{NAME_KEY_PREFIX}{name}")
 }
 
+/// Prefix of the `berth-containers` keys that remember a container removed while its
+/// node was lost (a tombstone): when the node is back, the container goes there too.
+pub const GONE_KEY_PREFIX: &str = "gone.";
+
+/// `gone.<id>`
+pub fn gone_key(id: &str) -> String {
+    format!("{GONE_KEY_PREFIX}{id}")
+}
+
+/// `gone.<id>`: a container `rm`ed while its node was lost. Its record is dropped at
+/// once; the container is removed from `node_id` (force) once that node is back, and
+/// then the tombstone goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    pub node_id: String,
+    /// `rm -v`: its anonymous volumes too.
+    #[serde(default)]
+    pub volumes: bool,
+    /// Unix ms of the `rm`.
+    pub removed_ms: u64,
+}
+
 /// `run`: place a container, create it on the chosen node and (unless `no_start`) start it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SchedRunRequest {
@@ -187,6 +209,10 @@ pub struct SchedListRequest {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SchedList {
     pub containers: Vec<ContainerRecord>,
+    /// Ids removed while their node was lost, still to be removed there: a listing of
+    /// that node may show them until then, `ps` must not.
+    #[serde(default)]
+    pub removed: Vec<String>,
 }
 
 /// A container by full id, unique id prefix or name.
@@ -263,5 +289,6 @@ mod tests {
         assert_eq!(admin_key("n1"), "n1.admin");
         assert_eq!(alloc_key("n1"), "n1.alloc");
         assert_eq!(name_key("web"), "name.web");
+        assert_eq!(gone_key("abc"), "gone.abc");
     }
 }
