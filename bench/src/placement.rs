@@ -51,6 +51,8 @@ fn node_record(index: usize) -> NodeRecord {
         executor_version: "fake".into(),
         ports: Vec::new(),
         platform: None,
+        volumes: Vec::new(),
+        networks: Vec::new(),
     }
 }
 

@@ -354,6 +354,67 @@ async fn an_image_goes_only_to_nodes_of_its_platform() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_goes_where_its_user_network_and_named_volume_are() -> anyhow::Result<()> {
+    if !can_run_containers() {
+        return Ok(());
+    }
+    let mut env = Env::start(1).await?;
+    env.add_node("n1", "zone=a", "4").await?;
+    env.add_node("n2", "zone=a", "4").await?;
+    // Made right before the runs: the node record must carry them at once.
+    env.ok(&["network", "create", "--node", "n2", "backend"])?;
+    env.ok(&["volume", "create", "--node", "n1", "data"])?;
+    for _ in 0..3 {
+        let on_network = env.run_d(&["--network", "backend"], &["sleep", "600"])?;
+        assert_eq!(env.node_of(&on_network).as_deref(), Some("n2"));
+        let with_volume = env.run_d(&["-v", "data:/data"], &["sleep", "600"])?;
+        assert_eq!(env.node_of(&with_volume).as_deref(), Some("n1"));
+    }
+    // What one container writes to the volume the next one reads: same node, same data.
+    let writer = env.berth(&[
+        "run",
+        "--rm",
+        "-v",
+        "data:/data",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo kept > /data/f",
+    ])?;
+    assert_eq!(writer.status.code(), Some(0), "{writer:?}");
+    let reader = env.berth(&["run", "--rm", "-v", "data:/data", IMAGE, "cat", "/data/f"])?;
+    assert_eq!(
+        String::from_utf8_lossy(&reader.stdout).trim(),
+        "kept",
+        "{reader:?}"
+    );
+    // On a network and a volume that live on different nodes: no node can take it.
+    let split = env.berth(&[
+        "run",
+        "-d",
+        "--wait-timeout",
+        "1s",
+        "--network",
+        "backend",
+        "-v",
+        "data:/data",
+        IMAGE,
+        "true",
+    ])?;
+    assert_eq!(split.status.code(), Some(125), "{split:?}");
+    let stderr = String::from_utf8_lossy(&split.stderr);
+    assert!(stderr.contains("no suitable node (volume)"), "{stderr}");
+    // A network no node has is refused at once, as Docker does, and nothing is made.
+    let before = env.ps().len();
+    let missing = env.berth(&["run", "-d", "--network", "nowhere", IMAGE, "true"])?;
+    assert_eq!(missing.status.code(), Some(125), "{missing:?}");
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("network nowhere not found"), "{stderr}");
+    assert_eq!(env.ps().len(), before);
+    Ok(())
+}
+
 /// SIGKILLs the processes of every container on a node (monitor and payload).
 fn kill_containers(data_dir: &Path) -> anyhow::Result<usize> {
     let mut killed = 0;
@@ -717,6 +778,8 @@ async fn fake_nodes(
                     executor_version: "fake".into(),
                     ports: Vec::new(),
                     platform: None,
+                    volumes: Vec::new(),
+                    networks: Vec::new(),
                 };
                 if let Ok(body) = serde_json::to_vec(&record) {
                     let _ = kv.put(id.as_str(), body.into()).await;

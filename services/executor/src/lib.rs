@@ -212,6 +212,7 @@ pub async fn run(
             let executor = Arc::clone(&executor);
             Arc::new(move || executor.usage())
         },
+        Arc::clone(&executor.record_refresh),
     ));
     tracing::info!(node_id = %node_id, data_dir = %data_dir.display(), "executor serving");
     let served = service.serve_until(shutdown.wait()).await;

@@ -93,6 +93,10 @@ pub struct Usage {
     pub allocated: Resources,
     /// Host ports published by running containers.
     pub ports: Vec<berth_proto::messages::network::PortBinding>,
+    /// Named (not anonymous) volumes.
+    pub volumes: Vec<String>,
+    /// User networks (not the built-in bridge, host or none).
+    pub networks: Vec<berth_proto::messages::node::NodeNetwork>,
 }
 
 /// Reports the node's current usage at each heartbeat.
@@ -131,6 +135,8 @@ pub fn record(
         executor_version: identity.version.clone(),
         ports: usage.ports,
         platform: Some(identity.platform.clone()),
+        volumes: usage.volumes,
+        networks: usage.networks,
     }
 }
 
@@ -152,6 +158,49 @@ async fn unpacked_chain_ids(client: &async_nats::Client, node_id: &str) -> Optio
     Some(ids)
 }
 
+/// Lets a verb that changed what the record says (a volume or network made or removed)
+/// have it published now instead of at the next beat: a `run` right after `volume
+/// create` must find the volume on this node, or placement could put the container on
+/// another node with a new, empty volume of that name.
+#[derive(Debug, Default)]
+pub struct RecordRefresh {
+    nudge: tokio::sync::Notify,
+    /// Beats that have read the node's usage (the snapshot generation).
+    snapshots: std::sync::atomic::AtomicU64,
+    /// The newest snapshot generation written to KV.
+    published: tokio::sync::watch::Sender<u64>,
+}
+
+impl RecordRefresh {
+    /// Returns once a record that reflects every change made before the call is in KV,
+    /// or after `within` (the next beat then carries it).
+    pub async fn publish_now(&self, within: Duration) {
+        use std::sync::atomic::Ordering;
+        // A beat whose snapshot generation is above this one read the usage after our
+        // change was made.
+        let wanted = self.snapshots.load(Ordering::SeqCst) + 1;
+        let mut published = self.published.subscribe();
+        self.nudge.notify_one();
+        let _ = tokio::time::timeout(within, published.wait_for(|g| *g >= wanted)).await;
+    }
+
+    fn snapshot(&self) -> u64 {
+        self.snapshots
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1
+    }
+
+    fn written(&self, generation: u64) {
+        self.published.send_if_modified(|g| {
+            let newer = generation > *g;
+            if newer {
+                *g = generation;
+            }
+            newer
+        });
+    }
+}
+
 /// Writes the node record every `interval` until aborted. Failures (NATS down) are logged
 /// once per outage and retried on the next beat. Only the heartbeat key `<node>` is
 /// written here: the schedulers own `<node>.alloc` and `<node>.admin`.
@@ -162,16 +211,21 @@ pub async fn heartbeat_loop(
     capacity: Resources,
     interval: Duration,
     usage: UsageProbe,
+    refresh: std::sync::Arc<RecordRefresh>,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     let mut chain_ids = Vec::new();
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = refresh.nudge.notified() => {}
+        }
         if let Some(ids) = unpacked_chain_ids(&client, &identity.node_id).await {
             chain_ids = ids;
         }
+        let generation = refresh.snapshot();
         let mut record = record(&identity, capacity, usage(), SystemTime::now());
         record.chain_ids = chain_ids.clone();
         let body = match serde_json::to_vec(&record) {
@@ -181,7 +235,11 @@ pub async fn heartbeat_loop(
                 continue;
             }
         };
-        match nodes.put(identity.node_id.as_str(), body.into()).await {
+        let put = nodes.put(identity.node_id.as_str(), body.into()).await;
+        if put.is_ok() {
+            refresh.written(generation);
+        }
+        match put {
             Ok(_) if failing => {
                 failing = false;
                 tracing::info!(node_id = %identity.node_id, "node heartbeat resumed");
@@ -199,6 +257,38 @@ pub async fn heartbeat_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A beat loop that only wakes when nudged: `publish_now` must return because its
+    /// own change was published, not because its wait ran out.
+    #[tokio::test]
+    async fn publish_now_waits_for_a_beat_that_read_the_change() {
+        let refresh = std::sync::Arc::new(RecordRefresh::default());
+        let changes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let beat = {
+            let refresh = std::sync::Arc::clone(&refresh);
+            let changes = std::sync::Arc::clone(&changes);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                loop {
+                    refresh.nudge.notified().await;
+                    let generation = refresh.snapshot();
+                    seen.push(changes.load(std::sync::atomic::Ordering::SeqCst));
+                    tokio::task::yield_now().await;
+                    refresh.written(generation);
+                    if seen.len() == 2 {
+                        return seen;
+                    }
+                }
+            })
+        };
+        for change in 1..=2 {
+            changes.store(change, std::sync::atomic::Ordering::SeqCst);
+            refresh.publish_now(Duration::from_secs(60)).await;
+            assert!(*refresh.published.borrow() >= change);
+        }
+        let seen = beat.await.expect("beat loop");
+        assert_eq!(seen, [1, 2]);
+    }
 
     #[test]
     fn mem_total_is_read_in_bytes() {
@@ -236,8 +326,15 @@ mod tests {
                 pids: 0,
             },
             ports: Vec::new(),
+            volumes: vec!["data".into()],
+            networks: vec![berth_proto::messages::node::NodeNetwork {
+                id: "f00d".repeat(16),
+                name: "backend".into(),
+            }],
         };
         let record = record(&identity, host_capacity(), usage.clone(), now);
+        assert_eq!(record.volumes, ["data"]);
+        assert_eq!(record.networks, usage.networks);
         assert_eq!(record.last_heartbeat_ms, 1_234);
         assert_eq!(record.containers, 2);
         assert_eq!(record.allocated, usage.allocated);

@@ -10,6 +10,9 @@ use std::sync::Arc;
 
 type Handled<T> = Result<T, ErrorEnvelope>;
 
+/// How long a volume or network verb waits for the node record to carry its change.
+pub(crate) const RECORD_REFRESH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A volume error as the caller's envelope.
 pub(crate) fn volume_error(err: VolumeError) -> ErrorEnvelope {
     match err {
@@ -52,7 +55,7 @@ impl Executor {
         request: VolumeCreateRequest,
     ) -> Handled<VolumeInfo> {
         let this = Arc::clone(self);
-        blocking(move || {
+        let info = blocking(move || {
             let name = if request.name.is_empty() {
                 crate::lifecycle::new_id()?
             } else {
@@ -65,7 +68,9 @@ impl Executor {
             tracing::info!(volume = %name, "volume created");
             Ok(this.volume_info(&record))
         })
-        .await
+        .await?;
+        self.record_refresh.publish_now(RECORD_REFRESH_WAIT).await;
+        Ok(info)
     }
 
     /// `volume_list`
@@ -103,7 +108,7 @@ impl Executor {
         request: VolumeRemoveRequest,
     ) -> Handled<VolumeRef> {
         let this = Arc::clone(self);
-        blocking(move || {
+        let removed = blocking(move || {
             this.volumes
                 .remove(
                     &request.name,
@@ -114,6 +119,8 @@ impl Executor {
             tracing::info!(volume = %request.name, "volume removed");
             Ok(VolumeRef { name: request.name })
         })
-        .await
+        .await?;
+        self.record_refresh.publish_now(RECORD_REFRESH_WAIT).await;
+        Ok(removed)
     }
 }

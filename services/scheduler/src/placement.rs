@@ -1,9 +1,11 @@
 //! Placement as pure functions over a snapshot of the nodes: filter (state, platform,
-//! free resources, constraints, pin), then score (image locality first, then spread or
+//! the node-local things a container uses — its user network, named volumes that hold
+//! data, fixed host ports — constraints, pin, free resources), then score (image locality first, then spread or
 //! binpack). No NATS here, so every rule is unit-tested.
 
 use berth_proto::messages::image::ImagePlatform;
-use berth_proto::messages::node::{NodeState, Resources};
+use berth_proto::messages::network::{PortBinding, PortSpec};
+use berth_proto::messages::node::{NodeNetwork, NodeState, Resources};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 
@@ -73,6 +75,12 @@ pub struct Candidate<'a> {
     pub chain_ids: &'a HashSet<String>,
     /// `None`: the node does not say (an older executor).
     pub platform: Option<&'a ImagePlatform>,
+    /// Named volumes on the node.
+    pub volumes: &'a [String],
+    /// User networks on the node.
+    pub networks: &'a [NodeNetwork],
+    /// Host ports its running containers publish.
+    pub ports: &'a [PortBinding],
 }
 
 /// What one container asks for.
@@ -85,6 +93,12 @@ pub struct Ask<'a> {
     pub layers: &'a [(String, u64)],
     /// The image's platform; `None` when its config names none.
     pub platform: Option<&'a ImagePlatform>,
+    /// `--network NAME`: a user network (not bridge, host or none).
+    pub network: Option<&'a str>,
+    /// Named volumes it mounts.
+    pub volumes: &'a [String],
+    /// `-p`: the ports it publishes (only those with a fixed host port matter).
+    pub ports: &'a [PortSpec],
 }
 
 /// OCI's spelling of architectures some image builders write otherwise.
@@ -146,13 +160,79 @@ pub fn fits(capacity: Resources, allocated: Resources, ask: Resources) -> bool {
         && within(capacity.pids, allocated.pids, ask.pids)
 }
 
-/// Whether `node` may take `ask` at all.
-pub fn eligible(node: &Candidate<'_>, ask: &Ask<'_>) -> bool {
-    node.state == NodeState::Ready
-        && ask.pin.is_none_or(|pin| pin == node.node_id)
-        && platform_matches(node.platform, ask.platform)
-        && ask.constraints.iter().all(|c| c.holds(node.labels))
-        && fits(node.capacity, node.allocated, ask.resources)
+/// Whether the node has the user network `reference`.
+fn has_network(node: &Candidate<'_>, reference: &str) -> bool {
+    node.networks.iter().any(|n| n.answers_to(reference))
+}
+
+/// Whether the two host addresses overlap (`0.0.0.0` or unsaid is every address).
+fn same_address(a: &str, b: &str) -> bool {
+    let every = |ip: &str| ip.is_empty() || ip == "0.0.0.0";
+    every(a) || every(b) || a == b
+}
+
+/// A fixed host port of `ask` that a running container of the node publishes already.
+fn taken_port<'a>(node: &Candidate<'_>, ask: &Ask<'a>) -> Option<&'a PortSpec> {
+    ask.ports.iter().find(|spec| {
+        spec.host_port.is_some_and(|port| {
+            node.ports.iter().any(|used| {
+                used.host_port == port
+                    && used.protocol == spec.protocol
+                    && same_address(&used.host_ip, spec.host_ip.as_deref().unwrap_or(""))
+            })
+        })
+    })
+}
+
+/// The asked volumes that exist on some node: their data is there, so only a node that
+/// has every one of them may take the container. A volume that exists nowhere yet is
+/// made wherever the container goes, as Docker makes it on first use.
+pub fn bound_volumes<'a>(nodes: &[Candidate<'_>], ask: &Ask<'a>) -> Vec<&'a str> {
+    ask.volumes
+        .iter()
+        .filter(|v| nodes.iter().any(|n| n.volumes.contains(v)))
+        .map(String::as_str)
+        .collect()
+}
+
+/// What `eligible` checks besides the pin, in the order [`explain`] reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Filter {
+    Ready,
+    Platform,
+    Network,
+    Volumes,
+    Ports,
+    Constraints,
+    Room,
+}
+
+const FILTERS: [Filter; 7] = [
+    Filter::Ready,
+    Filter::Platform,
+    Filter::Network,
+    Filter::Volumes,
+    Filter::Ports,
+    Filter::Constraints,
+    Filter::Room,
+];
+
+fn passes(filter: Filter, node: &Candidate<'_>, ask: &Ask<'_>, bound: &[&str]) -> bool {
+    match filter {
+        Filter::Ready => node.state == NodeState::Ready,
+        Filter::Platform => platform_matches(node.platform, ask.platform),
+        Filter::Network => ask.network.is_none_or(|r| has_network(node, r)),
+        Filter::Volumes => bound.iter().all(|v| node.volumes.iter().any(|n| n == v)),
+        Filter::Ports => taken_port(node, ask).is_none(),
+        Filter::Constraints => ask.constraints.iter().all(|c| c.holds(node.labels)),
+        Filter::Room => fits(node.capacity, node.allocated, ask.resources),
+    }
+}
+
+/// Whether `node` may take `ask` at all (`bound`: [`bound_volumes`] of the snapshot).
+pub fn eligible(node: &Candidate<'_>, ask: &Ask<'_>, bound: &[&str]) -> bool {
+    ask.pin.is_none_or(|pin| pin == node.node_id)
+        && FILTERS.iter().all(|f| passes(*f, node, ask, bound))
 }
 
 /// Share (0..=1000 per mille) of the image's bytes the node holds already.
@@ -203,66 +283,143 @@ fn rank<'a>(node: &Candidate<'a>, ask: &Ask<'_>, strategy: Strategy) -> (u64, i6
 
 /// The best node for `ask`, or `None` when none is eligible.
 pub fn choose<'a>(nodes: &[Candidate<'a>], ask: &Ask<'_>, strategy: Strategy) -> Option<&'a str> {
+    let bound = bound_volumes(nodes, ask);
     nodes
         .iter()
-        .filter(|node| eligible(node, ask))
+        .filter(|node| eligible(node, ask, &bound))
         .min_by_key(|node| rank(node, ask, strategy))
         .map(|node| node.node_id)
 }
 
-/// Why no node fits, for the pending record and the error reply.
+/// Names of `nodes`, sorted, for messages.
+fn listed(nodes: &[&Candidate<'_>]) -> String {
+    let mut ids: Vec<&str> = nodes.iter().map(|n| n.node_id).collect();
+    ids.sort_unstable();
+    ids.join(", ")
+}
+
+/// Why the filter `failed` left none of `left` (what passed the filters before it).
+fn why(
+    failed: Filter,
+    all: &[Candidate<'_>],
+    left: &[&Candidate<'_>],
+    ask: &Ask<'_>,
+    bound: &[&str],
+) -> String {
+    let ready: Vec<&Candidate<'_>> = all.iter().filter(|n| n.state == NodeState::Ready).collect();
+    match failed {
+        Filter::Ready => match ask.pin {
+            Some(pin) => format!("node {pin} is not ready"),
+            None => format!("none of {} nodes is ready", all.len()),
+        },
+        Filter::Platform if ask.pin.is_some() => format!(
+            "no suitable node (platform): node {} is {}, the image is {}",
+            left.first().map_or("", |n| n.node_id),
+            left.first()
+                .map_or("unknown".to_string(), |n| show_platform(n.platform)),
+            show_platform(ask.platform)
+        ),
+        Filter::Platform => {
+            let mut seen: Vec<String> = ready.iter().map(|n| show_platform(n.platform)).collect();
+            seen.sort();
+            seen.dedup();
+            format!(
+                "no suitable node (platform): no ready node runs {} images (ready nodes are {})",
+                show_platform(ask.platform),
+                seen.join(", ")
+            )
+        }
+        Filter::Network => {
+            let network = ask.network.unwrap_or_default();
+            let homes: Vec<&Candidate<'_>> =
+                all.iter().filter(|n| has_network(n, network)).collect();
+            if homes.is_empty() {
+                format!("no suitable node (network): network {network} exists on no node")
+            } else {
+                format!(
+                    "no suitable node (network): network {network} exists only on {}, which cannot take it",
+                    listed(&homes)
+                )
+            }
+        }
+        Filter::Volumes => {
+            let homes = |v: &str| -> Vec<&Candidate<'_>> {
+                all.iter()
+                    .filter(|n| n.volumes.iter().any(|x| x == v))
+                    .collect()
+            };
+            let mut parts: Vec<String> = bound
+                .iter()
+                .map(|v| format!("{v} is on {}", listed(&homes(v))))
+                .collect();
+            parts.dedup();
+            format!(
+                "no suitable node (volume): named volumes hold their data on one node and no node able to take it has them all ({})",
+                parts.join("; ")
+            )
+        }
+        Filter::Ports => {
+            let taken: Vec<String> = left
+                .iter()
+                .filter_map(|n| taken_port(n, ask))
+                .filter_map(|spec| {
+                    spec.host_port
+                        .map(|port| format!("{port}/{}", spec.protocol.as_str()))
+                })
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            format!(
+                "no suitable node (port): host port {} is taken on every node that could take it",
+                taken.join(", ")
+            )
+        }
+        Filter::Constraints => match ask.pin {
+            Some(pin) => format!("node {pin} does not meet the constraints"),
+            None => format!(
+                "no ready node meets the constraints ({} ready)",
+                ready.len()
+            ),
+        },
+        Filter::Room => {
+            let what = format!(
+                "{} millicpu, {} bytes of memory, {} pids",
+                ask.resources.cpu_millis, ask.resources.memory_bytes, ask.resources.pids
+            );
+            match ask.pin {
+                Some(pin) => format!("node {pin} has no room for {what}"),
+                None => format!("no node has room for {what} ({} nodes match)", left.len()),
+            }
+        }
+    }
+}
+
+/// Why no node fits, for the pending record and the error reply: the first filter that
+/// leaves no node, applied in order.
 pub fn explain(nodes: &[Candidate<'_>], ask: &Ask<'_>) -> String {
     if nodes.is_empty() {
         return "no nodes are registered".to_string();
     }
-    let ready = nodes.iter().filter(|n| n.state == NodeState::Ready).count();
-    if ready == 0 {
-        return format!("none of {} nodes is ready", nodes.len());
-    }
-    if let Some(pin) = ask.pin {
-        return match nodes.iter().find(|n| n.node_id == pin) {
-            None => format!("node {pin} is not registered"),
-            Some(n) if n.state != NodeState::Ready => format!("node {pin} is not ready"),
-            Some(n) if !platform_matches(n.platform, ask.platform) => format!(
-                "no suitable node (platform): node {pin} is {}, the image is {}",
-                show_platform(n.platform),
-                show_platform(ask.platform)
-            ),
-            Some(_) if !ask.constraints.is_empty() => {
-                format!("node {pin} lacks room or does not meet the constraints")
-            }
-            Some(_) => format!("node {pin} has no room for the request"),
-        };
-    }
-    let runnable: Vec<&Candidate<'_>> = nodes
-        .iter()
-        .filter(|n| n.state == NodeState::Ready && platform_matches(n.platform, ask.platform))
-        .collect();
-    if runnable.is_empty() {
-        let mut seen: Vec<String> = nodes
+    let bound = bound_volumes(nodes, ask);
+    let mut left: Vec<&Candidate<'_>> = match ask.pin {
+        None => nodes.iter().collect(),
+        Some(pin) => match nodes.iter().find(|n| n.node_id == pin) {
+            None => return format!("node {pin} is not registered"),
+            Some(node) => vec![node],
+        },
+    };
+    for filter in FILTERS {
+        let passed: Vec<&Candidate<'_>> = left
             .iter()
-            .filter(|n| n.state == NodeState::Ready)
-            .map(|n| show_platform(n.platform))
+            .copied()
+            .filter(|n| passes(filter, n, ask, &bound))
             .collect();
-        seen.sort();
-        seen.dedup();
-        return format!(
-            "no suitable node (platform): no ready node runs {} images (ready nodes are {})",
-            show_platform(ask.platform),
-            seen.join(", ")
-        );
+        if passed.is_empty() {
+            return why(filter, nodes, &left, ask, &bound);
+        }
+        left = passed;
     }
-    let matching = runnable
-        .iter()
-        .filter(|n| ask.constraints.iter().all(|c| c.holds(n.labels)))
-        .count();
-    if matching == 0 {
-        return format!("no ready node meets the constraints ({ready} ready)");
-    }
-    format!(
-        "no node has room for {} millicpu, {} bytes of memory, {} pids ({matching} nodes match)",
-        ask.resources.cpu_millis, ask.resources.memory_bytes, ask.resources.pids
-    )
+    "every node changed while placing; try again".to_string()
 }
 
 #[cfg(test)]
@@ -273,6 +430,9 @@ mod tests {
         labels: Vec<BTreeMap<String, String>>,
         chains: Vec<HashSet<String>>,
         platforms: Vec<Option<ImagePlatform>>,
+        volumes: Vec<Vec<String>>,
+        networks: Vec<Vec<NodeNetwork>>,
+        ports: Vec<Vec<PortBinding>>,
     }
 
     fn platform(os: &str, arch: &str, variant: Option<&str>) -> ImagePlatform {
@@ -298,6 +458,9 @@ mod tests {
                 labels: vec![zone("a"), zone("b"), zone("b")],
                 chains: vec![HashSet::new(), HashSet::new(), HashSet::new()],
                 platforms: vec![Some(platform("linux", "amd64", None)); 3],
+                volumes: vec![Vec::new(); 3],
+                networks: vec![Vec::new(); 3],
+                ports: vec![Vec::new(); 3],
             }
         }
 
@@ -314,6 +477,9 @@ mod tests {
                     labels: &self.labels[i],
                     chain_ids: &self.chains[i],
                     platform: self.platforms[i].as_ref(),
+                    volumes: &self.volumes[i],
+                    networks: &self.networks[i],
+                    ports: &self.ports[i],
                 })
                 .collect()
         }
@@ -512,5 +678,162 @@ mod tests {
         assert!(platform_matches(Some(&node), Some(&platform("", "", None))));
         assert!(platform_matches(None, Some(&node)));
         assert_eq!(show_platform(Some(&node)), "linux/arm/v7");
+    }
+
+    fn network(name: &str) -> NodeNetwork {
+        NodeNetwork {
+            id: format!("{:0<64}", name.len()),
+            name: name.into(),
+        }
+    }
+
+    fn binding(port: u16, host_ip: &str) -> PortBinding {
+        PortBinding {
+            protocol: Default::default(),
+            host_ip: host_ip.into(),
+            host_port: port,
+            container_port: 80,
+            container_ip: "10.88.0.2".into(),
+            container_id: "c".into(),
+        }
+    }
+
+    fn publish(port: u16, host_ip: Option<&str>) -> PortSpec {
+        PortSpec {
+            host_ip: host_ip.map(str::to_string),
+            host_port: Some(port),
+            container_port: 80,
+            protocol: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_container_on_a_user_network_goes_where_the_network_is() {
+        let mut f = Fixture::new();
+        f.networks[1] = vec![network("backend")];
+        let nodes = f.nodes([0, 0, 0], [0, 5, 0]);
+        let ask = Ask {
+            network: Some("backend"),
+            ..Default::default()
+        };
+        // n2 is the busiest, and the only one with the network.
+        assert_eq!(choose(&nodes, &ask, Strategy::Spread), Some("n2"));
+        // Its id, or a prefix of it, names it too.
+        let by_id = Ask {
+            network: Some(&f.networks[1][0].id[..6]),
+            ..Default::default()
+        };
+        assert_eq!(choose(&nodes, &by_id, Strategy::Spread), Some("n2"));
+        let nowhere = Ask {
+            network: Some("frontend"),
+            ..Default::default()
+        };
+        assert_eq!(choose(&nodes, &nowhere, Strategy::Spread), None);
+        let why = explain(&nodes, &nowhere);
+        assert!(why.contains("network frontend exists on no node"), "{why}");
+        let mut lost = f.nodes([0, 0, 0], [0, 0, 0]);
+        lost[1].state = NodeState::Lost;
+        assert_eq!(choose(&lost, &ask, Strategy::Spread), None);
+        let why = explain(&lost, &ask);
+        assert!(why.contains("exists only on n2"), "{why}");
+    }
+
+    #[test]
+    fn a_named_volume_that_exists_keeps_its_container_on_its_node() {
+        let mut f = Fixture::new();
+        f.volumes[2] = vec!["data".into()];
+        f.volumes[0] = vec!["cache".into()];
+        let nodes = f.nodes([0, 0, 0], [0, 0, 9]);
+        let data = vec!["data".to_string()];
+        let ask = Ask {
+            volumes: &data,
+            ..Default::default()
+        };
+        assert_eq!(choose(&nodes, &ask, Strategy::Spread), Some("n3"));
+        // A volume no node has yet is made wherever the container goes.
+        let fresh = vec!["fresh".to_string()];
+        let anywhere = Ask {
+            volumes: &fresh,
+            ..Default::default()
+        };
+        assert_eq!(choose(&nodes, &anywhere, Strategy::Spread), Some("n1"));
+        let mixed = vec!["data".to_string(), "fresh".to_string()];
+        let ask = Ask {
+            volumes: &mixed,
+            ..Default::default()
+        };
+        assert_eq!(choose(&nodes, &ask, Strategy::Spread), Some("n3"));
+        // Two volumes on two different nodes: no node has both.
+        let split = vec!["data".to_string(), "cache".to_string()];
+        let ask = Ask {
+            volumes: &split,
+            ..Default::default()
+        };
+        assert_eq!(choose(&nodes, &ask, Strategy::Spread), None);
+        let why = explain(&nodes, &ask);
+        assert!(why.contains("no suitable node (volume)"), "{why}");
+        assert!(
+            why.contains("data is on n3") && why.contains("cache is on n1"),
+            "{why}"
+        );
+        // Its node full: the container waits rather than starting with an empty copy.
+        let full = f.nodes([2000, 0, 2000], [0, 0, 9]);
+        let ask = Ask {
+            volumes: &data,
+            resources: res(500, 0),
+            ..Default::default()
+        };
+        assert_eq!(choose(&full, &ask, Strategy::Spread), None);
+        assert!(explain(&full, &ask).contains("no node has room"));
+    }
+
+    #[test]
+    fn a_fixed_host_port_goes_to_a_node_where_it_is_free() {
+        let mut f = Fixture::new();
+        f.ports[0] = vec![binding(8080, "0.0.0.0")];
+        f.ports[1] = vec![binding(8080, "127.0.0.1")];
+        let nodes = f.nodes([0, 0, 0], [0, 0, 9]);
+        let ports = vec![publish(8080, None)];
+        let ask = Ask {
+            ports: &ports,
+            ..Default::default()
+        };
+        assert_eq!(choose(&nodes, &ask, Strategy::Spread), Some("n3"));
+        // Another address of n2 is free; every address of n1 is taken.
+        let other_ip = vec![publish(8080, Some("127.0.0.2"))];
+        let ask = Ask {
+            ports: &other_ip,
+            ..Default::default()
+        };
+        assert_eq!(choose(&nodes, &ask, Strategy::Spread), Some("n2"));
+        // udp 8080 is another port.
+        let udp = vec![PortSpec {
+            protocol: berth_proto::messages::network::PortProtocol::Udp,
+            ..publish(8080, None)
+        }];
+        let ask = Ask {
+            ports: &udp,
+            ..Default::default()
+        };
+        assert_eq!(choose(&nodes, &ask, Strategy::Spread), Some("n1"));
+        // A port chosen at start never conflicts.
+        let any = vec![PortSpec {
+            host_port: None,
+            ..publish(0, None)
+        }];
+        let ask = Ask {
+            ports: &any,
+            ..Default::default()
+        };
+        assert_eq!(choose(&nodes, &ask, Strategy::Spread), Some("n1"));
+        f.ports[2] = vec![binding(8080, "")];
+        let nodes = f.nodes([0, 0, 0], [0, 0, 9]);
+        let ask = Ask {
+            ports: &ports,
+            ..Default::default()
+        };
+        assert_eq!(choose(&nodes, &ask, Strategy::Spread), None);
+        let why = explain(&nodes, &ask);
+        assert!(why.contains("host port 8080/tcp is taken"), "{why}");
     }
 }

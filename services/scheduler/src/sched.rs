@@ -7,7 +7,7 @@ use async_nats::Client;
 use berth_bus::{BusError, Handled};
 use berth_proto::messages::exec::{
     ContainerCreateRequest, ContainerCreated, ContainerInspect, ContainerRef, ContainerStarted,
-    RestartPolicy,
+    NetworkMode, RestartPolicy,
 };
 use berth_proto::messages::image::{ImageInspect, ImageInspectRequest, ImagePlatform};
 use berth_proto::messages::node::Resources;
@@ -206,6 +206,30 @@ impl Scheduler {
         .await
     }
 
+    /// A user network must exist on some node, as Docker refuses `--network` naming none
+    /// (one that exists only on a node that cannot take the container now makes it wait).
+    /// A network just made may not have reached the view: a moment's grace first.
+    async fn network_somewhere(&self, network: &str) -> Handled<()> {
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        loop {
+            let known = self.view.with_candidates(|nodes| {
+                nodes
+                    .iter()
+                    .any(|n| n.networks.iter().any(|x| x.answers_to(network)))
+            });
+            if known {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ErrorEnvelope::not_found(format!(
+                    "network {network} not found on any node"
+                )));
+            }
+            self.view.changed(left).await;
+        }
+    }
+
     /// The image's digest and layers, from the image-store (cached for a few seconds).
     pub async fn resolve_image(&self, reference: &str) -> Handled<ResolvedImage> {
         if let Some((at, image)) = self
@@ -304,6 +328,9 @@ impl Scheduler {
             return self.await_outcome(&id, deadline).await;
         }
         let image = self.resolve_image(&create.image).await?;
+        if let NetworkMode::Named(network) = &create.network {
+            self.network_somewhere(network).await?;
+        }
         // A generated name is unique with its id (and no chosen name may look like one),
         // so only a chosen name costs a reservation.
         let reserved_name = name != generated_name(&id);
@@ -460,12 +487,25 @@ impl Scheduler {
             .iter()
             .filter_map(|c| Constraint::parse(c).ok())
             .collect();
+        let create = &record.desired.create;
+        let volumes: Vec<String> = create
+            .volumes
+            .iter()
+            .filter(|v| !v.name.is_empty())
+            .map(|v| v.name.clone())
+            .collect();
         let ask = Ask {
             resources: record.desired.resources,
             constraints: &constraints,
             pin: record.desired.pin.as_deref(),
             layers: &record.desired.layers,
             platform: record.desired.platform.as_ref(),
+            network: match &create.network {
+                NetworkMode::Named(name) => Some(name.as_str()),
+                _ => None,
+            },
+            volumes: &volumes,
+            ports: &create.ports,
         };
         let strategy = self.config.strategy;
         for _ in 0..16 {

@@ -68,6 +68,8 @@ impl NodeEntry {
             executor_version: String::new(),
             ports: Vec::new(),
             platform: None,
+            volumes: Vec::new(),
+            networks: Vec::new(),
         });
         record.state = self.state(now_ms, lost_after);
         record.allocated = self.alloc.allocated;
@@ -338,6 +340,9 @@ impl View {
                     labels: &heartbeat.labels,
                     chain_ids: &e.chain_ids,
                     platform: heartbeat.platform.as_ref(),
+                    volumes: &heartbeat.volumes,
+                    networks: &heartbeat.networks,
+                    ports: &heartbeat.ports,
                 })
             })
             .collect();
@@ -443,6 +448,8 @@ mod tests {
             executor_version: "0".into(),
             ports: vec![],
             platform: None,
+            volumes: vec![],
+            networks: vec![],
         })
         .expect("encodes")
     }

@@ -80,6 +80,8 @@ pub struct Executor {
     /// Exits of auto-removed (`--rm`) containers, kept a while after their removal so
     /// that a `wait` racing the removal (an attached `run --rm`) still gets the code.
     removed_exits: Mutex<HashMap<String, (ContainerExit, std::time::Instant)>>,
+    /// Publishes the node record out of turn when its volumes or networks change.
+    pub(crate) record_refresh: Arc<crate::node::RecordRefresh>,
 }
 
 /// How long the exit of an auto-removed container stays answerable by `wait`.
@@ -203,6 +205,7 @@ impl Executor {
             net,
             exec_inputs: Default::default(),
             removed_exits: Mutex::new(HashMap::new()),
+            record_refresh: Default::default(),
         })
     }
 
@@ -359,6 +362,14 @@ impl Executor {
         let mut usage = crate::node::Usage {
             containers: ids.len() as u32,
             ports: self.net.used_ports(),
+            volumes: self
+                .volumes
+                .list()
+                .into_iter()
+                .filter(|v| !v.anonymous)
+                .map(|v| v.name)
+                .collect(),
+            networks: self.net.user_networks(),
             ..Default::default()
         };
         for id in ids {

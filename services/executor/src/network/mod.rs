@@ -1029,6 +1029,19 @@ impl Networks {
             .collect()
     }
 
+    /// The networks users made (for the node record; placement needs them).
+    pub fn user_networks(&self) -> Vec<berth_proto::messages::node::NodeNetwork> {
+        lock(&self.state)
+            .networks
+            .iter()
+            .filter(|n| !n.builtin)
+            .map(|n| berth_proto::messages::node::NodeNetwork {
+                id: n.id.clone(),
+                name: n.name.clone(),
+            })
+            .collect()
+    }
+
     /// `network ls`: the bridge networks, then `host` and `none`.
     pub fn list(&self) -> Vec<NetworkInfo> {
         let state = lock(&self.state);

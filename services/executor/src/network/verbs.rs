@@ -26,6 +26,9 @@ impl Executor {
         })
         .await?;
         tracing::info!(network = %info.name, subnet = %info.subnet, bridge = %info.bridge, "network created");
+        self.record_refresh
+            .publish_now(crate::volumes_verbs::RECORD_REFRESH_WAIT)
+            .await;
         Ok(info)
     }
 
@@ -54,6 +57,9 @@ impl Executor {
         let id =
             blocking(move || net.remove(&request.network).map_err(ErrorEnvelope::from)).await?;
         tracing::info!(network_id = %id, "network removed");
+        self.record_refresh
+            .publish_now(crate::volumes_verbs::RECORD_REFRESH_WAIT)
+            .await;
         Ok(NetworkDone { id })
     }
 

@@ -43,6 +43,31 @@ pub struct NodeRecord {
     /// os/architecture[/variant] in OCI's names; `None` from an executor that predates it.
     #[serde(default)]
     pub platform: Option<crate::messages::image::ImagePlatform>,
+    /// Named volumes on the node: they hold data only there, so placement keeps a
+    /// container that mounts one on the node that has it.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// User networks on the node (names and ids): a container on one is placed only
+    /// where it exists.
+    #[serde(default)]
+    pub networks: Vec<NodeNetwork>,
+}
+
+/// A user network as a node record names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeNetwork {
+    pub id: String,
+    pub name: String,
+}
+
+impl NodeNetwork {
+    /// Whether `--network reference` means this network: its name, its id, or a prefix
+    /// of at least 4 characters of its id (as the executor resolves it).
+    pub fn answers_to(&self, reference: &str) -> bool {
+        self.name == reference
+            || self.id == reference
+            || (reference.len() >= 4 && self.id.starts_with(reference))
+    }
 }
 
 /// `nodes`: every node record.
