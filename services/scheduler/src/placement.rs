@@ -394,17 +394,17 @@ fn why(
     }
 }
 
-/// Why no node fits, for the pending record and the error reply: the first filter that
-/// leaves no node, applied in order.
-pub fn explain(nodes: &[Candidate<'_>], ask: &Ask<'_>) -> String {
-    if nodes.is_empty() {
-        return "no nodes are registered".to_string();
-    }
-    let bound = bound_volumes(nodes, ask);
+/// The first filter (in order) that leaves no node, with the nodes that passed the ones
+/// before it; `Ok` when some node passes them all. `Err(None)`: the pin names no node.
+fn first_failing<'n, 'a>(
+    nodes: &'n [Candidate<'a>],
+    ask: &Ask<'_>,
+    bound: &[&str],
+) -> Result<(), Option<(Filter, Vec<&'n Candidate<'a>>)>> {
     let mut left: Vec<&Candidate<'_>> = match ask.pin {
         None => nodes.iter().collect(),
         Some(pin) => match nodes.iter().find(|n| n.node_id == pin) {
-            None => return format!("node {pin} is not registered"),
+            None => return Err(None),
             Some(node) => vec![node],
         },
     };
@@ -412,14 +412,40 @@ pub fn explain(nodes: &[Candidate<'_>], ask: &Ask<'_>) -> String {
         let passed: Vec<&Candidate<'_>> = left
             .iter()
             .copied()
-            .filter(|n| passes(filter, n, ask, &bound))
+            .filter(|n| passes(filter, n, ask, bound))
             .collect();
         if passed.is_empty() {
-            return why(filter, nodes, &left, ask, &bound);
+            return Err(Some((filter, left)));
         }
         left = passed;
     }
-    "every node changed while placing; try again".to_string()
+    Ok(())
+}
+
+/// Why no node fits, for the pending record and the error reply: the first filter that
+/// leaves no node, applied in order.
+pub fn explain(nodes: &[Candidate<'_>], ask: &Ask<'_>) -> String {
+    if nodes.is_empty() {
+        return "no nodes are registered".to_string();
+    }
+    let bound = bound_volumes(nodes, ask);
+    match first_failing(nodes, ask, &bound) {
+        Ok(()) => "every node changed while placing; try again".to_string(),
+        Err(None) => format!("node {} is not registered", ask.pin.unwrap_or_default()),
+        Err(Some((filter, left))) => why(filter, nodes, &left, ask, &bound),
+    }
+}
+
+/// Whether the one thing in the way is a fixed host port that a running container of
+/// every remaining node publishes. A new `run` is then placed as if it asked for no port
+/// and its start fails there as Docker's does (created, not started, exit 125 with the
+/// holder named) rather than waiting for the other container to go.
+pub fn only_ports_in_the_way(nodes: &[Candidate<'_>], ask: &Ask<'_>) -> bool {
+    let bound = bound_volumes(nodes, ask);
+    matches!(
+        first_failing(nodes, ask, &bound),
+        Err(Some((Filter::Ports, _)))
+    )
 }
 
 #[cfg(test)]
@@ -835,5 +861,21 @@ mod tests {
         assert_eq!(choose(&nodes, &ask, Strategy::Spread), None);
         let why = explain(&nodes, &ask);
         assert!(why.contains("host port 8080/tcp is taken"), "{why}");
+        assert!(only_ports_in_the_way(&nodes, &ask));
+        // Only when the port is the reason: a lack of room makes it wait instead.
+        f.ports[2].clear();
+        let busy = f.nodes([2000, 2000, 2000], [0, 0, 9]);
+        let big = Ask {
+            ports: &ports,
+            resources: res(500, 0),
+            ..Default::default()
+        };
+        assert!(!only_ports_in_the_way(&busy, &big));
+        let free = vec![publish(9090, None)];
+        let ask = Ask {
+            ports: &free,
+            ..Default::default()
+        };
+        assert!(!only_ports_in_the_way(&busy, &ask));
     }
 }

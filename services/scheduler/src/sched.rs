@@ -379,8 +379,10 @@ impl Scheduler {
                 Ok(())
             }
         };
-        let (named, reserved) =
-            tokio::join!(name_reservation, self.reserve_somewhere(&record, None));
+        let (named, reserved) = tokio::join!(
+            name_reservation,
+            self.reserve_somewhere(&record, None, true)
+        );
         if let Err(err) = named {
             if let Ok(Ok(node)) = &reserved {
                 let _ = store::release(&self.nodes_kv, &self.view, node, &id).await;
@@ -475,11 +477,14 @@ impl Scheduler {
     }
 
     /// Chooses a node for `record` (never `exclude`) and reserves its resources there:
-    /// `Ok(Err(reason))` when no node has room.
+    /// `Ok(Err(reason))` when no node has room. `place_despite_ports` (a new `run`): when
+    /// only a taken host port is in the way, place it anyway, so that its start fails as
+    /// Docker's does instead of the request waiting (see `only_ports_in_the_way`).
     async fn reserve_somewhere(
         &self,
         record: &ContainerRecord,
         exclude: Option<&str>,
+        place_despite_ports: bool,
     ) -> Handled<Result<String, String>> {
         let constraints: Vec<Constraint> = record
             .desired
@@ -511,7 +516,18 @@ impl Scheduler {
         for _ in 0..16 {
             let chosen = self.view.with_candidates(|candidates| {
                 let pick = |nodes: &[placement::Candidate<'_>]| {
-                    placement::choose(nodes, &ask, strategy)
+                    let chosen = placement::choose(nodes, &ask, strategy).or_else(|| {
+                        (place_despite_ports && placement::only_ports_in_the_way(nodes, &ask))
+                            .then(|| {
+                                let portless = Ask {
+                                    ports: &[],
+                                    ..ask.clone()
+                                };
+                                placement::choose(nodes, &portless, strategy)
+                            })
+                            .flatten()
+                    });
+                    chosen
                         .map(str::to_string)
                         .ok_or_else(|| placement::explain(nodes, &ask))
                 };
@@ -554,7 +570,7 @@ impl Scheduler {
         exclude: Option<&str>,
         claimable: impl Fn(&ContainerRecord) -> bool,
     ) -> Handled<Placement> {
-        let node = match self.reserve_somewhere(record, exclude).await? {
+        let node = match self.reserve_somewhere(record, exclude, false).await? {
             Ok(node) => node,
             Err(reason) => return Ok(Placement::NoRoom(reason)),
         };
