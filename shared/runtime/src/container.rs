@@ -351,6 +351,15 @@ impl Container {
         })
     }
 
+    /// [`load`](Self::load) by the container process' parent that did not keep the handle
+    /// `create` gave it: a creating process that re-executed itself (execve keeps its
+    /// children), so that [`wait`](Self::wait) reaps the process and has its exact code.
+    pub fn load_as_parent(state_root: &Path, id: &str) -> Result<Container> {
+        let mut container = Self::load(state_root, id)?;
+        container.is_parent = true;
+        Ok(container)
+    }
+
     /// Ids of all containers under `state_root`.
     pub fn list(state_root: &Path) -> Result<Vec<String>> {
         let mut out = Vec::new();
