@@ -541,6 +541,73 @@ async fn exec_runs_in_the_container_with_its_own_exit_code_and_stats_count() -> 
     Ok(())
 }
 
+/// Once its container runs, the monitor re-executes itself to supervise from a fresh,
+/// small address space: the same pid, the container still its child (exact exit codes),
+/// nothing of the set-up left open, and output before and after the re-exec logged.
+#[tokio::test]
+async fn the_monitor_supervises_from_a_fresh_image() -> anyhow::Result<()> {
+    if !can_run_containers() {
+        return Ok(());
+    }
+    let env = start().await?;
+    let id = env.stdout(&[
+        "run",
+        "-d",
+        "--name",
+        "watched",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo early; echo early-err >&2; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo late; exit 7",
+    ])?;
+    let dir = env.stack.data_dir().join("containers").join(id.trim());
+    // What the container wrote before the re-exec waited in its pipes.
+    let logs = |out: &str, err: &str| {
+        env.berth(&["logs", "watched"]).is_ok_and(|o| {
+            o.status.success() && o.stdout == out.as_bytes() && o.stderr == err.as_bytes()
+        })
+    };
+    assert!(eventually(Duration::from_secs(10), || logs(
+        "early\n",
+        "early-err\n"
+    )));
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state.json"))?)?;
+    let monitor = state["monitor_pid"].as_i64().unwrap_or_default();
+    let pid = state["pid"].as_i64().unwrap_or_default();
+    let cmdline = std::fs::read(format!("/proc/{monitor}/cmdline"))?;
+    let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    assert_eq!(argv.get(1).copied(), Some(&b"supervise"[..]), "{argv:?}");
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{monitor}/comm"))?,
+        "berth-monitor\n"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    assert!(
+        status.contains(&format!("\nPPid:\t{monitor}\n")),
+        "the container is not the monitor's child: {status}"
+    );
+    // The init's socket, its sealed copy and the runtime's files closed with the exec.
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{monitor}/fd"))?
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        !fds.iter()
+            .any(|f| f.contains("memfd:") || f.starts_with("socket:")),
+        "{fds:?}"
+    );
+    env.stdout(&["exec", "watched", "touch", "/tmp/go"])?;
+    assert_eq!(env.stdout(&["wait", "watched"])?, "7\n");
+    assert!(logs("early\nlate\n", "early-err\n"));
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state.json"))?)?;
+    assert_eq!(state["status"], "exited", "{state}");
+    assert_eq!(state["exit_code"], 7, "{state}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn on_failure_restarts_exactly_n_times_and_stop_is_remembered() -> anyhow::Result<()> {
     if !can_run_containers() {

@@ -259,6 +259,33 @@ impl LogWriter {
         })
     }
 
+    /// The open file and where it stands (logical start, size): with
+    /// [`from_parts`](Self::from_parts), how the writer crosses the monitor's re-exec.
+    pub fn into_parts(self) -> (File, u64, u64) {
+        (self.file, self.start, self.size)
+    }
+
+    /// A writer over a file [`into_parts`](Self::into_parts) gave, which nothing has
+    /// written to since.
+    pub fn from_parts(
+        dir: &Path,
+        file: File,
+        start: u64,
+        size: u64,
+        rotation: Rotation,
+        report: Box<dyn FnMut(&str) + Send>,
+    ) -> LogWriter {
+        LogWriter {
+            dir: dir.to_path_buf(),
+            file,
+            start,
+            size,
+            rotation,
+            failing: false,
+            report,
+        }
+    }
+
     /// Appends one whole record (rotating first if it would overflow `max-size`).
     pub fn write_record(&mut self, record: &[u8]) {
         if let Some(max) = self.rotation.max_size {

@@ -10,7 +10,28 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     // In init mode this never returns: the binary is the container's init as well.
     berth_runtime::init_if_requested();
-    let args: Vec<String> = std::env::args().collect();
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // The same process, re-executed by `run` once its container started.
+    if raw.get(1).is_some_and(|a| a == berth_executor::monitor::SUPERVISE) {
+        // Named as before the exec (the kernel names it after /proc/self/exe's link).
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string that outlives the call.
+        unsafe {
+            libc::prctl(libc::PR_SET_NAME, c"berth-monitor".as_ptr());
+        }
+        return match berth_executor::monitor::Supervision::from_args(&raw[2..]) {
+            Ok(supervision) => {
+                ExitCode::from(berth_executor::monitor::supervise(supervision) as u8)
+            }
+            Err(err) => {
+                eprintln!("berth-monitor: supervise: {err}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let args: Vec<String> = raw
+        .into_iter()
+        .map(|a| a.into_string().unwrap_or_default())
+        .collect();
     match args.get(1).map(String::as_str) {
         Some("run") if args.len() == 5 || args.len() == 6 => {
             // A fixed mmap threshold: glibc would otherwise raise it after the runtime frees
@@ -49,7 +70,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: berth-monitor run <container dir> <runtime root> <id> [<log dir>]\n       berth-monitor mount-overlay <cwd> <target> <options>"
+                "usage: berth-monitor run <container dir> <runtime root> <id> [<log dir>]\n       berth-monitor mount-overlay <cwd> <target> <options>\n       (berth-monitor supervise ...: run's own second stage)"
             );
             ExitCode::from(2)
         }
