@@ -571,8 +571,7 @@ async fn the_monitor_supervises_from_a_fresh_image() -> anyhow::Result<()> {
         "early\n",
         "early-err\n"
     )));
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("state.json"))?)?;
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("state.json"))?)?;
     let monitor = state["monitor_pid"].as_i64().unwrap_or_default();
     let pid = state["pid"].as_i64().unwrap_or_default();
     let cmdline = std::fs::read(format!("/proc/{monitor}/cmdline"))?;
@@ -601,8 +600,7 @@ async fn the_monitor_supervises_from_a_fresh_image() -> anyhow::Result<()> {
     env.stdout(&["exec", "watched", "touch", "/tmp/go"])?;
     assert_eq!(env.stdout(&["wait", "watched"])?, "7\n");
     assert!(logs("early\nlate\n", "early-err\n"));
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("state.json"))?)?;
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("state.json"))?)?;
     assert_eq!(state["status"], "exited", "{state}");
     assert_eq!(state["exit_code"], 7, "{state}");
     Ok(())

@@ -263,7 +263,9 @@ pub fn run(
         let mut log = log;
         for (fd, stream) in [(out_r, Stream::Stdout), (err_r, Stream::Stderr)] {
             if let Some(fd) = fd {
-                pump(fd, stream, interactive, &mut |record| log.write_record(record));
+                pump(fd, stream, interactive, &mut |record| {
+                    log.write_record(record)
+                });
             }
         }
         let _ = std::fs::remove_file(&fifo_path);
@@ -441,8 +443,7 @@ impl Supervision {
             .iter()
             .map(|a| a.to_str().ok_or_else(|| format!("not UTF-8: {a:?}")))
             .collect::<Result<_, _>>()?;
-        let [id, pid, log, max_size, max_files, stdout, stderr, fifo, sink, interactive] =
-            text[..]
+        let [id, pid, log, max_size, max_files, stdout, stderr, fifo, sink, interactive] = text[..]
         else {
             return Err(format!("{} arguments, expected 13", args.len()));
         };
@@ -526,7 +527,12 @@ impl Supervision {
 
     fn fds(&self) -> Vec<RawFd> {
         let mut fds = vec![self.log.0.as_raw_fd()];
-        fds.extend(self.stdout.iter().chain(&self.stderr).map(|fd| fd.as_raw_fd()));
+        fds.extend(
+            self.stdout
+                .iter()
+                .chain(&self.stderr)
+                .map(|fd| fd.as_raw_fd()),
+        );
         if let Some((fifo, sink)) = &self.stdin {
             fds.push(fifo.as_raw_fd());
             fds.push(match sink {
@@ -588,7 +594,8 @@ pub fn supervise(supervision: Supervision) -> i32 {
     // One malloc arena for all threads: a thread's own arena would keep its pages for
     // the container's life to save lock contention that three mostly idle threads do
     // not have.
-    // SAFETY: mallopt only changes allocator tuning; no other thread exists yet.
+    // SAFETY: mallopt only changes allocator tuning, under the allocator's own lock;
+    // it applies to the arenas threads would make from now on.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
@@ -600,12 +607,21 @@ pub fn supervise(supervision: Supervision) -> i32 {
         rotation,
         log_note(&dir),
     )));
+    // Each thread says when its own start-up is over, so that this code is unmapped too.
     // Small stacks: the pumps only read into a buffer on the heap and format a line.
-    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-        std::thread::Builder::new()
+    let (started, started_rx) = std::sync::mpsc::channel::<()>();
+    let mut running = 0;
+    let mut spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        let started = started.clone();
+        let spawned = std::thread::Builder::new()
             .name(name.to_string())
             .stack_size(128 * 1024)
-            .spawn(f)
+            .spawn(move || {
+                let _ = started.send(());
+                f()
+            });
+        running += usize::from(spawned.is_ok());
+        spawned
     };
     let mut threads = Vec::new();
     for (fd, stream) in [(stdout, Stream::Stdout), (stderr, Stream::Stderr)] {
@@ -625,7 +641,10 @@ pub fn supervise(supervision: Supervision) -> i32 {
             // Nobody would drain the pipe and the container would block on it: it
             // cannot run unlogged.
             Err(err) => {
-                eprintln!("berth-monitor: cannot start the {} thread: {err}", stream.as_str());
+                eprintln!(
+                    "berth-monitor: cannot start the {} thread: {err}",
+                    stream.as_str()
+                );
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
@@ -645,7 +664,12 @@ pub fn supervise(supervision: Supervision) -> i32 {
             eprintln!("berth-monitor: cannot start the stdin thread: {err}; input is not relayed");
         }
     }
-
+    // Only the threads' senders are left: a thread that died early cannot block this.
+    drop(started);
+    for _ in 0..running {
+        let _ = started_rx.recv();
+    }
+    unmap_startup_code();
     let (exit, container) = wait_exit(&runtime_root, &id, pid);
     // The pid namespace is gone with its init, so the pipes reach EOF soon; wait for
     // the last lines before recording the exit, so a reader who sees "exited" sees them.
@@ -684,6 +708,49 @@ pub fn supervise(supervision: Supervision) -> i32 {
         Err(err) => {
             eprintln!("berth-monitor: recording the exit of {id}: {err}");
             1
+        }
+    }
+}
+
+/// Unmaps the code that only starting this image ran. The C library's and Rust's
+/// start-up and the argv parsing never run again, yet stay mapped: the kernel maps code
+/// in whole page-cache folios and 64 KB fault-around windows, which made them most of
+/// an idle monitor's RSS. Dropped are only read-only file mappings none of whose pages
+/// was ever written (no anonymous pages): their pages are the file's, stay in the page
+/// cache, shared with every other monitor, and fault back in from there when their code
+/// runs again. So nothing is lost, and what a monitor maps afterwards is what it runs
+/// (its working set); start-up code no monitor runs any more is mapped by none, which
+/// lets the kernel reclaim it first.
+fn unmap_startup_code() {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+        return;
+    };
+    let mut mapping: Option<(usize, usize)> = None;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
+        let range = first.split_once('-').and_then(|(start, end)| {
+            Some((
+                usize::from_str_radix(start, 16).ok()?,
+                usize::from_str_radix(end, 16).ok()?,
+            ))
+        });
+        if let Some(range) = range {
+            // start-end perms offset dev inode path
+            let perms = fields.next().unwrap_or("w");
+            let path = fields.nth(3).unwrap_or("");
+            mapping = (path.starts_with('/') && !perms.contains('w')).then_some(range);
+        } else if first == "Anonymous:" {
+            if let Some((start, end)) = mapping.take() {
+                if fields.next() == Some("0") {
+                    // SAFETY: a read-only private file mapping without anonymous (written)
+                    // pages: dropping its page table entries loses nothing, the next
+                    // access maps the same file pages again.
+                    unsafe {
+                        libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+                    }
+                }
+            }
         }
     }
 }

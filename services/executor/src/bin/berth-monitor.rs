@@ -12,7 +12,10 @@ fn main() -> ExitCode {
     berth_runtime::init_if_requested();
     let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // The same process, re-executed by `run` once its container started.
-    if raw.get(1).is_some_and(|a| a == berth_executor::monitor::SUPERVISE) {
+    if raw
+        .get(1)
+        .is_some_and(|a| a == berth_executor::monitor::SUPERVISE)
+    {
         // Named as before the exec (the kernel names it after /proc/self/exe's link).
         // SAFETY: PR_SET_NAME reads a NUL-terminated string that outlives the call.
         unsafe {
