@@ -6,7 +6,8 @@
 # and after, divided by N; noisy when other work runs on the host). Then the peer, in
 # the same run: N `podman run -d --network none` of the same image from 8 parallel
 # CLIs (podman's own root under the bench dir, runc), with conmon's memory standing
-# for the monitor's. PEER=none skips podman. Run as root.
+# for the monitor's. PEER=none skips podman; SMAPS=1 also prints one monitor's RSS by
+# mapping; COLD=1 evicts the binaries from the page cache first. Run as root.
 #
 #   bench/containers.sh            N=100 bench/containers.sh      PEER=none bench/containers.sh
 set -euo pipefail
@@ -43,6 +44,15 @@ for b in berth berth-executor berth-monitor berth-image-store berth-layer-unpack
     strip -o "$work/bin/$b" "$BERTH_BIN_DIR/$b"
 done
 B=$work/bin
+if [ -n "${COLD:-}" ]; then
+    # As after a reboot: the binaries' pages come from disk, not from the copy just
+    # written, so the kernel maps code in 64 KB fault-around windows rather than in the
+    # large folios a freshly written file has (which count whole in every RSS).
+    sync
+    python3 -c 'import os, sys
+for f in sys.argv[1:]:
+    fd = os.open(f, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)' "$B"/*
+fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 export BERTH_NATS_URL=nats://127.0.0.1:$port BERTH_DATA_DIR=$work/data BERTH_NODE_ID=density RUST_LOG=warn
 nats-server -a 127.0.0.1 -p "$port" -js -sd "$work/js" >"$work/nats.log" 2>&1 & pids+=($!)
@@ -81,13 +91,13 @@ root, n = sys.argv[1], int(sys.argv[2])
 start, end = float(sys.argv[3]), float(sys.argv[4])
 before, after, exec_rss = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
 t0, t1, hz = int(sys.argv[8]), int(sys.argv[9]), int(sys.argv[10])
-rss, own = [], []
+rss, own, pids = [], [], []
 for cid in os.listdir(root):
     try:
         pid = json.load(open(f"{root}/{cid}/state.json"))["monitor_pid"]
         fields = dict(l.split(":", 1) for l in open(f"/proc/{pid}/smaps_rollup").read().splitlines()[1:])
         kb = lambda k: int(fields[k].split()[0])
-        rss.append(kb("Rss")); own.append(kb("Private_Clean") + kb("Private_Dirty"))
+        rss.append(kb("Rss")); own.append(kb("Private_Clean") + kb("Private_Dirty")); pids.append(pid)
     except (OSError, KeyError, ValueError):
         pass
 med = lambda xs: sorted(xs)[len(xs) // 2] if xs else 0
@@ -96,6 +106,20 @@ print(f"time to start all:           {end - start:.1f} s ({n / (end - start):.1f
 print(f"executor RSS:                {exec_rss / 1024:.1f} MiB")
 print(f"executor CPU while idle:     {(t1 - t0) / hz / 10 * 100:.1f} % of a core ({n} containers, 10 s)")
 print(f"monitor RSS (median):        {med(rss) / 1024:.2f} MiB, private {med(own) / 1024:.2f} MiB")
+if os.environ.get("SMAPS") and pids:
+    # What one monitor's RSS is made of, by mapping: Rss (Private) kB.
+    pid, by = pids[len(pids) // 2], {}
+    name = None
+    for line in open(f"/proc/{pid}/smaps"):
+        parts = line.split()
+        if "-" in parts[0] and not parts[0].endswith(":"):
+            name = (parts[5] if len(parts) > 5 else "[anon]") + " " + parts[1]
+        elif parts[0] in ("Rss:", "Private_Clean:", "Private_Dirty:"):
+            r, p = by.get(name, (0, 0))
+            by[name] = (r + int(parts[1]), p) if parts[0] == "Rss:" else (r, p + int(parts[1]))
+    for name, (r, p) in sorted(by.items(), key=lambda kv: -kv[1][0]):
+        if r:
+            print(f"  {r:6d} kB ({p:5d} private)  {name}")
 print(f"node memory per container:   {(before - after) / n / 1024:.2f} MiB (MemAvailable delta / {n})")
 PY
 
