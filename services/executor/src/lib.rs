@@ -82,6 +82,9 @@ pub async fn run(
         volumes_dir: data_dir.join("volumes"),
         log_dir: settings.service.log_dir.clone(),
     };
+    if let Err(err) = monitor::settle_binary_pages(&paths.monitor_bin) {
+        tracing::debug!(binary = %paths.monitor_bin.display(), error = %err, "monitor pages not settled");
+    }
 
     let js = jetstream::new(client.clone());
     let Some(nodes) = with_retry(names::NODES_BUCKET, &shutdown, || {

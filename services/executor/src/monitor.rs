@@ -28,6 +28,23 @@ pub const NOT_FOUND: i32 = 127;
 /// Any other failure to start.
 pub const START_FAILED: i32 = 125;
 
+/// Drops the clean page-cache pages of the monitor binary that no process maps, so that
+/// monitors map it from pages read from disk. A binary just written (by `cargo build`,
+/// an install, a copy) sits in large page-cache folios, and a process that touches one
+/// byte of a folio has all of it counted in its RSS: 2.4 MB per idle monitor instead of
+/// 0.9 MB. Mapped pages (monitors of running containers) are left alone by the kernel.
+pub fn settle_binary_pages(binary: &Path) -> std::io::Result<()> {
+    let file = std::fs::File::open(binary)?;
+    // Only clean pages can be dropped: write the new file back first.
+    file.sync_data()?;
+    // SAFETY: posix_fadvise reads nothing from memory; the fd is open for the call.
+    let err = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if err != 0 {
+        return Err(std::io::Error::from_raw_os_error(err));
+    }
+    Ok(())
+}
+
 /// Exit code Docker reports when a container failed to start with `message`.
 pub fn start_failure_code(message: &str) -> i32 {
     let lower = message.to_ascii_lowercase();
@@ -807,6 +824,52 @@ fn wait_exit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pages of `file` in the page cache, by mincore over a mapping (mapping faults in
+    /// nothing).
+    fn resident_pages(file: &std::fs::File, len: usize) -> usize {
+        let page = 4096;
+        // SAFETY: a fresh read-only shared mapping of an open file, unmapped below;
+        // mincore writes one byte per page into a vector of that size.
+        unsafe {
+            let addr = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            assert_ne!(addr, libc::MAP_FAILED);
+            let mut vec = vec![0u8; len.div_ceil(page)];
+            assert_eq!(libc::mincore(addr, len, vec.as_mut_ptr()), 0);
+            libc::munmap(addr, len);
+            vec.iter().filter(|b| **b & 1 == 1).count()
+        }
+    }
+
+    #[test]
+    fn a_freshly_written_binary_leaves_the_page_cache() {
+        let dir = tempfile::tempdir_in("/var/tmp").expect("temp dir");
+        // tmpfs pages cannot be dropped: the test needs a disk.
+        let on_tmpfs = nix::sys::statfs::statfs(dir.path())
+            .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+        if on_tmpfs {
+            eprintln!("SKIPPED: /var/tmp is tmpfs, whose pages never leave the cache");
+            return;
+        }
+        let path = dir.path().join("berth-monitor");
+        let len = 4 << 20;
+        std::fs::write(&path, vec![7u8; len]).expect("write");
+        let file = std::fs::File::open(&path).expect("open");
+        assert!(
+            resident_pages(&file, len) > 0,
+            "a file just written is cached"
+        );
+        settle_binary_pages(&path).expect("settle");
+        assert_eq!(resident_pages(&file, len), 0);
+        assert!(settle_binary_pages(&dir.path().join("missing")).is_err());
+    }
 
     #[test]
     fn supervision_crosses_the_reexec_in_argv() {
