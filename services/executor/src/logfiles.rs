@@ -248,15 +248,9 @@ impl LogWriter {
         let start = rotated(dir)?.last().map_or(Ok(0), |(start, path)| {
             std::fs::metadata(path).map(|m| start + m.len())
         })?;
-        Ok(LogWriter {
-            dir: dir.to_path_buf(),
-            file,
-            start,
-            size,
-            rotation,
-            failing: false,
-            report,
-        })
+        Ok(LogWriter::from_parts(
+            dir, file, start, size, rotation, report,
+        ))
     }
 
     /// The open file and where it stands (logical start, size): with
