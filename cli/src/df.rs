@@ -141,14 +141,14 @@ pub async fn run(nats: &NatsSettings, timeout: Duration, json: bool) -> Result<E
     if json {
         let text = serde_json::to_string_pretty(&rows)
             .map_err(|err| Failure::berth(format!("cannot encode JSON: {err}")))?;
-        println!("{text}");
+        outln!("{text}");
     } else {
-        println!(
+        outln!(
             "{:<12} {:<16} {:>6} {:>7} {:>10} {:>12}",
             "TYPE", "NODE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"
         );
         for row in &rows {
-            println!(
+            outln!(
                 "{:<12} {:<16} {:>6} {:>7} {:>10} {:>12}",
                 row.kind,
                 row.node_id.as_deref().unwrap_or("-"),

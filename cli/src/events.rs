@@ -272,9 +272,9 @@ pub async fn run(
                     target.entry(k.clone()).or_insert(v.clone());
                 }
             }
-            println!("{out}");
+            outln!("{out}");
         } else {
-            println!("{}", event.line(&stamp));
+            outln!("{}", event.line(&stamp));
         }
     }
 }

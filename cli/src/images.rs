@@ -20,7 +20,6 @@ use berth_proto::subjects::{self, jetstream as names, transfer, ImageVerb};
 use berth_proto::{Encoding, ErrorKind};
 use clap::{Args, Subcommand};
 use serde::{de::DeserializeOwned, Serialize};
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -339,7 +338,7 @@ impl Ctx {
         if reply.is_err() {
             self.forget(&upload).await;
         }
-        println!("{}", reply?.image.digest);
+        outln!("{}", reply?.image.digest);
         Ok(ExitCode::SUCCESS)
     }
 
@@ -369,10 +368,10 @@ impl Ctx {
         if !a.quiet {
             for image in reply?.images {
                 if image.references.is_empty() {
-                    println!("Loaded image ID: {}", image.digest);
+                    outln!("Loaded image ID: {}", image.digest);
                 }
                 for reference in image.references {
-                    println!("Loaded image: {reference}");
+                    outln!("Loaded image: {reference}");
                 }
             }
         }
@@ -431,11 +430,17 @@ impl Ctx {
                 object
                     .copy_to(&mut stdout)
                     .await
-                    .map_err(|err| Failure::berth(format!("cannot write stdout: {err}")))?;
+                    .map_err(|err| match err.kind() {
+                        std::io::ErrorKind::BrokenPipe => crate::output::handle_stdout_error(&err),
+                        _ => Failure::berth(format!("cannot write stdout: {err}")),
+                    })?;
                 stdout
                     .flush()
                     .await
-                    .map_err(|err| Failure::berth(format!("cannot write stdout: {err}")))
+                    .map_err(|err| match err.kind() {
+                        std::io::ErrorKind::BrokenPipe => crate::output::handle_stdout_error(&err),
+                        _ => Failure::berth(format!("cannot write stdout: {err}")),
+                    })
             }
         }
     }
@@ -454,10 +459,10 @@ impl Ctx {
             print_json(&list.images)?;
         } else if a.quiet {
             for image in &list.images {
-                println!("{}", short_digest(&image.digest, a.no_trunc));
+                outln!("{}", short_digest(&image.digest, a.no_trunc));
             }
         } else {
-            print!(
+            out!(
                 "{}",
                 images_table(&list, a.no_trunc, OffsetDateTime::now_utc())
             );
@@ -499,7 +504,7 @@ impl Ctx {
         if a.json {
             print_json(&history.entries)?;
         } else {
-            print!(
+            out!(
                 "{}",
                 history_table(
                     &history.entries,
@@ -543,10 +548,10 @@ impl Ctx {
             match reply {
                 Ok(reply) => {
                     for reference in &reply.untagged {
-                        println!("Untagged: {reference}");
+                        outln!("Untagged: {reference}");
                     }
                     for digest in &reply.deleted {
-                        println!("Deleted: {digest}");
+                        outln!("Deleted: {digest}");
                     }
                 }
                 Err(failure) => {
@@ -571,16 +576,16 @@ impl Ctx {
             return Ok(ExitCode::SUCCESS);
         }
         if !reply.deleted.is_empty() || !reply.blobs_deleted.is_empty() {
-            println!("Deleted Images:");
+            outln!("Deleted Images:");
             for digest in &reply.deleted {
-                println!("deleted: {digest}");
+                outln!("deleted: {digest}");
             }
             for blob in &reply.blobs_deleted {
-                println!("deleted blob: {blob}");
+                outln!("deleted blob: {blob}");
             }
-            println!();
+            outln!();
         }
-        println!(
+        outln!(
             "Total reclaimed space: {}",
             human_size(reply.space_reclaimed)
         );
@@ -618,8 +623,8 @@ impl ObjectChunks {
 fn print_json<T: Serialize>(value: &T) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|err| Failure::berth(format!("cannot encode JSON: {err}")))?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{text}").map_err(|err| Failure::berth(format!("cannot write stdout: {err}")))
+    outln!("{text}");
+    Ok(())
 }
 
 /// `busybox:latest` → (`busybox`, `latest`); the tag follows the last `:` after the last `/`.

@@ -1,5 +1,9 @@
 //! `berth`: the operator CLI. It owns nothing; every verb is a request on the bus.
 
+// First, so that its `outln!`/`out!` macros are in scope in every module below.
+#[macro_use]
+mod output;
+
 mod containers;
 mod df;
 mod discovery;

@@ -240,7 +240,7 @@ pub async fn run(
                 )
                 .await
                 .map_err(failure)?;
-            println!("{}", info.id);
+            outln!("{}", info.id);
             Ok(ExitCode::SUCCESS)
         }
         NetworkCommand::Ls {
@@ -254,18 +254,18 @@ pub async fn run(
                 .await
                 .map_err(failure)?;
             if as_json {
-                println!("{}", json(&list.networks)?);
+                outln!("{}", json(&list.networks)?);
             } else if quiet {
                 for n in &list.networks {
-                    println!("{}", n.name);
+                    outln!("{}", n.name);
                 }
             } else {
-                println!(
+                outln!(
                     "{:<12}  {:<20}  {:<8}  {:<16}  {:<18}  CONTAINERS",
                     "NETWORK ID", "NAME", "DRIVER", "BRIDGE", "SUBNET"
                 );
                 for n in &list.networks {
-                    println!(
+                    outln!(
                         "{:<12}  {:<20}  {:<8}  {:<16}  {:<18}  {}",
                         &n.id[..n.id.len().min(12)],
                         n.name,
@@ -294,7 +294,7 @@ pub async fn run(
                     }
                 }
             }
-            println!("{}", json(&found)?);
+            outln!("{}", json(&found)?);
             Ok(if failed {
                 ExitCode::from(1)
             } else {
@@ -314,7 +314,7 @@ pub async fn run(
                     )
                     .await
                 {
-                    Ok(_) => println!("{network}"),
+                    Ok(_) => outln!("{network}"),
                     Err(err) => {
                         eprintln!("berth: {}", failure(err).message);
                         failed = true;

@@ -78,7 +78,7 @@ fn row(node: &NodeRecord, now_ms: u64) -> String {
 fn print_json<T: serde::Serialize>(value: &T) -> Result<ExitCode, Failure> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|err| Failure::berth(format!("cannot encode: {err}")))?;
-    println!("{text}");
+    outln!("{text}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -112,24 +112,24 @@ pub async fn run(
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            println!(
+            outln!(
                 "{:<20}  {:<9}  {:<10}  {:<11}  {:<13}  {:<24}  LAST SEEN",
                 "ID", "STATE", "CONTAINERS", "CPU", "MEMORY", "LABELS"
             );
             for node in &list.nodes {
-                println!("{}", row(node, now_ms));
+                outln!("{}", row(node, now_ms));
             }
             Ok(ExitCode::SUCCESS)
         }
         NodeCommand::Inspect { node } => print_json(&one(SchedVerb::NodeInspect, node).await?),
         NodeCommand::Drain { node } => {
             one(SchedVerb::Drain, node.clone()).await?;
-            println!("{node}");
+            outln!("{node}");
             Ok(ExitCode::SUCCESS)
         }
         NodeCommand::Activate { node } => {
             one(SchedVerb::Activate, node.clone()).await?;
-            println!("{node}");
+            outln!("{node}");
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -81,14 +81,14 @@ pub async fn pull(
         .cloned()
         .unwrap_or_else(|| a.name.clone());
     if !a.quiet {
-        println!("Digest: {}", reply.registry_digest);
+        outln!("Digest: {}", reply.registry_digest);
         if reply.image.blobs_written == 0 {
-            println!("Status: Image is up to date for {name}");
+            outln!("Status: Image is up to date for {name}");
         } else {
-            println!("Status: Downloaded newer image for {name}");
+            outln!("Status: Downloaded newer image for {name}");
         }
     }
-    println!("{name}");
+    outln!("{name}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -118,19 +118,19 @@ pub async fn push(
     .map_err(failure)?;
     view.clear();
     if a.quiet {
-        println!("{}", reply.digest);
+        outln!("{}", reply.digest);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("The push refers to {}", reply.destination);
+    outln!("The push refers to {}", reply.destination);
     for blob in &reply.blobs {
         let what = match blob.outcome.as_str() {
             "exists" => "Layer already exists",
             "mounted" => "Mounted from another repository",
             _ => "Pushed",
         };
-        println!("{}: {what}", short(&blob.digest));
+        outln!("{}: {what}", short(&blob.digest));
     }
-    println!("digest: {}", reply.digest);
+    outln!("digest: {}", reply.digest);
     Ok(ExitCode::SUCCESS)
 }
 

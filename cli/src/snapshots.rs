@@ -59,14 +59,14 @@ pub async fn image_unpack(
                 "digest": s.digest, "size": s.size, "users": s.users,
             })).collect::<Vec<_>>(),
         });
-        println!("{value:#}");
+        outln!("{value:#}");
     } else {
         eprintln!(
             "{image} ({}) on node {}: {} layers unpacked, {} already there",
             reply.image_digest, reply.node_id, reply.unpacked, reply.reused
         );
         for dir in &reply.lowerdirs {
-            println!("{dir}");
+            outln!("{dir}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -144,9 +144,9 @@ async fn info(nats: &NatsSettings, timeout: Duration, json: bool) -> Result<Exit
     if json {
         let text = serde_json::to_string_pretty(&instances)
             .map_err(|err| Failure::berth(format!("cannot encode JSON: {err}")))?;
-        println!("{text}");
+        outln!("{text}");
     } else {
-        print!("{}", render_table(&instances));
+        out!("{}", render_table(&instances));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -112,7 +112,7 @@ pub async fn run(
                 )
                 .await
                 .map_err(failure)?;
-            println!("{}", created.name);
+            outln!("{}", created.name);
             Ok(ExitCode::SUCCESS)
         }
         VolumeCommand::Ls {
@@ -130,18 +130,18 @@ pub async fn run(
             if json {
                 let text = serde_json::to_string_pretty(&list.volumes)
                     .map_err(|err| Failure::berth(format!("cannot encode: {err}")))?;
-                println!("{text}");
+                outln!("{text}");
             } else if quiet {
                 for v in &list.volumes {
-                    println!("{}", v.name);
+                    outln!("{}", v.name);
                 }
             } else {
-                println!(
+                outln!(
                     "{:<8}  {:<64}  {:<10}  CONTAINERS",
                     "DRIVER", "VOLUME NAME", "NODE"
                 );
                 for v in &list.volumes {
-                    println!(
+                    outln!(
                         "{:<8}  {:<64}  {:<10}  {}",
                         v.driver,
                         v.name,
@@ -170,7 +170,7 @@ pub async fn run(
             }
             let text = serde_json::to_string_pretty(&found)
                 .map_err(|err| Failure::berth(format!("cannot encode: {err}")))?;
-            println!("{text}");
+            outln!("{text}");
             Ok(if failed {
                 ExitCode::from(1)
             } else {
@@ -192,7 +192,7 @@ pub async fn run(
                     )
                     .await
                 {
-                    Ok(_) => println!("{name}"),
+                    Ok(_) => outln!("{name}"),
                     Err(err) => {
                         eprintln!("berth: {}", volume_failure(err).message);
                         failed = true;

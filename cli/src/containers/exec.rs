@@ -111,8 +111,6 @@ fn write_piece(piece: &ExecOutput) {
         let _ = err.write_all(&piece.data);
         let _ = err.flush();
     } else {
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(&piece.data);
-        let _ = out.flush();
+        crate::output::write_bytes(&piece.data);
     }
 }

@@ -115,21 +115,33 @@ pub fn print_records(data: &[u8], options: &PrintOptions) {
         let mid_line = MID_LINE.with(|m| m.get()[usize::from(is_stderr)]);
         if options.timestamps && !mid_line {
             let ts = line.split(|b| *b == b' ').next().unwrap_or_default();
-            let _ = sink.write_all(ts);
-            let _ = sink.write_all(b" ");
+            write_or_end(sink, ts, is_stderr);
+            write_or_end(sink, b" ", is_stderr);
         }
         MID_LINE.with(|m| {
             let mut both = m.get();
             both[usize::from(is_stderr)] = partial;
             m.set(both);
         });
-        let _ = sink.write_all(text);
+        write_or_end(sink, text, is_stderr);
         if !partial {
-            let _ = sink.write_all(b"\n");
+            write_or_end(sink, b"\n", is_stderr);
         }
     }
-    let _ = out.flush();
+    if let Err(error) = out.flush() {
+        crate::output::handle_stdout_error(&error);
+    }
     let _ = err.flush();
+}
+
+/// A closed stdout ends `logs`/`attach` as it ends any Unix tool (see `output`); stderr
+/// errors are ignored, there being nowhere left to report them.
+fn write_or_end(sink: &mut dyn Write, bytes: &[u8], is_stderr: bool) {
+    if let Err(error) = sink.write_all(bytes) {
+        if !is_stderr {
+            crate::output::handle_stdout_error(&error);
+        }
+    }
 }
 
 /// `<ts> <stream> <F|P> <text>` → (stderr?, partial?, text).

@@ -301,7 +301,7 @@ pub async fn run(
             let created: SchedRunReply = sched_call(&client, SchedVerb::Run, &request, deadline)
                 .await
                 .map_err(failure)?;
-            println!("{}", created.id);
+            outln!("{}", created.id);
             Ok(ExitCode::SUCCESS)
         }
         ContainersCommand::Start(args) => {
@@ -418,7 +418,7 @@ pub async fn run(
             for reference in &args.refs.containers {
                 match remove_one(&client, &args.refs.node, reference, force, volumes, timeout).await
                 {
-                    Ok(()) => println!("{reference}"),
+                    Ok(()) => outln!("{reference}"),
                     Err(err) => {
                         eprintln!("berth: {}", err.message);
                         failed = true;
@@ -462,7 +462,7 @@ pub async fn run(
             }
             let text = serde_json::to_string_pretty(&found)
                 .map_err(|err| Failure::berth(format!("cannot encode: {err}")))?;
-            println!("{text}");
+            outln!("{text}");
             Ok(if failed {
                 ExitCode::from(1)
             } else {
@@ -490,7 +490,7 @@ pub async fn run(
                     )
                     .await
                 {
-                    Ok(exit) => println!("{}", exit.exit_code),
+                    Ok(exit) => outln!("{}", exit.exit_code),
                     Err(err) => {
                         eprintln!("berth: {}", failure(err).message);
                         failed = true;
@@ -529,7 +529,7 @@ where
         )
         .await
         {
-            Ok(()) => println!("{reference}"),
+            Ok(()) => outln!("{reference}"),
             Err(err) => {
                 eprintln!("berth: {}", err.message);
                 failed = true;

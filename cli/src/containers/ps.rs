@@ -229,12 +229,12 @@ pub(super) async fn ps(
     if args.json {
         let text = serde_json::to_string_pretty(&rows)
             .map_err(|err| Failure::berth(format!("cannot encode: {err}")))?;
-        println!("{text}");
+        outln!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
     if args.quiet {
         for r in &rows {
-            println!("{}", &r.summary.id[..r.summary.id.len().min(12)]);
+            outln!("{}", &r.summary.id[..r.summary.id.len().min(12)]);
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -279,7 +279,7 @@ pub(super) async fn ps(
         "NODE",
         "NAMES",
     ];
-    print!("{}", super::human::table(&header, &table));
+    out!("{}", super::human::table(&header, &table));
     Ok(ExitCode::SUCCESS)
 }
 

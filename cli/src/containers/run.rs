@@ -97,7 +97,7 @@ pub(super) async fn run_container(
         }
     };
     let Some(live) = live.as_mut() else {
-        println!("{id}");
+        outln!("{id}");
         return Ok(ExitCode::SUCCESS);
     };
     let target = Target {

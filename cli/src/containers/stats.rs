@@ -67,13 +67,13 @@ pub(super) async fn stats(
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let after = sample(ids.clone()).await?;
-        println!(
+        outln!(
             "{:<12}  {:<20}  {:>7}  {:>22}  {:>5}",
             "CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "PIDS"
         );
         for (b, a) in before.iter().zip(&after) {
             let limit = a.memory_limit.map_or_else(|| "-".to_string(), mib);
-            println!(
+            outln!(
                 "{:<12}  {:<20}  {:>6.2}%  {:>22}  {:>5}",
                 &a.id[..a.id.len().min(12)],
                 a.name,
