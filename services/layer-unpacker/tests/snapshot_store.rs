@@ -307,6 +307,57 @@ fn users_pin_snapshots_against_prune_and_remove() {
 }
 
 #[test]
+fn a_failed_prepare_takes_back_the_pins_it_added() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let store = SnapshotStore::open(t.path(), limits()).expect("open");
+    let img = image("f", 2);
+    // A layer whose blob cannot be opened: the third layer of the image fails.
+    let missing = image("missing", 1);
+    let blobs = Blobs::new(&[&img[0], &img[1]]);
+    let open = |s: &LayerSpec| blobs.open(s);
+    let user = |u: &str| PrepareOptions {
+        parallelism: 1,
+        user: Some(u.to_string()),
+    };
+    // The base layer was pinned by this user before (an earlier, good prepare).
+    store
+        .prepare(&specs(&[&img[0]]), &open, &user("c1"))
+        .expect("base");
+    let failed = store.prepare(
+        &specs(&[&img[0], &img[1], &missing[0]]),
+        &open,
+        &user("c1"),
+    );
+    assert!(failed.is_err(), "a missing blob fails the prepare");
+    let failed_new_user = store.prepare(
+        &specs(&[&img[0], &img[1], &missing[0]]),
+        &open,
+        &user("never-created"),
+    );
+    assert!(failed_new_user.is_err());
+    let snapshots = store.list();
+    assert_eq!(snapshots.len(), 2, "the good layers stay unpacked for reuse");
+    for meta in &snapshots {
+        assert!(
+            !meta.users.contains("never-created"),
+            "{}: a failed prepare left its pin",
+            meta.chain_id
+        );
+    }
+    let base = store.get(&snapshots_chain(&img, 0)).expect("base");
+    assert!(base.users.contains("c1"), "a pin from before is kept");
+    let second = store.get(&snapshots_chain(&img, 1)).expect("second");
+    assert!(second.users.is_empty(), "pins: {:?}", second.users);
+    let pruned = store.prune().expect("prune");
+    assert_eq!(pruned.len(), 1, "the layer no one holds is reclaimed");
+}
+
+fn snapshots_chain(img: &[Layer], index: usize) -> String {
+    let diff_ids: Vec<&str> = img.iter().map(|l| l.spec.diff_id.as_str()).collect();
+    chain_ids(&diff_ids).expect("chain")[index].clone()
+}
+
+#[test]
 fn forced_remove_then_prepare_again() {
     let t = tempfile::tempdir().expect("tempdir");
     let store = SnapshotStore::open(t.path(), limits()).expect("open");

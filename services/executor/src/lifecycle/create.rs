@@ -95,6 +95,12 @@ impl Executor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&name);
+        if outcome.is_err() {
+            // The image's snapshots may already be pinned for this id (prepare pins them
+            // as it finds them): a container that never came to be must not keep them
+            // from `image prune`. Releasing an id that pinned nothing is a no-op.
+            self.release_snapshots(&id).await;
+        }
         outcome
     }
 

@@ -381,6 +381,17 @@ impl SnapshotStore {
         }
         let diff_ids: Vec<&str> = layers.iter().map(|l| l.diff_id.as_str()).collect();
         let chains = chain_ids(&diff_ids)?;
+        // Pins this call adds are taken back if it fails: a container that is never
+        // created must not keep its image's snapshots from `prune`.
+        let pinned_before: Vec<bool> = chains
+            .iter()
+            .map(|chain| {
+                opts.user.as_deref().is_some_and(|user| {
+                    self.get(chain)
+                        .is_some_and(|meta| meta.users.contains(user))
+                })
+            })
+            .collect();
         let results: Mutex<Vec<Option<Result<PreparedLayer, StoreError>>>> =
             Mutex::new((0..layers.len()).map(|_| None).collect());
         let next = AtomicUsize::new(0);
@@ -421,10 +432,21 @@ impl SnapshotStore {
                 None => {}
             }
         }
-        if let Some(e) = first_err {
+        let settled = match first_err {
+            Some(e) => Err(e),
+            None => self.settle_all(&mut out),
+        };
+        if let Err(e) = settled {
+            if let Some(user) = opts.user.as_deref() {
+                self.unpin_new(&out, &pinned_before, &chains, user);
+            }
             return Err(e);
         }
-        // Bottom up, so that a layer inherits from lowers that are settled.
+        Ok(Prepared { layers: out })
+    }
+
+    /// Bottom up, so that a layer inherits from lowers that are settled.
+    fn settle_all(&self, out: &mut [PreparedLayer]) -> Result<(), StoreError> {
         for i in 0..out.len() {
             if out[i].meta.pending_dirs.is_empty() {
                 continue;
@@ -432,7 +454,27 @@ impl SnapshotStore {
             let lowers: Vec<PathBuf> = out[..i].iter().rev().map(|l| l.fs.clone()).collect();
             out[i].meta = self.settle_implicit_dirs(&out[i].meta.chain_id, &lowers)?;
         }
-        Ok(Prepared { layers: out })
+        Ok(())
+    }
+
+    /// Removes `user` from the prepared layers it did not pin before this prepare.
+    fn unpin_new(
+        &self,
+        prepared: &[PreparedLayer],
+        pinned_before: &[bool],
+        chains: &[String],
+        user: &str,
+    ) {
+        for layer in prepared {
+            let index = chains.iter().position(|c| *c == layer.meta.chain_id);
+            if index.is_some_and(|i| pinned_before[i]) {
+                continue;
+            }
+            if let Err(err) = self.remove_user(&layer.meta.chain_id, user) {
+                tracing::warn!(chain_id = %layer.meta.chain_id, user, error = %err,
+                    "cannot take back the pin of a failed prepare");
+            }
+        }
     }
 
     /// Gives a snapshot's implicit directories the metadata the lower layers
