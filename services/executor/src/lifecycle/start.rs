@@ -432,7 +432,13 @@ impl Executor {
                 })
                 .await
             {
-                tracing::warn!(error = %err, "auto-remove failed");
+                // `berth run --rm` also removes it once it has the exit code, so the
+                // other removal winning is the normal path, not a failure.
+                if err.code == berth_proto::ErrorKind::NotFound {
+                    tracing::debug!("auto-remove: already removed");
+                } else {
+                    tracing::warn!(error = %err, "auto-remove failed");
+                }
             }
         }
     }
