@@ -93,6 +93,10 @@ pub struct UnpackArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Drop the pin an earlier unpack took instead (the layers stay until `image prune`).
+    /// Deleting the image drops it too.
+    #[arg(long)]
+    pub release: bool,
 }
 
 #[derive(Args)]
@@ -225,7 +229,8 @@ pub async fn run(
             ImageCommand::Load(a) => ctx.load(a).await,
             ImageCommand::Save(a) => ctx.save(a).await,
             ImageCommand::Unpack(a) => {
-                crate::snapshots::image_unpack(nats, timeout, a.name, a.node, a.json).await
+                crate::snapshots::image_unpack(nats, timeout, a.name, a.node, a.json, a.release)
+                    .await
             }
         },
     }

@@ -7,7 +7,7 @@
 use anyhow::{ensure, Context};
 use berth_bus::request;
 use berth_proto::messages::unpack::{
-    SnapshotPruneRequest, SnapshotReleaseRequest, SnapshotsReleased, SnapshotsRemoved,
+    SnapshotList, SnapshotListRequest, SnapshotPruneRequest, SnapshotsRemoved,
 };
 use berth_proto::subjects::{self, service_names, EventKind, UnpackVerb};
 use berth_proto::Encoding;
@@ -208,26 +208,14 @@ async fn layers_are_unpacked_once_per_node_and_match_umoci_unpack() -> anyhow::R
         compare_with_umoci(scratch.path(), &layout, tag, &mount.0)?;
     }
 
-    // Releasing a's pin lets prune take a's own layer; the base stays, b still uses it.
-    let released: SnapshotsReleased = request(
-        &client,
-        &subjects::unpack(NODE, UnpackVerb::Release),
-        &SnapshotReleaseRequest {
-            user: "image:unpack/a:1".into(),
-        },
-        Encoding::Bincode,
-        Duration::from_secs(10),
-    )
-    .await?;
-    assert_eq!(released.released, 2);
-    let pruned: SnapshotsRemoved = request(
-        &client,
-        &subjects::unpack(NODE, UnpackVerb::Prune),
-        &SnapshotPruneRequest {},
-        Encoding::Bincode,
-        Duration::from_secs(30),
-    )
-    .await?;
+    // Releasing a's pin by hand lets prune take a's own layer; the base stays, b uses it.
+    let mut release = stack.berth()?;
+    release.args(["image", "unpack", "--release", "unpack/a:1"]);
+    let released = release.output()?;
+    let said = String::from_utf8_lossy(&released.stderr);
+    ensure!(released.status.success(), "unpack --release failed: {said}");
+    ensure!(said.contains("2 snapshots released"), "{said}");
+    let pruned = prune(&client).await?;
     assert_eq!(pruned.removed.len(), 1, "{pruned:?}");
     assert!(
         Path::new(&lowerdirs_b[1]).is_dir(),
@@ -237,7 +225,52 @@ async fn layers_are_unpacked_once_per_node_and_match_umoci_unpack() -> anyhow::R
         !Path::new(&lowerdirs_a[0]).exists(),
         "a's own layer is reclaimed"
     );
+
+    // Deleting image b drops its pin on the node: prune then reclaims the rest.
+    berth(&stack, &["rmi", "unpack/b:1"])?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pinned = snapshot_users(&client).await?;
+        if pinned.is_empty() {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "pins left after rmi: {pinned:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pruned = prune(&client).await?;
+    assert_eq!(pruned.removed.len(), 2, "{pruned:?}");
     Ok(())
+}
+
+async fn prune(client: &async_nats::Client) -> anyhow::Result<SnapshotsRemoved> {
+    Ok(request(
+        client,
+        &subjects::unpack(NODE, UnpackVerb::Prune),
+        &SnapshotPruneRequest {},
+        Encoding::Bincode,
+        Duration::from_secs(30),
+    )
+    .await?)
+}
+
+/// Every user pinning a snapshot of the node.
+async fn snapshot_users(client: &async_nats::Client) -> anyhow::Result<Vec<String>> {
+    let listed: SnapshotList = request(
+        client,
+        &subjects::unpack(NODE, UnpackVerb::List),
+        &SnapshotListRequest::default(),
+        Encoding::Bincode,
+        Duration::from_secs(10),
+    )
+    .await?;
+    Ok(listed
+        .snapshots
+        .into_iter()
+        .flat_map(|snapshot| snapshot.users)
+        .collect())
 }
 
 /// `tree` (berth's view of image `tag`) equals `umoci unpack` of the same layout.

@@ -164,6 +164,20 @@ impl Unpacker {
         Ok(reply)
     }
 
+    /// Every user pinning a snapshot or native tree of this node.
+    pub fn users(&self) -> std::collections::BTreeSet<String> {
+        let mut users: std::collections::BTreeSet<String> = self
+            .store
+            .list()
+            .into_iter()
+            .flat_map(|meta| meta.users)
+            .collect();
+        if let Some(native) = &self.native {
+            users.extend(native.list().into_iter().flat_map(|tree| tree.users));
+        }
+        users
+    }
+
     /// `release`
     pub async fn release(
         &self,

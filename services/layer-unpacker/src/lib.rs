@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod endpoints;
+pub mod image_pins;
 pub mod native;
 pub mod prepare;
 pub mod snapshot;
@@ -149,6 +150,10 @@ pub async fn run(
             },
         )
         .await?;
+    tokio::spawn(image_pins::follow_image_deletions(
+        unpacker.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!(node_id = %settings.node_id, snapshots = %snapshots_dir.display(), "layer-unpacker serving");
     service.serve_until(shutdown.wait()).await
 }

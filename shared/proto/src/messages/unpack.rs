@@ -110,6 +110,15 @@ pub struct SnapshotEvent {
     pub time: String,
 }
 
+/// The snapshot user that `berth image unpack` pins an image's layers with. It names
+/// the manifest digest, so that the pin goes when that image is deleted.
+pub fn image_pin(manifest_digest: &str) -> String {
+    format!("{IMAGE_PIN_PREFIX}{manifest_digest}")
+}
+
+/// Prefix of the users [`image_pin`] makes.
+pub const IMAGE_PIN_PREFIX: &str = "image:";
+
 /// `release`: drop one user's pin (a removed container, an unpinned image) from every
 /// snapshot it holds, so that `prune` can reclaim them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
