@@ -398,6 +398,28 @@ impl<B: Backend> Store<B> {
         }
     }
 
+    /// Undoes [`Self::pin`] for an image whose store failed (a digest mismatch, a
+    /// broken layer, a lost registry): blobs no other image uses are deleted at once
+    /// instead of waiting out the pin grace. Nothing happens when the image is already
+    /// stored (a failed re-pull of an image we have keeps it whole).
+    pub async fn abandon(&self, user: &Digest, blobs: &[Digest]) -> Result<u64, StoreError> {
+        let key = image_key(user);
+        if self
+            .backend
+            .kv_get(&key)
+            .await
+            .map_err(backend_err(&key))?
+            .is_some()
+        {
+            return Ok(0);
+        }
+        let mut freed = 0;
+        for blob in blobs {
+            freed += self.unpin(&user.to_string(), blob).await?.unwrap_or(0);
+        }
+        Ok(freed)
+    }
+
     /// Removes `user` from a blob's users and deletes the blob when it was the last.
     /// Returns the bytes freed.
     async fn unpin(&self, user: &str, blob: &Digest) -> Result<Option<u64>, StoreError> {
@@ -459,6 +481,51 @@ impl<B: Backend> Store<B> {
                 blob_key(blob)
             ))),
         }
+    }
+
+    /// Fills in the uncompressed size of layers stored compressed without one (a
+    /// pulled gzip layer), so that `history` shows what Docker and podman show: the
+    /// size of the layer's tar. Each blob is decompressed once; the sizes are saved in
+    /// the image record so the next `history` costs nothing. Saving is best effort: a
+    /// concurrent change of the record wins, and the sizes are measured again later.
+    pub async fn measure_uncompressed(&self, record: &mut ImageRecord) -> Result<(), StoreError> {
+        let mut measured = false;
+        for layer in record.layers.iter_mut() {
+            if layer.uncompressed_size.is_some() {
+                continue;
+            }
+            let reader = self.open_blob(&layer.digest).await?;
+            let handle = tokio::runtime::Handle::current();
+            let digest = layer.digest.clone();
+            let size = tokio::task::spawn_blocking(move || {
+                let blob = tokio_util::io::SyncIoBridge::new_with_handle(reader, handle);
+                crate::formats::archive::uncompressed_length(blob)
+            })
+            .await
+            .map_err(|err| StoreError::Internal(format!("measuring layer {digest}: {err}")))?
+            .map_err(|err| {
+                StoreError::Invalid(format!("layer {} does not decompress: {err}", layer.digest))
+            })?;
+            layer.uncompressed_size = Some(size);
+            measured = true;
+        }
+        if measured {
+            let key = image_key(&record.digest);
+            if let Some(entry) = self.backend.kv_get(&key).await.map_err(backend_err(&key))? {
+                let mut stored: ImageRecord = parse(&key, &entry.value)?;
+                if stored.layers.len() == record.layers.len() {
+                    stored.layers.clone_from(&record.layers);
+                    if let Err(err) = self
+                        .backend
+                        .kv_update(&key, json(&stored)?, entry.revision)
+                        .await
+                    {
+                        tracing::debug!(key, error = %err, "layer sizes not saved");
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     // ---- images and references ------------------------------------------------------

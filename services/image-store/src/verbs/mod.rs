@@ -56,6 +56,59 @@ impl Verbs {
         berth_bus::events::publish(&self.client, EventKind::Image, digest, action, &body).await;
     }
 
+    /// The blobs an image still lacks, then its record: what [`Self::store_image`] undoes
+    /// with [`Self::abandon`] when it fails. Returns the commit and the blobs written.
+    async fn write_and_commit<F>(
+        &self,
+        image: &ImageToStore,
+        open: &mut F,
+    ) -> Result<(crate::store::Committed, u32), ErrorEnvelope>
+    where
+        F: FnMut(&Digest) -> crate::bridge::PumpedReader,
+    {
+        let name = image.name();
+        let mut written = 0u32;
+        let config_subject = format!("config {} of {name}", image.config_digest);
+        if self
+            .store
+            .put_blob(
+                &image.config_digest,
+                image.config_bytes.len() as u64,
+                &image.config_bytes[..],
+                &config_subject,
+            )
+            .await?
+        {
+            written += 1;
+        }
+        for (i, layer) in image.layers.iter().enumerate() {
+            if self.store.has_blob(&layer.digest).await? {
+                continue;
+            }
+            let subject = format!("layer {} ({}) of {name}", i + 1, layer.digest);
+            if self
+                .store
+                .put_blob(&layer.digest, layer.size, open(&layer.digest), &subject)
+                .await?
+            {
+                written += 1;
+            }
+        }
+        let committed = self.store.commit(image).await?;
+        Ok((committed, written))
+    }
+
+    /// Takes back the pins of an image that failed to store, deleting the blobs this
+    /// attempt left that no image uses (a refused pull or load leaves nothing behind).
+    pub async fn abandon(&self, image: &ImageToStore, blobs: &[Digest]) {
+        match self.store.abandon(&image.manifest_digest, blobs).await {
+            Ok(freed) => tracing::debug!(image = %image.name(), freed, "failed store cleaned up"),
+            Err(err) => {
+                tracing::warn!(image = %image.name(), error = %err, "cannot clean up a failed store; the pin grace will")
+            }
+        }
+    }
+
     /// Copies an uploaded tarball (`transfer.upload.*`) into a fresh scratch dir; the
     /// dir (returned, removed on drop) holds the copy at the returned path.
     pub async fn fetch_upload(
@@ -106,39 +159,16 @@ impl Verbs {
     where
         F: FnMut(&Digest) -> crate::bridge::PumpedReader,
     {
-        let name = image.name();
         let record = crate::store::image_record(image)?;
         self.store
             .pin(&image.manifest_digest, &record.blobs())
             .await?;
-        let mut written = 0u32;
-        let config_subject = format!("config {} of {name}", image.config_digest);
-        if self
-            .store
-            .put_blob(
-                &image.config_digest,
-                image.config_bytes.len() as u64,
-                &image.config_bytes[..],
-                &config_subject,
-            )
-            .await?
-        {
-            written += 1;
+        let stored = self.write_and_commit(image, &mut open).await;
+        if stored.is_err() {
+            self.abandon(image, &record.blobs()).await;
         }
-        for (i, layer) in image.layers.iter().enumerate() {
-            if self.store.has_blob(&layer.digest).await? {
-                continue;
-            }
-            let subject = format!("layer {} ({}) of {name}", i + 1, layer.digest);
-            if self
-                .store
-                .put_blob(&layer.digest, layer.size, open(&layer.digest), &subject)
-                .await?
-            {
-                written += 1;
-            }
-        }
-        let committed = self.store.commit(image).await?;
+        let (committed, written) = stored?;
+        let name = image.name();
         let digest = image.manifest_digest.to_string();
         tracing::info!(image = %name, digest, blobs_written = written, "stored image");
         self.event(

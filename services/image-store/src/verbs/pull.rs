@@ -10,7 +10,7 @@
 use super::registry::{registry_envelope, RegistryVerbs, Tracker, PROGRESS_INTERVAL};
 use super::{actions, invalid};
 use crate::formats::digest::digest_error_of;
-use crate::formats::{Digest, PlatformSpec, Reference};
+use crate::formats::{Digest, ImageToStore, PlatformSpec, Reference};
 use crate::registry::{BlobReader, RegistryClient, RegistryError};
 use berth_bus::{ProgressSink, RequestContext};
 use berth_proto::messages::image::{ImagePullReply, ImagePullRequest, StoredImage};
@@ -64,12 +64,53 @@ impl RegistryVerbs {
             .map_err(|err| registry_envelope(&self.registry, err))?;
         let registry_digest = resolved.resolved.top_digest().to_string();
         let image = resolved.image;
-        let name = reference.familiar();
         let store = &self.verbs.store;
         let record = crate::store::image_record(&image)?;
         // Pinned before any byte is written, so a concurrent prune or rmi of another
         // image sharing these blobs cannot collect them under us.
         store.pin(&image.manifest_digest, &record.blobs()).await?;
+        let stored = self.fetch_and_commit(reference, &image, tracker).await;
+        if stored.is_err() {
+            // A refused pull (digest mismatch, broken layer) leaves no blob behind.
+            self.verbs.abandon(&image, &record.blobs()).await;
+        }
+        let (committed, written, present) = stored?;
+        let name = reference.familiar();
+        let digest = image.manifest_digest.to_string();
+        tracing::info!(image = %name, digest, registry_digest, blobs_written = written, layers_present = present, "pulled image");
+        self.record_origin(&image.manifest_digest, reference).await;
+        self.verbs
+            .event(
+                actions::PULL,
+                &digest,
+                committed.references.first().map(String::as_str),
+            )
+            .await;
+        for r in &committed.references {
+            self.verbs.event(actions::TAG, &digest, Some(r)).await;
+        }
+        Ok(ImagePullReply {
+            image: StoredImage {
+                digest,
+                config_digest: image.config_digest.to_string(),
+                references: committed.references,
+                blobs_written: written,
+            },
+            registry_digest,
+            layers_present: present,
+        })
+    }
+
+    /// Writes the config and the layers the store lacks, then the image record.
+    /// Returns the commit, the blobs written and the layers that were already there.
+    async fn fetch_and_commit(
+        &self,
+        reference: &Reference,
+        image: &ImageToStore,
+        tracker: &Tracker,
+    ) -> Result<(crate::store::Committed, u32, u32), ErrorEnvelope> {
+        let name = reference.familiar();
+        let store = &self.verbs.store;
         let mut written = 0u32;
         let config_subject = format!("config {} of {name}", image.config_digest);
         if store
@@ -117,30 +158,8 @@ impl RegistryVerbs {
         .try_fold(0u32, |sum, wrote| async move { Ok(sum + u32::from(wrote)) })
         .await?;
         written += fetched;
-        let committed = store.commit(&image).await?;
-        let digest = image.manifest_digest.to_string();
-        tracing::info!(image = %name, digest, registry_digest, blobs_written = written, layers_present = present, "pulled image");
-        self.record_origin(&image.manifest_digest, reference).await;
-        self.verbs
-            .event(
-                actions::PULL,
-                &digest,
-                committed.references.first().map(String::as_str),
-            )
-            .await;
-        for r in &committed.references {
-            self.verbs.event(actions::TAG, &digest, Some(r)).await;
-        }
-        Ok(ImagePullReply {
-            image: StoredImage {
-                digest,
-                config_digest: image.config_digest.to_string(),
-                references: committed.references,
-                blobs_written: written,
-            },
-            registry_digest,
-            layers_present: present,
-        })
+        let committed = store.commit(image).await?;
+        Ok((committed, written, present))
     }
 
     /// Streams one layer into the store; `Ok(true)` when we wrote it, `Ok(false)` when
