@@ -192,6 +192,17 @@ pub fn sniff_compression(head: &[u8]) -> Compression {
     }
 }
 
+/// Length of a layer blob once decompressed (gzip, zstd or plain, told by its magic).
+pub fn uncompressed_length(input: impl Read) -> io::Result<u64> {
+    let mut input = BufReader::with_capacity(256 * 1024, input);
+    let compression = sniff_compression(input.fill_buf()?);
+    match compression {
+        Compression::None => io::copy(&mut input, &mut io::sink()),
+        Compression::Gzip => io::copy(&mut flate2::bufread::GzDecoder::new(input), &mut io::sink()),
+        Compression::Zstd => io::copy(&mut zstd::stream::read::Decoder::with_buffer(input)?, &mut io::sink()),
+    }
+}
+
 /// Wraps `input` in a gzip decoder if it starts with the gzip magic.
 pub fn maybe_gunzip<'a, R: Read + 'a>(input: R) -> io::Result<(Box<dyn Read + 'a>, Compression)> {
     let mut br = BufReader::with_capacity(64 * 1024, input);

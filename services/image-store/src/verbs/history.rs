@@ -11,11 +11,12 @@ impl Verbs {
         &self,
         request: ImageInspectRequest,
     ) -> Result<ImageHistory, ErrorEnvelope> {
-        let resolved = self.store.resolve(&request.name).await?;
-        let image = image_of_record(&resolved.record, Vec::new());
+        let mut record = self.store.resolve(&request.name).await?.record;
+        self.store.measure_uncompressed(&mut record).await?;
+        let image = image_of_record(&record, Vec::new());
         let rows = image.history().map_err(invalid)?;
         Ok(ImageHistory {
-            digest: resolved.record.digest.to_string(),
+            digest: record.digest.to_string(),
             entries: rows
                 .into_iter()
                 .rev()
