@@ -6,7 +6,7 @@
 //! `org.opencontainers.image.ref.name` is, per the spec, usually just a tag (skopeo,
 //! umoci write `oci:DIR:tag` that way), so it is combined with the caller's name when
 //! one is given, parsed as a full reference when it contains `/`, `:` or `@`, and
-//! otherwise returned as [`OciImage::ref_name`] for the caller to decide.
+//! otherwise (no name given) read as an image name, as `docker load` does.
 
 use super::archive::{normalize_path, open_verified, ArchiveError, Spool, SpoolEntry};
 use super::digest::{Digest, DigestError, VerifyingReader};
@@ -245,6 +245,10 @@ impl OciLayout {
                 .with_tag(tag)
                 .map_err(ref_err)?]),
             (None, Some(name)) if lone => Ok(vec![name.clone()]),
+            // No name to combine it with: `docker load` reads a bare ref name as an
+            // image name, normalized (`fromoa` → docker.io/library/fromoa:latest).
+            // One that is no valid name leaves the image untagged.
+            (Some(bare), None) => Ok(Reference::parse(bare).into_iter().collect()),
             _ => Ok(Vec::new()),
         }
     }
@@ -598,14 +602,41 @@ mod tests {
             t.images()[0].image.manifest_digest,
             img.image.manifest_digest
         );
-        // Without a name, a tag-only ref name gives no reference.
+        // Without a name, a bare ref name is the image's name, as with `docker load`.
         let anon = OciLoadOptions {
             name: None,
             ..amd64()
         };
         let t = l.open(&anon).expect("open");
-        assert!(t.images()[0].image.references.is_empty());
+        let names: Vec<String> = t.images()[0]
+            .image
+            .references
+            .iter()
+            .map(Reference::familiar)
+            .collect();
+        assert_eq!(names, vec!["1.36:latest".to_string()]);
         assert_eq!(t.images()[0].ref_name.as_deref(), Some("1.36"));
+    }
+
+    #[test]
+    fn a_bare_ref_name_without_a_given_name_loads_under_that_name() {
+        let l = Layout::new();
+        let (d, _) = l.image("amd64", b"one", true);
+        l.index(vec![named(d.clone(), "fromoa")]);
+        let anon = OciLoadOptions {
+            name: None,
+            ..amd64()
+        };
+        let t = l.open(&anon).expect("open");
+        let reference = &t.images()[0].image.references[0];
+        assert_eq!(reference.familiar(), "fromoa:latest");
+        assert_eq!(reference.to_string(), "docker.io/library/fromoa:latest");
+        // Not a valid image name (upper case): loaded untagged, not refused.
+        let l = Layout::new();
+        let (d, _) = l.image("amd64", b"two", true);
+        l.index(vec![named(d, "NotAName")]);
+        let t = l.open(&anon).expect("open");
+        assert!(t.images()[0].image.references.is_empty());
     }
 
     #[test]
