@@ -220,5 +220,13 @@ pub async fn run(
     tracing::info!(node_id = %node_id, data_dir = %data_dir.display(), "executor serving");
     let served = service.serve_until(shutdown.wait()).await;
     heartbeat.abort();
+    let net = Arc::clone(&executor.net);
+    match tokio::task::spawn_blocking(move || net.teardown_unused()).await {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!(removed = ?removed, "networking nothing running uses is taken down")
+        }
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "network teardown failed"),
+    }
     served
 }

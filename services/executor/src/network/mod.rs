@@ -367,6 +367,53 @@ impl Networks {
         }
     }
 
+    /// When the executor stops (`down.sh`), the node's networking is taken down as far
+    /// as nothing running still needs it: the bridge of every network no running
+    /// container is attached to, and berth's nftables table once no container holds a
+    /// lease (its NAT and port rules serve the running ones). The next start brings
+    /// them back (`reconcile`). Returns what was removed, for the log.
+    pub fn teardown_unused(&self) -> Vec<String> {
+        let _serial = lock(&self.rules);
+        let (networks, used, any_lease) = {
+            let state = lock(&self.state);
+            let used: HashSet<String> = state
+                .leases
+                .values()
+                .flat_map(|l| l.endpoints.iter().map(|e| e.network_id.clone()))
+                .collect();
+            (state.networks.clone(), used, !state.leases.is_empty())
+        };
+        let mut removed = Vec::new();
+        let present: HashSet<String> = match self.kernel.links() {
+            Ok(links) => links.into_iter().map(|l| l.name).collect(),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot list interfaces; bridges kept");
+                return removed;
+            }
+        };
+        for net in networks.iter().filter(|n| !used.contains(&n.id)) {
+            if !present.contains(&net.bridge) {
+                continue;
+            }
+            match self.kernel.delete_link(&net.bridge) {
+                Ok(()) => removed.push(format!("bridge {}", net.bridge)),
+                Err(err) => tracing::warn!(bridge = %net.bridge, error = %err, "cannot remove an unused bridge"),
+            }
+        }
+        if !any_lease {
+            let table = &self.config.nft_table;
+            // Create-then-delete in one transaction: no error when it is already gone.
+            match self
+                .kernel
+                .apply_rules(&format!("table ip {table} {{}}\ndelete table ip {table}\n"))
+            {
+                Ok(()) => removed.push(format!("nftables table {table}")),
+                Err(err) => tracing::warn!(table, error = %err, "cannot remove the nftables table"),
+            }
+        }
+        removed
+    }
+
     fn apply_rules(&self) -> Result<(), NetError> {
         let _serial = lock(&self.rules);
         let (networks, rule_ports) = {

@@ -445,3 +445,35 @@ fn reconcile_drops_what_no_running_container_holds() {
     let leases = store::read_leases(&f.data.join("network")).expect("leases");
     assert_eq!(leases.keys().collect::<Vec<_>>(), [A]);
 }
+
+#[test]
+fn stopping_takes_down_what_nothing_running_uses() {
+    let f = fixture();
+    f.net.reconcile(&HashSet::new());
+    let a = f
+        .container(A, "a", ContainerCreateRequest::default())
+        .expect("plan");
+    f.net.attach(A, &a).expect("attach a");
+    f.kernel.take();
+    // A running container keeps its bridge and the table with its NAT rules.
+    assert!(f.net.teardown_unused().is_empty());
+    assert!(f.kernel.link_names().contains(&"bt0".to_string()));
+    assert!(!f
+        .kernel
+        .take()
+        .iter()
+        .any(|c| matches!(c, Call::DeleteLink(_) | Call::ApplyRules(_))));
+
+    f.net.release(A);
+    let removed = f.net.teardown_unused();
+    assert_eq!(removed, ["bridge bt0", "nftables table berth_test"]);
+    assert!(f.kernel.link_names().is_empty(), "{:?}", f.kernel.link_names());
+    let calls = f.kernel.take();
+    assert!(calls.iter().any(|c| matches!(
+        c,
+        Call::ApplyRules(text) if text.contains("delete table ip berth_test")
+    )));
+    // The next start brings the bridge back.
+    f.net.reconcile(&HashSet::new());
+    assert!(f.kernel.link_names().contains(&"bt0".to_string()));
+}
