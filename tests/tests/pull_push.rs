@@ -754,6 +754,96 @@ async fn pull_errors_not_found_and_unavailable() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `history` shows each layer's uncompressed size, as Docker and podman do, whether
+/// the image was imported (size known) or pulled (gzip layers, measured on demand).
+#[tokio::test]
+async fn history_shows_uncompressed_layer_sizes_for_pulled_images_too() -> anyhow::Result<()> {
+    let registry = Registry::start(None).await?;
+    let env = Env::start().await?;
+    let work = tempfile::tempdir()?;
+    let tar = busybox_rootfs_tar(work.path(), "bb", &[("etc/sized", "sized\n")])?;
+    let name = registry.name("berth/sized:1");
+    env.ok(&["import", &tar.display().to_string(), &name])?;
+    let sizes = |env: &Env| -> anyhow::Result<Vec<u64>> {
+        let rows: serde_json::Value = serde_json::from_str(&env.ok(&["history", "--json", &name])?)?;
+        rows.as_array()
+            .context("history rows")?
+            .iter()
+            .map(|row| row["size"].as_u64().context("a row without a size"))
+            .collect()
+    };
+    let imported = sizes(&env)?;
+    let tar_size = std::fs::metadata(&tar)?.len();
+    ensure!(
+        imported.contains(&tar_size),
+        "an imported layer's size is its tar's ({tar_size}): {imported:?}"
+    );
+    let compressed = env.inspect(&name)?.layers[0].size;
+    ensure!(compressed < tar_size, "the stored layer is compressed");
+    env.ok(&["push", &name])?;
+    env.ok(&["rmi", &name])?;
+    env.ok(&["pull", &name])?;
+    let pulled = sizes(&env)?;
+    ensure!(
+        pulled == imported,
+        "pulled {pulled:?}, imported {imported:?} (compressed {compressed})"
+    );
+    // Measured once, then kept in the image record.
+    ensure!(sizes(&env)? == imported);
+    Ok(())
+}
+
+/// A pull refused for a digest mismatch leaves nothing in the blob store: not the
+/// config it wrote first, not the layer that failed.
+#[tokio::test]
+async fn a_refused_pull_leaves_no_blob_behind() -> anyhow::Result<()> {
+    let registry = Registry::start(None).await?;
+    let env = Env::start().await?;
+    let work = tempfile::tempdir()?;
+    let tar = busybox_rootfs_tar(work.path(), "bb", &[("etc/tampered", "yes\n")])?;
+    let name = registry.name("berth/tampered:1");
+    env.ok(&["import", &tar.display().to_string(), &name])?;
+    let image = env.inspect(&name)?;
+    env.ok(&["push", &name])?;
+    env.ok(&["rmi", &name])?;
+    ensure!(
+        env.objects().await?.is_empty(),
+        "rmi left blobs: {:?}",
+        env.objects().await?
+    );
+    // Flip one byte of the layer in the registry's storage: same size, wrong digest.
+    let layer = image
+        .layers
+        .first()
+        .context("the image has a layer")?
+        .digest
+        .clone();
+    let hex = layer.trim_start_matches("sha256:");
+    let data = registry
+        .dir
+        .path()
+        .join("storage/docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    let mut bytes = std::fs::read(&data).with_context(|| format!("read {}", data.display()))?;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&data, &bytes)?;
+
+    let (code, message) = env.fails(&["pull", &name])?;
+    ensure!(code != 0, "the pull of a tampered layer succeeded");
+    ensure!(message.contains("digest"), "exit {code}: {message}");
+    let left = env.objects().await?;
+    ensure!(
+        left.is_empty(),
+        "a refused pull left {left:?} (config {})",
+        image.config_digest
+    );
+    ensure!(env.references()?.is_empty(), "{:?}", env.references()?);
+    Ok(())
+}
+
 /// Two pulls of the same image at once both succeed and fetch each blob once.
 #[tokio::test]
 async fn pull_twice_at_once_fetches_each_blob_once() -> anyhow::Result<()> {
