@@ -130,7 +130,8 @@ fn load(policy: &Policy, dir: &Path) -> Result<OwnedFd> {
         ..Default::default()
     };
     match bpf(BPF_PROG_LOAD, &mut attr(&mut [])) {
-        Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
+        // SAFETY: a successful BPF_PROG_LOAD returns a new fd that nothing else owns.
+        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
         Err(e @ (Errno::EINVAL | Errno::EACCES)) => {
             // Load again with the verifier's log so the error says what it disliked.
             let mut log = vec![0u8; 1 << 16];
