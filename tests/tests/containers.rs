@@ -219,6 +219,88 @@ async fn env_workdir_user_hostname_and_limits_apply() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Like `can_run_containers`, but a test that cannot run fails, naming what is missing.
+fn require_containers() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (namespaces, cgroups, overlay mounts)"
+    );
+    assert!(
+        Path::new("/bin/busybox").is_file(),
+        "this test needs /bin/busybox (Debian busybox-static)"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_workdir_is_created_for_the_containers_user() -> anyhow::Result<()> {
+    require_containers();
+    let env = start().await?;
+    let (code, out, err) = env.run_rm(
+        &["-w", "/a/b/c"],
+        &["sh", "-c", "pwd; stat -c %u:%g:%a /a /a/b /a/b/c"],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "/a/b/c\n0:0:755\n0:0:755\n0:0:755\n");
+
+    // Every created component belongs to the user, who can work in it; what existed
+    // (here /var) keeps its owner.
+    let (code, out, err) = env.run_rm(
+        &["-w", "/var/a/b/c", "-u", "1000:1000"],
+        &[
+            "sh",
+            "-c",
+            "pwd; stat -c %u:%g /var /var/a /var/a/b /var/a/b/c; touch f && echo writable",
+        ],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "/var/a/b/c\n0:0\n1000:1000\n1000:1000\n1000:1000\nwritable\n"
+    );
+
+    // A read-only root cannot get the directory: a clear error before the process runs.
+    let (code, out, err) = env.run_rm(&["--read-only", "-w", "/ro/dir"], &["echo", "ran"])?;
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(!out.contains("ran"), "{out}");
+    assert!(
+        err.contains("working directory /ro/dir") && err.contains("read-only"),
+        "{err}"
+    );
+    // An existing one is fine there.
+    let (code, out, err) = env.run_rm(&["--read-only", "-w", "/var/www"], &["pwd"])?;
+    assert_eq!((code, out.as_str()), (0, "/var/www\n"), "{err}");
+
+    // An image whose WORKDIR its layers do not hold.
+    let scratch = tempfile::tempdir()?;
+    let tar = busybox_tar(scratch.path())?;
+    let tar = tar.display().to_string();
+    env.stdout(&[
+        "import",
+        &tar,
+        "busybox:workdir",
+        "-c",
+        "WORKDIR /missing/here",
+    ])?;
+    let output = env.berth(&[
+        "run",
+        "--rm",
+        "-u",
+        "33:33",
+        "busybox:workdir",
+        "sh",
+        "-c",
+        "pwd; stat -c %u:%g .",
+    ])?;
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "/missing/here\n33:33\n",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.status.code(), Some(0));
+    Ok(())
+}
+
 #[tokio::test]
 async fn bind_mounts_are_read_only_or_writable() -> anyhow::Result<()> {
     if !can_run_containers() {

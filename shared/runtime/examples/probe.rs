@@ -354,10 +354,32 @@ fn forkbomb(max: usize) -> i32 {
     1
 }
 
+/// `open PATH...`: open each path read-only and close it again, printing `PATH: opened`
+/// or `PATH: errno N`. Read-only, non-blocking and nothing read or written: harmless
+/// even on a real device node.
+fn open_paths(paths: &[String]) -> i32 {
+    for p in paths {
+        let fd = unsafe {
+            libc::open(
+                c(p).as_ptr(),
+                libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            unsafe { libc::close(fd) };
+            println!("{p}: opened");
+        } else {
+            println!("{p}: errno {}", errno());
+        }
+    }
+    0
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let code = match args.get(1).map(String::as_str) {
         Some("hog") => hog(),
+        Some("open") => open_paths(&args[2..]),
         Some("forkbomb") => forkbomb(args.get(2).and_then(|n| n.parse().ok()).unwrap_or(200)),
         _ => probes(),
     };

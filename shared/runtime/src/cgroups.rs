@@ -121,8 +121,7 @@ pub fn to_resources(r: &LinuxResources, v2: bool) -> Result<Resources> {
             MaxValue::Max
         });
     }
-    // v2 device control needs eBPF programs; on v2 the seccomp profile is what blocks
-    // block-device mknod (see spec.rs), and devices are limited to what /dev holds.
+    // v2 has no devices controller: CgroupManager::create attaches an eBPF program.
     if !v2 {
         out.devices.devices = r.devices().iter().flatten().map(dev_rule).collect();
     }
@@ -247,8 +246,25 @@ impl CgroupManager {
                 let _ = m.cg.delete();
                 return Err(cgerr(path, "apply limits", e));
             }
+            if let Err(e) = m.apply_device_rules(r) {
+                let _ = m.cg.delete();
+                return Err(e);
+            }
         }
         Ok(m)
+    }
+
+    /// v2: the spec's device rules as an eBPF program on the cgroup (v1 has them from
+    /// cgroups-rs through devices.allow/deny). No rules means no program: v1 allows every
+    /// device then too.
+    fn apply_device_rules(&self, r: &LinuxResources) -> Result<()> {
+        let rules = r.devices().as_deref().unwrap_or_default();
+        if !self.v2 || rules.is_empty() {
+            return Ok(());
+        }
+        let policy = crate::devfilter::Policy::from_rules(rules)?;
+        let dir = Path::new(hierarchies::UNIFIED_MOUNTPOINT).join(&self.path);
+        crate::bpf::install_device_policy(&dir, &policy)
     }
 
     /// Handle to an existing cgroup.

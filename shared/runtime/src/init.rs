@@ -417,6 +417,7 @@ fn stage2(sock: &OwnedFd, cfg: &InitConfig) -> Result<Never> {
         std::fs::write(&path, v.as_bytes()).ctx(|| format!("write sysctl {k}"))?;
     }
     crate::mounts::finish_rootfs(&sys, spec, Path::new("/"))?;
+    ensure_workdir(&cfg.process)?;
     // Fail `create`, not `start`, when the program is missing (as runc does).
     let args = cfg.process.args().clone().unwrap_or_default();
     let cmd = args
@@ -439,6 +440,28 @@ fn stage2(sock: &OwnedFd, cfg: &InitConfig) -> Result<Never> {
         crate::hooks::run(&h, &cfg.state_json, "startContainer")?;
     }
     finalize_and_exec(cfg, &cfg.process)
+}
+
+/// Create a missing working directory as Docker does (an image's WORKDIR need not exist
+/// in its layers; `-w` may name any path), owned by the process' user. Done after
+/// pivot_root and after the root and read-only paths got their final flags, so a
+/// read-only root or read-only path fails here, at create, with a clear error instead of
+/// a bare chdir ENOENT at start.
+fn ensure_workdir(p: &Process) -> Result<()> {
+    let cwd = p.cwd();
+    if cwd.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let root = crate::path::open_root(Path::new("/"))?;
+    let user = p.user();
+    match crate::path::mkdir_all_owned(root.as_fd(), cwd, user.uid(), user.gid()) {
+        Err(e) if e.errno() == Some(nix::errno::Errno::EROFS) => Err(Error::InvalidSpec(format!(
+            "working directory {} does not exist and cannot be created: the container's \
+             root filesystem (or the mount holding it) is read-only",
+            cwd.display()
+        ))),
+        r => r.map(drop),
+    }
 }
 
 /// A new network namespace has only `lo`, and it is down; Docker brings it up, so do we.

@@ -35,9 +35,11 @@
 //! The process that calls `create` is the container process' parent (it alone gets exact
 //! exit codes from `wait`).
 
+pub mod bpf;
 pub mod caps;
 pub mod cgroups;
 pub mod container;
+pub mod devfilter;
 pub mod error;
 pub mod hooks;
 pub mod init;
