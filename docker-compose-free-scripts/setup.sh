@@ -38,6 +38,16 @@ fi
 nats="$(berth_nats_server)" || die "no nats-server 2.10+ after install"
 log "nats-server: $("$nats" --version) at $nats"
 
+# The Python example client (examples/python) and the test that runs it use this venv;
+# the pin lives in its requirements.txt.
+PYCLIENT=/opt/berth/pyclient
+PYCLIENT_REQUIREMENTS="$BERTH_ROOT/examples/python/requirements.txt"
+if ! "$PYCLIENT/bin/pip" freeze 2>/dev/null | grep -qxFf "$PYCLIENT_REQUIREMENTS"; then
+  log "installing $(tr '\n' ' ' <"$PYCLIENT_REQUIREMENTS")into $PYCLIENT (examples/python)"
+  python3 -m venv "$PYCLIENT"
+  "$PYCLIENT/bin/pip" install --quiet --disable-pip-version-check -r "$PYCLIENT_REQUIREMENTS"
+fi
+
 command -v cargo >/dev/null || { [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"; }
 command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup) first"
 

@@ -5,6 +5,7 @@
 
 pub mod codec;
 pub mod error;
+pub mod json_bytes;
 pub mod messages;
 pub mod subjects;
 

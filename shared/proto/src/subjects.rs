@@ -165,9 +165,25 @@ pub fn events_of_kind(kind: EventKind) -> String {
     format!("{ROOT}.events.{kind}.>")
 }
 
-/// `berth.v1.logs.<id>`: live log chunks of one container.
+/// `berth.v1.logs.<id>`: live log chunks of one container (bincode `LogChunk`).
 pub fn logs(container_id: &str) -> String {
     format!("{ROOT}.logs.{container_id}")
+}
+
+/// `berth.v1.logs_json.<id>`: the same chunks as [`logs`], as JSON (`data` in base64),
+/// for clients without bincode.
+///
+/// A twin subject rather than a header: a published chunk goes to every subscriber
+/// at once, so a subscriber cannot ask for an encoding on it, while a subject is
+/// something it chooses. The twin lives under its own token, not under `logs.<id>.`, so
+/// that `berth.v1.logs.*` and `berth.v1.logs.>` still carry bincode only.
+pub fn logs_json(container_id: &str) -> String {
+    format!("{ROOT}.logs_json.{container_id}")
+}
+
+/// `berth.v1.logs_json.>`: the JSON chunks of every container.
+pub fn all_logs_json() -> String {
+    format!("{ROOT}.logs_json.>")
 }
 
 /// Subject served only by the benchmark's own echo endpoint (never by a berth service).
@@ -318,6 +334,7 @@ mod tests {
         );
         assert_eq!(all_events(), "berth.v1.events.>");
         assert_eq!(logs("abc"), "berth.v1.logs.abc");
+        assert_eq!(logs_json("abc"), "berth.v1.logs_json.abc");
         assert_eq!(
             micro::info(service_names::EXECUTOR),
             "$SRV.INFO.berth-executor"

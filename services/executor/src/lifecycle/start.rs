@@ -324,14 +324,22 @@ impl Executor {
                     data,
                 };
                 offset += chunk.data.len() as u64;
-                match Encoding::Bincode.encode(&chunk) {
-                    Ok(body) => {
-                        if let Err(err) = self.client.publish(subjects::logs(id), body.into()).await
-                        {
-                            tracing::warn!(error = %err, "cannot publish log chunk");
+                // Both forms, always: a publisher cannot see who listens, and a chunk
+                // nobody subscribed to is dropped by the server at once.
+                for (encoding, subject) in [
+                    (Encoding::Bincode, subjects::logs(id)),
+                    (Encoding::Json, subjects::logs_json(id)),
+                ] {
+                    match encoding.encode(&chunk) {
+                        Ok(body) => {
+                            if let Err(err) = self.client.publish(subject, body.into()).await {
+                                tracing::warn!(error = %err, ?encoding, "cannot publish log chunk");
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, ?encoding, "cannot encode log chunk")
                         }
                     }
-                    Err(err) => tracing::warn!(error = %err, "cannot encode log chunk"),
                 }
             }
             if done {

@@ -388,12 +388,15 @@ pub struct LogsPage {
     pub running: bool,
 }
 
-/// One message on `berth.v1.logs.<id>` (bincode): whole CRI lines starting at `offset`.
-/// The last one of a run has `eof` set (and may carry no data).
+/// One message on `berth.v1.logs.<id>` (bincode), and the same on
+/// `berth.v1.logs_json.<id>` (JSON, `data` a base64 string): whole CRI lines
+/// (`<RFC 3339 time> stdout|stderr F|P <text>\n`) starting at byte `offset` of the
+/// container's log. The last one of a run has `eof` set (and may carry no data).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogChunk {
     pub id: String,
     pub offset: u64,
+    #[serde(with = "crate::json_bytes")]
     pub data: Vec<u8>,
     pub eof: bool,
 }
