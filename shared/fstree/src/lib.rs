@@ -295,6 +295,64 @@ fn copy_leaves(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<Vec<OsStr
     Ok(dirs)
 }
 
+/// What [`walk_dirs`] reports. It says only which name it goes into and when
+/// it leaves, never a whole path: a visitor that needs one keeps its own stack,
+/// so a deep tree costs constant work per directory.
+pub trait DirVisitor {
+    /// Whether to go into subdirectory `name` of the directory the walk is in.
+    /// When true, a matching [`DirVisitor::leave`] follows.
+    fn enter(&mut self, name: &OsStr) -> io::Result<bool>;
+    /// Everything below the directory was visited; `dir` is the directory.
+    fn leave(&mut self, dir: BorrowedFd<'_>) -> io::Result<()>;
+}
+
+/// Walks the directories below `root` that the visitor enters, depth first,
+/// iteratively and without following symlinks; `leave` comes after a
+/// directory's subdirectories (post-order), for `root` last (without `enter`).
+pub fn walk_dirs(root: BorrowedFd<'_>, visitor: &mut impl DirVisitor) -> io::Result<()> {
+    let mut cur = open_dir_at(root, OsStr::new("."))?;
+    let st = fstat(cur.as_fd())?;
+    let mut stack = vec![(st.st_dev, st.st_ino, subdirs(cur.as_fd())?)];
+    loop {
+        let Some((_, _, pending)) = stack.last_mut() else {
+            return Ok(());
+        };
+        if let Some(child) = pending.pop() {
+            if !visitor.enter(&child)? {
+                continue;
+            }
+            let fd = open_dir_at(cur.as_fd(), &child).map_err(|e| named("open", &child, e))?;
+            let st = fstat(fd.as_fd())?;
+            let pending = subdirs(fd.as_fd()).map_err(|e| named("list", &child, e))?;
+            stack.push((st.st_dev, st.st_ino, pending));
+            cur = fd;
+            continue;
+        }
+        visitor.leave(cur.as_fd())?;
+        stack.pop();
+        if let Some((dev, ino, _)) = stack.last() {
+            cur = up(cur.as_fd(), (*dev, *ino))?;
+        }
+    }
+}
+
+/// Names of the subdirectories of `dir`.
+fn subdirs(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
+    let mut out = Vec::new();
+    let mut stream = DirStream::open(dir)?;
+    while let Some((name, kind)) = stream.next_entry()? {
+        let is_subdir = match kind {
+            libc::DT_DIR => true,
+            libc::DT_UNKNOWN => lstat_at(dir, &name)?.is_some_and(|st| is_dir(&st)),
+            _ => false,
+        };
+        if is_subdir {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
 /// A `readdir` stream over a duplicate of a directory fd.
 struct DirStream(*mut libc::DIR);
 
@@ -664,5 +722,33 @@ mod tests {
             remove_tree(&d)
         })
         .expect("cleans up");
+    }
+
+    #[test]
+    fn walk_dirs_visits_post_order_and_only_what_it_enters() {
+        struct V(Vec<String>, Vec<String>);
+        impl DirVisitor for V {
+            fn enter(&mut self, name: &OsStr) -> io::Result<bool> {
+                let n = name.to_string_lossy().into_owned();
+                if n == "skip" {
+                    return Ok(false);
+                }
+                self.1.push(n);
+                Ok(true)
+            }
+            fn leave(&mut self, _dir: BorrowedFd<'_>) -> io::Result<()> {
+                let n = self.1.pop().unwrap_or_else(|| "root".into());
+                self.0.push(n);
+                Ok(())
+            }
+        }
+        let t = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(t.path().join("a/b")).expect("mkdir");
+        std::fs::create_dir_all(t.path().join("skip/x")).expect("mkdir");
+        std::os::unix::fs::symlink("/", t.path().join("a/link")).expect("symlink");
+        let root = open_path(t.path()).expect("open");
+        let mut v = V(Vec::new(), Vec::new());
+        walk_dirs(root.as_fd(), &mut v).expect("walk");
+        assert_eq!(v.0, ["b", "a", "root"]);
     }
 }
