@@ -63,6 +63,8 @@ impl DeepTar {
             0o644
         });
         h.set_mtime(1_600_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_size(data.len() as u64);
         h.set_cksum();
         out.extend_from_slice(h.as_bytes());
