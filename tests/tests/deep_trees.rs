@@ -17,11 +17,13 @@ const SERVICES: [&str; 4] = [
     "berth-executor",
 ];
 
-/// 25 × `mkdir -p` of 1,000 levels, each time going down into what it made
-/// (a relative path stays under PATH_MAX; the tree's own paths do not).
-const BUILD_DEEP: &str = "cd /tmp && P=d && i=1 && \
+/// 25 × a 1,000-level `mkdir -p` with the tree so far moved to its bottom
+/// (relative paths stay under PATH_MAX; the tree's own paths do not): 25,025
+/// levels in seconds, where the issue's one-level `mv` loop takes minutes.
+const BUILD_DEEP: &str = "cd /tmp && mkdir deep && P=d && i=1 && \
     while [ $i -lt 1000 ]; do P=$P/d; i=$((i+1)); done && \
-    n=0 && while [ $n -lt 25 ]; do mkdir -p $P && cd $P || exit 1; n=$((n+1)); done && \
+    n=0 && while [ $n -lt 25 ]; do \
+    mkdir -p new/$P && mv deep new/$P/deep && mv new deep || exit 1; n=$((n+1)); done && \
     echo built";
 
 fn require_containers() -> anyhow::Result<()> {
