@@ -64,6 +64,17 @@ fn busybox_tar(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(tar)
 }
 
+/// The executor's log, for failure messages.
+fn executor_log(env: &CliEnv) -> String {
+    env.stack
+        .services
+        .iter()
+        .filter(|s| s.name == "berth-executor" || s.name == "berth-scheduler")
+        .filter_map(|s| std::fs::read_to_string(&s.log).ok())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The executor process is still running (not exited, not a zombie).
 fn executor_alive(env: &CliEnv) -> bool {
     let Some(pid) = env
@@ -94,8 +105,10 @@ async fn a_25000_level_tree_is_removed_and_the_executor_survives() -> anyhow::Re
     let rm = env.berth(&["rm", &id])?;
     assert!(
         rm.status.success(),
-        "rm failed: {}",
-        String::from_utf8_lossy(&rm.stderr)
+        "rm failed: {}\nexecutor alive: {}\nlogs:\n{}",
+        String::from_utf8_lossy(&rm.stderr),
+        executor_alive(&env),
+        executor_log(&env)
     );
     assert!(executor_alive(&env), "the executor died removing the tree");
     assert!(env.stdout(&["ps", "-a", "-q"])?.trim().is_empty());
