@@ -150,7 +150,15 @@ pub(super) async fn run_container(
             Ok(_) => {}
             // The executor's removal came first and its destroy event took the record.
             Err(err) if err.kind() == Some(ErrorKind::NotFound) => {}
-            Err(err) => eprintln!("berth: removing {id}: {}", failure(err).message),
+            // Not removed (the executor died, say): a zero exit would tell a
+            // script that all went well and hide the container left behind.
+            Err(err) => {
+                let failure = failure(err);
+                return Err(Failure {
+                    code: failure.code,
+                    message: format!("removing {id}: {}", failure.message),
+                });
+            }
         }
     }
     Ok(ExitCode::from(exit.exit_code.clamp(0, 255) as u8))

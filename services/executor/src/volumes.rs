@@ -117,7 +117,7 @@ impl Volumes {
             Err(err) => return Err(err),
         }
         let tmp = self.dir.join(format!(".tmp-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
+        let _ = berth_fstree::remove_tree(&tmp);
         let data = tmp.join(DATA);
         std::fs::create_dir_all(&data).map_err(Self::io(name, &data))?;
         let record = VolumeRecord {
@@ -141,11 +141,11 @@ impl Volumes {
             Ok(()) => Ok(record),
             // Lost a race with another create of the same name: theirs stands.
             Err(_) if target.join(RECORD).is_file() => {
-                let _ = std::fs::remove_dir_all(&tmp);
+                let _ = berth_fstree::remove_tree(&tmp);
                 self.get(name)
             }
             Err(err) => {
-                let _ = std::fs::remove_dir_all(&tmp);
+                let _ = berth_fstree::remove_tree(&tmp);
                 Err(Self::io(name, &target)(err))
             }
         }
@@ -223,7 +223,7 @@ impl Volumes {
             .join(format!(".trash-{name}-{}", std::process::id()));
         std::fs::rename(&target, &trash).map_err(Self::io(name, &target))?;
         drop(pending);
-        std::fs::remove_dir_all(&trash).map_err(Self::io(name, &trash))
+        berth_fstree::remove_tree(&trash).map_err(Self::io(name, &trash))
     }
 
     /// Deletes leftovers of creates and removes a crash interrupted.
@@ -232,7 +232,7 @@ impl Volumes {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if name.starts_with(".tmp-") || name.starts_with(".trash-") {
-                    let _ = std::fs::remove_dir_all(entry.path());
+                    let _ = berth_fstree::remove_tree(&entry.path());
                 }
             }
         }
@@ -260,34 +260,9 @@ impl Volumes {
 
 /// Copies the image's content at a volume's mount point into a new, empty volume
 /// (Docker's copy-up). Symlinks are copied as links, never followed; ownership and
-/// modes are kept.
+/// modes are kept. The image controls the tree's depth, so the walk is iterative.
 pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let source = entry.path();
-        let target = to.join(entry.file_name());
-        let meta = std::fs::symlink_metadata(&source)?;
-        let kind = meta.file_type();
-        if kind.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&source)?, &target)?;
-        } else if kind.is_dir() {
-            std::fs::create_dir(&target)?;
-            copy_tree(&source, &target)?;
-        } else if kind.is_file() {
-            std::fs::copy(&source, &target)?;
-        } else {
-            // Devices, fifos and sockets in an image volume: not worth a mknod.
-            continue;
-        }
-        std::os::unix::fs::lchown(&target, Some(meta.uid()), Some(meta.gid()))?;
-        if !kind.is_symlink() {
-            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(meta.mode()))?;
-        }
-    }
-    let meta = std::fs::metadata(from)?;
-    std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()))?;
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode()))
+    berth_fstree::copy_tree(from, to)
 }
 
 #[cfg(test)]

@@ -151,7 +151,7 @@ fn prepare_spool(spool: &std::path::Path) -> anyhow::Result<()> {
                 .and_then(|m| m.modified())
                 .is_ok_and(|modified| modified < hour_ago);
             if old {
-                let _ = std::fs::remove_dir_all(entry.path());
+                let _ = berth_fstree::remove_tree(&entry.path());
             }
         }
     }

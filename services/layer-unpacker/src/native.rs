@@ -72,7 +72,10 @@ impl NativeTrees {
             let complete = path.join(META).is_file();
             if !complete {
                 tracing::info!(path = %path.display(), "removing an incomplete native tree");
-                std::fs::remove_dir_all(&path).map_err(io("remove", &path))?;
+                // Never a reason not to start: retried at the next one.
+                if let Err(e) = berth_fstree::remove_tree(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove native tree debris");
+                }
             }
         }
         Ok(NativeTrees {
@@ -140,13 +143,13 @@ impl NativeTrees {
             // A tree dir without meta is debris of a build that did not finish.
             let tree_dir = self.dir.join(&key);
             if tree_dir.exists() {
-                std::fs::remove_dir_all(&tree_dir).map_err(io("remove", &tree_dir))?;
+                berth_fstree::remove_tree(&tree_dir).map_err(io("remove", &tree_dir))?;
             }
             std::fs::create_dir_all(&tree_dir).map_err(io("create", &tree_dir))?;
             let stats = match apply_layers(&fs, layers, open_blob, &self.limits) {
                 Ok(stats) => stats,
                 Err(err) => {
-                    let _ = std::fs::remove_dir_all(&tree_dir);
+                    let _ = berth_fstree::remove_tree(&tree_dir);
                     return Err(err);
                 }
             };
@@ -221,7 +224,7 @@ impl NativeTrees {
             let dir = self.dir.join(&key);
             let meta_path = dir.join(META);
             std::fs::remove_file(&meta_path).map_err(io("remove", &meta_path))?;
-            std::fs::remove_dir_all(&dir).map_err(io("remove", &dir))?;
+            berth_fstree::remove_tree(&dir).map_err(io("remove", &dir))?;
             Ok(meta)
         })
     }

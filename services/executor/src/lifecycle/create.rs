@@ -207,7 +207,7 @@ impl Executor {
                 });
             if result.is_err() {
                 let _ = overlay::unmount(&dir.join(files::ROOTFS));
-                let _ = std::fs::remove_dir_all(&dir);
+                let _ = berth_fstree::remove_tree(&dir);
                 // Volumes this create made for itself go with it; named ones stay.
                 for name in made {
                     let _ = this.volumes.remove(&name, Vec::new, true);

@@ -184,6 +184,7 @@ impl Executor {
             std::fs::create_dir_all(dir)
                 .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", dir.display()))?;
         }
+        remove_trash(&paths.containers_dir);
         Ok(Executor {
             node_id,
             client,
@@ -381,6 +382,41 @@ impl Executor {
             }
         }
         usage
+    }
+}
+
+/// Where `remove` moves a container's directory before deleting it.
+pub(crate) fn trash_path(dir: &Path) -> PathBuf {
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    dir.with_file_name(format!(".trash-{name}"))
+}
+
+/// Deletes, in the background, what removals a restart interrupted left
+/// (`.trash-*`). Never fails or delays the start: a deep tree takes minutes,
+/// and what cannot go now is tried again at the next start.
+fn remove_trash(containers_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(containers_dir) else {
+        return;
+    };
+    let trash: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".trash-"))
+        .map(|e| e.path())
+        .collect();
+    if trash.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("remove-trash".into())
+        .spawn(move || {
+            for path in trash {
+                if let Err(err) = berth_fstree::remove_tree(&path) {
+                    tracing::warn!(path = %path.display(), %err, "cannot remove a removed container's files");
+                }
+            }
+        });
+    if let Err(err) = spawned {
+        tracing::warn!(%err, "cannot start removing old container files");
     }
 }
 

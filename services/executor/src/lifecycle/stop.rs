@@ -124,14 +124,37 @@ impl Executor {
             let log_dir = self.log_dir(&id);
             blocking(move || {
                 if log_dir != dir {
-                    let _ = std::fs::remove_dir_all(&log_dir);
+                    let _ = berth_fstree::remove_tree(&log_dir);
                 }
                 overlay::unmount(&dir.join(files::ROOTFS)).map_err(internal)?;
                 if let Ok(container) = berth_runtime::Container::load(&runtime_root, &remove_id) {
                     let _ = container.delete(true);
                 }
-                std::fs::remove_dir_all(&dir)
-                    .map_err(|err| internal(format!("remove {}: {err}", dir.display())))
+                // The record goes first: a directory without one is no container,
+                // so what is left is debris for `remove_trash` at the next
+                // start. Then the slow part (a container's tree can be 25,000
+                // levels of directories) runs after the reply.
+                let record_file = dir.join(files::RECORD);
+                match std::fs::remove_file(&record_file) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => {
+                        return Err(internal(format!("remove {}: {err}", record_file.display())))
+                    }
+                }
+                let trash = super::trash_path(&dir);
+                std::fs::rename(&dir, &trash)
+                    .map_err(|err| internal(format!("rename {}: {err}", dir.display())))?;
+                let message = format!("remove {}", trash.display());
+                std::thread::Builder::new()
+                    .name("remove-tree".into())
+                    .spawn(move || {
+                        if let Err(err) = berth_fstree::remove_tree(&trash) {
+                            tracing::warn!(path = %trash.display(), %err, "cannot remove a removed container's files");
+                        }
+                    })
+                    .map_err(|err| internal(format!("{message}: {err}")))?;
+                Ok(())
             })
             .await?;
             self.op_locks

@@ -28,7 +28,7 @@ pub fn apply_layers(
     let tmp = temp_sibling(dest);
     // Debris of an earlier crashed apply of the same destination.
     if fs::symlink_metadata(&tmp).is_ok() {
-        fs::remove_dir_all(&tmp).map_err(io_err("remove stale", &tmp))?;
+        berth_fstree::remove_tree(&tmp).map_err(io_err("remove stale", &tmp))?;
     }
     fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
     let result = (|| {
@@ -50,7 +50,7 @@ pub fn apply_layers(
         Ok(stats)
     })();
     if result.is_err() {
-        let _ = fs::remove_dir_all(&tmp);
+        let _ = berth_fstree::remove_tree(&tmp);
     }
     result
 }

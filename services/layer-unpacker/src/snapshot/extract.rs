@@ -13,9 +13,11 @@
 //!   put in its directory; entries replace what they land on.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
+use std::hash::{BuildHasher, DefaultHasher, Hasher};
 use std::io::{self, BufReader, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -27,7 +29,7 @@ use sha2::{Digest, Sha256};
 use tar::EntryType;
 
 use super::decompress::{decompressor, Compression};
-use super::safe_path::{self as sp, join, normalize, Components, Root, WalkError};
+use super::safe_path::{self as sp, join, normalize, Root, WalkError};
 use super::{Error, LayerError, LayerSpec, Limits};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -76,12 +78,15 @@ pub fn unpack_layer<R: Read>(
     let err = |e| Error::new(&layer.digest, e);
     let (compression, decoded) = decompressor(&layer.media_type, blob).map_err(err)?;
     let exceeded = Rc::new(Cell::new(false));
+    let last_entry = Rc::new(Cell::new((0, 0)));
     let mut counted = Counted {
         inner: decoded,
         hasher: Sha256::new(),
         count: 0,
         limit: limits.max_uncompressed_bytes,
         exceeded: exceeded.clone(),
+        last_entry: last_entry.clone(),
+        padded: 0,
     };
     let root = Root::open(root).map_err(|e| {
         err(LayerError::Io {
@@ -94,8 +99,10 @@ pub fn unpack_layer<R: Read>(
         root,
         mode,
         limits,
+        keys: PathKeys::new(),
         seen: HashMap::new(),
-        dirs: Vec::new(),
+        ancestors: HashSet::new(),
+        dirs: HashMap::new(),
         buf: vec![0u8; 1 << 20],
         entries: 0,
         file_bytes: 0,
@@ -117,6 +124,10 @@ pub fn unpack_layer<R: Read>(
             let entries = archive.entries().map_err(|e| err(stream_err(e)))?;
             for entry in entries {
                 let entry = entry.map_err(|e| err(stream_err(e)))?;
+                let data_end = entry
+                    .raw_file_position()
+                    .saturating_add(entry.header().entry_size().unwrap_or(0));
+                last_entry.set((data_end, data_end.next_multiple_of(512)));
                 ex.entry(entry).map_err(|e| match e {
                     LayerError::Stream(io) => err(stream_err(io)),
                     other => err(other),
@@ -155,11 +166,40 @@ struct Counted<R> {
     /// Shared with the error mapper: the tar crate rewraps reader errors, so the
     /// error value alone cannot say that the limit was hit.
     exceeded: Rc<Cell<bool>>,
+    /// Where the current entry's data ends and where its padding ends, set by
+    /// the extract loop: see [`Counted::pad_at_eof`].
+    last_entry: Rc<Cell<(u64, u64)>>,
+    /// Zero bytes supplied at the end (neither hashed nor counted).
+    padded: u64,
+}
+
+impl<R> Counted<R> {
+    /// umoci's `insert` ends its tars right after the last entry's data: no
+    /// padding to 512 bytes, no end-of-archive blocks. GNU tar, podman and umoci
+    /// read those; so does this, by supplying the missing padding when the
+    /// stream ends inside it. Ending anywhere else (inside an entry's data or a
+    /// header) still reaches the tar reader as the error it is.
+    fn pad_at_eof(&mut self, buf: &mut [u8]) -> usize {
+        let pos = self.count + self.padded;
+        let (data_end, pad_end) = self.last_entry.get();
+        if pos < data_end || pos >= pad_end {
+            return 0;
+        }
+        let k = buf
+            .len()
+            .min(usize::try_from(pad_end - pos).unwrap_or(usize::MAX));
+        buf[..k].fill(0);
+        self.padded += k as u64;
+        k
+    }
 }
 
 impl<R: Read> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            return Ok(self.pad_at_eof(buf));
+        }
         self.count += n as u64;
         if self.count > self.limit {
             self.exceeded.set(true);
@@ -181,12 +221,17 @@ struct Extractor<'l> {
     root: Root,
     mode: ExtractMode,
     limits: &'l Limits,
-    /// Entries of this layer so far: duplicates, hardlink targets, and which
-    /// children an opaque marker must keep.
-    seen: HashMap<Components, Seen>,
+    keys: PathKeys,
+    /// Entries of this layer so far, by path key: hardlink targets, whiteout
+    /// conflicts, and which children an opaque marker must keep. Keys, not
+    /// paths: a path is as long as its depth, and a deep layer would need
+    /// memory quadratic in its depth to keep them all.
+    seen: HashMap<PathKey, Seen>,
+    /// Directories with entries of this layer below them (or its whiteouts).
+    ancestors: HashSet<PathKey>,
     /// Directory mode and mtime are set after their contents are written (a
     /// read-only dir could not take them; writing would bump the mtime).
-    dirs: Vec<(Components, u32, libc::timespec)>,
+    dirs: HashMap<PathKey, (u32, libc::timespec)>,
     buf: Vec<u8>,
     entries: u64,
     file_bytes: u64,
@@ -253,13 +298,10 @@ impl Extractor<'_> {
         }
 
         let is_dir = kind.is_dir();
-        match self.seen.get(&comps) {
-            None => {}
-            Some(Seen::Dir) if is_dir => {}
-            Some(_) => return Err(LayerError::Duplicate(raw_path)),
-        }
-        self.seen
-            .insert(comps.clone(), if is_dir { Seen::Dir } else { Seen::NonDir });
+        // A name seen before in this layer: the later entry wins, as in Docker.
+        // What it replaces goes in `clear_target`; a directory merges with a
+        // directory.
+        self.record(&comps, if is_dir { Seen::Dir } else { Seen::NonDir });
 
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
@@ -345,13 +387,6 @@ impl Extractor<'_> {
         want_dir: bool,
         raw: &Path,
     ) -> Result<(), LayerError> {
-        let mode = self.mode;
-        if mode == ExtractMode::Overlay {
-            // Skip the stat: every explicit entry is in `seen`, so anything on
-            // disk is an implicit parent dir, and the exclusive create below
-            // reports it as EEXIST (mapped to Duplicate by `create_err`).
-            return Ok(());
-        }
         let dir = self.parent_fd(parent, raw)?;
         let Some(st) = sp::lstatat(dir, name).map_err(|e| io_err("stat", raw, e))? else {
             return Ok(());
@@ -360,25 +395,53 @@ impl Extractor<'_> {
         if is_dir && want_dir {
             return Ok(());
         }
-        if is_dir {
-            // Replacing a directory that already holds entries of this layer
-            // (made as their implicit parent) is the same conflict as in
-            // overlay form. Rare, so a scan is fine.
-            if self.holds_ours(parent, name) {
-                return Err(LayerError::Duplicate(raw.to_path_buf()));
-            }
-        }
+        // In overlay form the directory started empty, so this is an earlier
+        // entry of this layer (or a parent made for one); when applying it may
+        // also come from below. Either way the later entry wins (Docker's
+        // rule), and whatever this layer put below the name goes with it.
         let dir = self.parent_fd(parent, raw)?;
         sp::remove_all_at(dir, name).map_err(|e| io_err("remove", raw, e))?;
         self.root.invalidate();
+        if is_dir {
+            let mut comps = parent.to_vec();
+            comps.push(name.to_os_string());
+            self.forget_below(&comps);
+        }
         Ok(())
+    }
+
+    /// Forgets what this layer wrote under directory `comps`, which was just
+    /// removed to make room for a later entry of the same name. Rare, so scans
+    /// are fine.
+    fn forget_below(&mut self, comps: &[OsString]) {
+        // `seen` and `ancestors` keep the keys below (keys cannot be listed
+        // by prefix): a hardlink to a removed entry then fails at the link,
+        // as in Docker. A directory made again at the same path takes its
+        // mode from its own entry.
+        self.dirs.remove(&self.keys.of(comps, None));
+        self.root.created.retain(|k| !k.starts_with(comps));
+    }
+
+    /// Notes an entry of this layer: its own kind, and that its parents now
+    /// hold one. Parents are added bottom up until one is already known, so a
+    /// deep tree costs constant work per entry beyond hashing its path.
+    fn record(&mut self, comps: &[OsString], kind: Seen) -> Option<Seen> {
+        let prefixes = self.keys.prefixes(comps);
+        let parents = prefixes
+            .get(1..prefixes.len().saturating_sub(1))
+            .unwrap_or(&[]);
+        for k in parents.iter().rev() {
+            if !self.ancestors.insert(*k) {
+                break;
+            }
+        }
+        let own = prefixes.last().copied().unwrap_or_default();
+        self.seen.insert(own, kind)
     }
 
     /// Whether `parent/name` is a directory holding entries of this layer.
     fn holds_ours(&self, parent: &[OsString], name: &OsStr) -> bool {
-        self.seen
-            .keys()
-            .any(|k| k.len() > parent.len() + 1 && k.starts_with(parent) && k[parent.len()] == name)
+        self.ancestors.contains(&self.keys.of(parent, Some(name)))
     }
 
     fn file<R: Read>(
@@ -465,7 +528,7 @@ impl Extractor<'_> {
             sp::fsetxattr(fd, k, v).map_err(|e| io_err("setxattr", &raw.join(k), e))?;
         }
         self.dirs
-            .push((comps.to_vec(), meta.mode & 0o7777, meta.mtime));
+            .insert(self.keys.of(comps, None), (meta.mode & 0o7777, meta.mtime));
         Ok(())
     }
 
@@ -485,7 +548,7 @@ impl Extractor<'_> {
         // Only to something this layer already wrote: a link to a lower layer
         // cannot exist in overlay form, and the name must not be a way to reach
         // outside or through a symlink.
-        match self.seen.get(&tcomps) {
+        match self.seen.get(&self.keys.of(&tcomps, None)) {
             Some(Seen::NonDir) => {}
             Some(Seen::Dir) => return Err(bad("target is a directory")),
             Some(Seen::Whiteout) => return Err(bad("target is a whiteout")),
@@ -519,11 +582,23 @@ impl Extractor<'_> {
         // A whiteout hides lower layers only; one for an entry of this same
         // layer (or twice the same) is a conflict, as in overlay form it would
         // be the same name twice.
-        if self.seen.insert(tcomps, Seen::Whiteout).is_some() {
-            return Err(LayerError::Duplicate(raw.to_path_buf()));
+        match self.record(&tcomps, Seen::Whiteout) {
+            None => {}
+            // The same whiteout twice says the same thing twice.
+            Some(Seen::Whiteout) => return Ok(()),
+            Some(_) => return Err(LayerError::Duplicate(raw.to_path_buf())),
         }
         match self.mode {
             ExtractMode::Overlay => {
+                // Anything already there is a parent this layer made for its
+                // own entries: hiding it is the same conflict as above.
+                let dir = self.parent_fd(parent, raw)?;
+                if sp::lstatat(dir, target)
+                    .map_err(|e| io_err("stat", raw, e))?
+                    .is_some()
+                {
+                    return Err(LayerError::Duplicate(raw.to_path_buf()));
+                }
                 self.clear_target(parent, target, false, raw)?;
                 let dir = self.parent_fd(parent, raw)?;
                 sp::mknodat(dir, target, libc::S_IFCHR, libc::makedev(0, 0))
@@ -572,8 +647,7 @@ impl Extractor<'_> {
         let doomed: Vec<OsString> = names
             .into_iter()
             .filter(|n| {
-                let mut child = dir_comps.to_vec();
-                child.push(n.clone());
+                let child = self.keys.of(dir_comps, Some(n));
                 !self.seen.contains_key(&child) && !self.holds_ours(dir_comps, n)
             })
             .collect();
@@ -600,27 +674,116 @@ impl Extractor<'_> {
             out.push(PathBuf::new());
         }
         for c in &self.root.created {
-            if self.seen.get(c) != Some(&Seen::Dir) {
+            if self.seen.get(&self.keys.of(c, None)) != Some(&Seen::Dir) {
                 out.push(join(c));
             }
         }
         out
     }
 
-    /// Sets directory modes and mtimes now that their contents are written.
+    /// Sets directory modes and mtimes now that their contents are written,
+    /// in one iterative walk over the directories this layer touched (a walk
+    /// from the root per directory would be quadratic in a deep layer).
     fn finish_dirs(&mut self) -> Result<(), LayerError> {
-        for (comps, mode, mtime) in std::mem::take(&mut self.dirs) {
-            let path = join(&comps);
-            let fd = match self.root.dir_uncached(&comps, false) {
-                Ok(fd) => fd,
-                // Replaced later in the same layer (applied mode): nothing to set.
-                Err(WalkError::Io(_, e)) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                Err(e) => return Err(walk_err(e, &path)),
-            };
-            sp::fchmod(fd.as_fd(), mode).map_err(|e| io_err("chmod", &path, e))?;
-            sp::futimens(fd.as_fd(), mtime).map_err(|e| io_err("utimes", &path, e))?;
+        if self.dirs.is_empty() {
+            return Ok(());
+        }
+        let mut v = FinishDirs {
+            ancestors: &self.ancestors,
+            dirs: &self.dirs,
+            stack: vec![self.keys.start()],
+        };
+        berth_fstree::walk_dirs(self.root.fd(), &mut v)
+            .map_err(|e| io_err("set directory modes", self.root.path(), e))
+    }
+}
+
+/// Where [`Extractor::finish_dirs`] is: one hash state per level.
+struct FinishDirs<'a> {
+    ancestors: &'a HashSet<PathKey>,
+    dirs: &'a HashMap<PathKey, (u32, libc::timespec)>,
+    stack: Vec<(DefaultHasher, DefaultHasher)>,
+}
+
+impl berth_fstree::DirVisitor for FinishDirs<'_> {
+    fn enter(&mut self, name: &OsStr) -> io::Result<bool> {
+        let Some(top) = self.stack.last() else {
+            return Ok(false);
+        };
+        let mut next = top.clone();
+        PathKeys::push(&mut next, name);
+        let key = PathKeys::key(&next);
+        if self.ancestors.contains(&key) || self.dirs.contains_key(&key) {
+            self.stack.push(next);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn leave(&mut self, dir: BorrowedFd<'_>) -> io::Result<()> {
+        let Some(top) = self.stack.pop() else {
+            return Ok(());
+        };
+        if let Some((mode, mtime)) = self.dirs.get(&PathKeys::key(&top)) {
+            sp::fchmod(dir, *mode)?;
+            sp::futimens(dir, *mtime)?;
         }
         Ok(())
+    }
+}
+
+/// A path inside the layer, hashed: 128 bits from two independently keyed
+/// SipHashes, so neither chance nor a crafted layer makes two paths collide.
+type PathKey = u128;
+
+struct PathKeys {
+    a: RandomState,
+    b: RandomState,
+}
+
+impl PathKeys {
+    fn new() -> PathKeys {
+        PathKeys {
+            a: RandomState::new(),
+            b: RandomState::new(),
+        }
+    }
+
+    fn start(&self) -> (DefaultHasher, DefaultHasher) {
+        (self.a.build_hasher(), self.b.build_hasher())
+    }
+
+    fn push(state: &mut (DefaultHasher, DefaultHasher), comp: &OsStr) {
+        let bytes = comp.as_bytes();
+        for h in [&mut state.0, &mut state.1] {
+            h.write_usize(bytes.len());
+            h.write(bytes);
+        }
+    }
+
+    fn key(state: &(DefaultHasher, DefaultHasher)) -> PathKey {
+        (u128::from(state.0.finish()) << 64) | u128::from(state.1.finish())
+    }
+
+    /// The key of `comps` (plus `last`).
+    fn of(&self, comps: &[OsString], last: Option<&OsStr>) -> PathKey {
+        let mut st = self.start();
+        for c in comps.iter().map(OsString::as_os_str).chain(last) {
+            Self::push(&mut st, c);
+        }
+        Self::key(&st)
+    }
+
+    /// The keys of every prefix of `comps`, the root's first.
+    fn prefixes(&self, comps: &[OsString]) -> Vec<PathKey> {
+        let mut st = self.start();
+        let mut out = Vec::with_capacity(comps.len() + 1);
+        out.push(Self::key(&st));
+        for c in comps {
+            Self::push(&mut st, c);
+            out.push(Self::key(&st));
+        }
+        out
     }
 }
 

@@ -459,18 +459,9 @@ pub fn lstatat(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<libc::sta
 }
 
 /// Removes `name` in `dir`, recursively for directories, never following
-/// symlinks (std's `remove_dir_all` is symlink-safe; the path goes through the
-/// fd so the parent is not resolved again).
+/// symlinks; iterative, so a layer's depth cannot overflow the stack.
 pub fn remove_all_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-    match lstatat(dir, name)? {
-        None => Ok(()),
-        Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
-            let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-            p.push(name);
-            std::fs::remove_dir_all(p)
-        }
-        Some(_) => unlinkat(dir, name, false),
-    }
+    berth_fstree::remove_tree_at(dir, name)
 }
 
 /// Names in directory `fd` (without `.` and `..`).

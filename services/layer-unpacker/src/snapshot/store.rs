@@ -332,7 +332,11 @@ impl SnapshotStore {
             }
         }
         for d in debris {
-            fs::remove_dir_all(&d).map_err(io_err("remove stale", &d))?;
+            // Debris must never keep the store from opening: what cannot go now
+            // is retried at the next start.
+            if let Err(e) = berth_fstree::remove_tree(&d) {
+                tracing::warn!(path = %d.display(), error = %e, "cannot remove snapshot debris");
+            }
         }
         Ok(SnapshotStore {
             dir,
@@ -607,7 +611,7 @@ impl SnapshotStore {
             }
             Err(e) => {
                 // A failed or unverified unpack never becomes a snapshot.
-                let _ = fs::remove_dir_all(&tmp);
+                let _ = berth_fstree::remove_tree(&tmp);
                 Err(e)
             }
         }
@@ -679,7 +683,7 @@ impl SnapshotStore {
             fs::rename(&from, &to).map_err(io_err("rename", &from))?;
             lock(&self.index).by_chain.remove(chain_id);
             sync_dir(&self.dir)?;
-            fs::remove_dir_all(&to).map_err(io_err("remove", &to))?;
+            berth_fstree::remove_tree(&to).map_err(io_err("remove", &to))?;
             Ok(meta)
         })
     }

@@ -1,0 +1,246 @@
+//! Deep trees: a 20,000-level layer unpacks in time linear in its size, and
+//! pruning it, or finding one left half-removed at start, neither overflows a
+//! stack nor blocks the store from opening.
+
+mod common;
+
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::time::Instant;
+
+use berth_layer_unpacker::snapshot::{LayerSpec, PrepareOptions, SnapshotStore};
+use common::*;
+use sha2::{Digest, Sha256};
+use tar::{EntryType, Header};
+
+const DEPTH: usize = 20_000;
+
+/// A stack on which std's recursive `remove_dir_all` overflows long before
+/// 20,000 levels, while the iterative walks need a few KiB.
+const SMALL_STACK: usize = 256 << 10;
+
+/// Streams the tar of `d/`, `d/d/`, … `depth` levels down with a file `f` at
+/// the bottom, generated level by level: at 20,000 levels the names alone are
+/// 400 MB, too much to build in memory.
+struct DeepTar {
+    depth: usize,
+    level: usize,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl DeepTar {
+    fn new(depth: usize) -> DeepTar {
+        DeepTar {
+            depth,
+            level: 0,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    fn entry(out: &mut Vec<u8>, name: &[u8], kind: EntryType, data: &[u8]) {
+        if name.len() > 100 {
+            let mut h = Header::new_gnu();
+            h.as_gnu_mut().expect("gnu").name[..13].copy_from_slice(b"././@LongLink");
+            h.set_entry_type(EntryType::GNULongName);
+            h.set_size(name.len() as u64 + 1);
+            h.set_mode(0o644);
+            h.set_cksum();
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(name);
+            out.push(0);
+            out.resize(out.len().next_multiple_of(512), 0);
+        }
+        let mut h = Header::new_gnu();
+        let n = name.len().min(100);
+        h.as_gnu_mut().expect("gnu").name[..n].copy_from_slice(&name[..n]);
+        h.set_entry_type(kind);
+        h.set_mode(if kind == EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        h.set_mtime(1_600_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().next_multiple_of(512), 0);
+    }
+
+    /// The next level's entries; false at the end.
+    fn refill(&mut self) -> bool {
+        self.buf.clear();
+        self.pos = 0;
+        self.level += 1;
+        if self.level <= self.depth {
+            let name = b"d/".repeat(self.level);
+            Self::entry(&mut self.buf, &name, EntryType::Directory, b"");
+        } else if self.level == self.depth + 1 {
+            let mut name = b"d/".repeat(self.depth);
+            name.push(b'f');
+            Self::entry(&mut self.buf, &name, EntryType::Regular, b"deep");
+            self.buf.extend_from_slice(&[0u8; 1024]);
+        } else {
+            return false;
+        }
+        true
+    }
+}
+
+impl Read for DeepTar {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.buf.len() && !self.refill() {
+            return Ok(0);
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn deep_spec(depth: usize) -> LayerSpec {
+    let mut h = Sha256::new();
+    let mut r = DeepTar::new(depth);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf).expect("generate");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let diff_id = format!("sha256:{}", hex::encode(h.finalize()));
+    LayerSpec {
+        // Uncompressed: the blob is the tar.
+        digest: diff_id.clone(),
+        media_type: MT_TAR.to_string(),
+        diff_id,
+    }
+}
+
+fn open_dir(dir: &impl AsFd, name: &str) -> OwnedFd {
+    let c = std::ffi::CString::new(name).expect("name");
+    // SAFETY: valid dirfd and C string; the fd is owned below.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_fd().as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    assert!(fd >= 0, "open {name}: {}", std::io::Error::last_os_error());
+    // SAFETY: fresh fd.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// `depth` nested `d` directories under `root`, made through fds (the path is
+/// far beyond PATH_MAX), as a container's `mkdir t && mv d t/d && mv t d` does.
+fn make_deep(root: &Path, depth: usize) {
+    let mut cur = OwnedFd::from(std::fs::File::open(root).expect("open root"));
+    for _ in 0..depth {
+        let c = std::ffi::CString::new("d").expect("name");
+        // SAFETY: valid dirfd and C string.
+        let r = unsafe { libc::mkdirat(cur.as_raw_fd(), c.as_ptr(), 0o755) };
+        assert_eq!(r, 0, "mkdir: {}", std::io::Error::last_os_error());
+        cur = open_dir(&cur, "d");
+    }
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn on_small_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(SMALL_STACK)
+            .spawn_scoped(s, f)
+            .expect("spawn")
+            .join()
+            .expect("overflowed or panicked")
+    })
+}
+
+#[test]
+fn a_20000_level_layer_unpacks_and_prunes() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let snapshots = t.path().join("snapshots");
+    let store = SnapshotStore::open(&snapshots, limits()).expect("open");
+    let spec = deep_spec(DEPTH);
+    let open = |_: &LayerSpec| -> std::io::Result<Box<dyn Read + Send>> {
+        Ok(Box::new(DeepTar::new(DEPTH)))
+    };
+    let started = Instant::now();
+    let prepared = on_small_stack(|| {
+        store.prepare(
+            std::slice::from_ref(&spec),
+            &open,
+            &PrepareOptions::default(),
+        )
+    })
+    .expect("a deep layer unpacks");
+    eprintln!("{DEPTH} levels unpacked in {:?}", started.elapsed());
+
+    // The bottom, reached through fds.
+    let mut cur = OwnedFd::from(std::fs::File::open(&prepared.layers[0].fs).expect("fs"));
+    for _ in 0..DEPTH {
+        cur = open_dir(&cur, "d");
+    }
+    let c = std::ffi::CString::new("f").expect("name");
+    // SAFETY: valid dirfd and C string.
+    let fd = unsafe { libc::openat(cur.as_raw_fd(), c.as_ptr(), libc::O_RDONLY) };
+    assert!(fd >= 0, "the deepest file exists");
+    // SAFETY: fresh fd.
+    let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut content = String::new();
+    f.read_to_string(&mut content).expect("read");
+    assert_eq!(content, "deep");
+
+    let started = Instant::now();
+    let removed = on_small_stack(|| store.prune()).expect("prune");
+    eprintln!("{DEPTH} levels pruned in {:?}", started.elapsed());
+    assert_eq!(removed.len(), 1);
+    assert!(store.list().is_empty());
+    let left: Vec<String> = names(&snapshots)
+        .into_iter()
+        .filter(|n| n.starts_with("rm-") || n.parse::<u64>().is_ok())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn a_deep_leftover_of_an_interrupted_prune_does_not_block_a_restart() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let snapshots = t.path().join("snapshots");
+    drop(SnapshotStore::open(&snapshots, limits()).expect("first open"));
+    // What a prune killed mid-delete (or crashed by the deep tree) left.
+    std::fs::create_dir(snapshots.join("rm-7")).expect("mkdir");
+    make_deep(&snapshots.join("rm-7"), DEPTH);
+    std::fs::create_dir(snapshots.join("tmp-8")).expect("mkdir");
+    std::os::unix::fs::symlink("/", snapshots.join("tmp-8").join("root")).expect("symlink");
+
+    let store = on_small_stack(|| SnapshotStore::open(&snapshots, limits())).expect("reopen");
+    assert!(store.list().is_empty());
+    let left = names(&snapshots);
+    assert!(
+        !left
+            .iter()
+            .any(|n| n.starts_with("rm-") || n.starts_with("tmp-")),
+        "debris left: {left:?}"
+    );
+    assert!(
+        Path::new("/").join("etc").exists(),
+        "a symlink was followed"
+    );
+}
