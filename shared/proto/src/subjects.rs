@@ -170,6 +170,13 @@ pub fn logs(container_id: &str) -> String {
     format!("{ROOT}.logs.{container_id}")
 }
 
+/// Where services send the bodiless NATS micro error reply that makes async-nats count an
+/// error in `$SRV.STATS`; the caller gets the error envelope on its own reply subject.
+/// Nothing subscribes here, so the server drops these at once.
+pub fn error_count_sink() -> String {
+    format!("{ROOT}.micro.error_counted")
+}
+
 /// Subject served only by the benchmark's own echo endpoint (never by a berth service).
 pub fn bench_echo() -> String {
     format!("{ROOT}.bench.echo")
