@@ -3,6 +3,7 @@
 //! Servers, the CLI, tests and benchmarks all build subjects with the functions in
 //! [`subjects`] and exchange the types in [`messages`], encoded by [`codec`].
 
+pub mod b64;
 pub mod codec;
 pub mod error;
 pub mod messages;

@@ -20,7 +20,7 @@ use crate::users;
 use berth_bus::BusError;
 use berth_proto::messages::exec::{
     BindMount, ContainerCreateRequest, ContainerCreated, ContainerDone, ContainerEvent,
-    ContainerExit, ContainerInspect, ContainerKillRequest, ContainerList, ContainerRef,
+    ContainerExit, ContainerInspect, ContainerKillRequest, ContainerList, ContainerRef, ContainerWaitRequest,
     ContainerRemoveRequest, ContainerStarted, ContainerStatus, ContainerStopRequest,
     ContainerSummary, LogChunk, LogsPage, LogsRequest, RestartPolicy, VolumeMount,
 };

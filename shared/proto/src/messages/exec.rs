@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 /// `list`: containers on this node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ContainerListRequest {
     /// Include containers that are not running (`ps -a`).
     #[serde(default)]
@@ -73,6 +74,7 @@ pub struct ContainerList {
 
 /// `-v /host:/ctr[:ro]`: a host path bind-mounted into the container.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BindMount {
     /// Absolute host path.
     pub source: String,
@@ -85,6 +87,7 @@ pub struct BindMount {
 /// `-v NAME:/ctr[:ro]` (a named volume, created on first use) or `-v /ctr` (an
 /// anonymous volume: `name` empty, a fresh one per container).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VolumeMount {
     /// Volume name; empty for a new anonymous volume.
     #[serde(default)]
@@ -139,6 +142,7 @@ pub enum RestartPolicy {
 /// `create`: everything `berth run`/`create` decides about a container. Fields left
 /// empty take the image's value (entrypoint, cmd, env, workdir, user, stop signal).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ContainerCreateRequest {
     /// Image reference or manifest digest.
     pub image: String,
@@ -244,6 +248,7 @@ pub struct ContainerCreateRequest {
 
 /// One `--ulimit`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Ulimit {
     /// `nofile`, `nproc`, `core`, … (without the `RLIMIT_` prefix).
     pub name: String,
@@ -261,8 +266,22 @@ pub struct ContainerCreated {
 
 /// A request naming one container (by full id, unique id prefix, or name).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ContainerRef {
     pub id: String,
+}
+
+/// `wait`: blocks until the container is not running, then answers its
+/// [`ContainerExit`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerWaitRequest {
+    /// Full id, unique id prefix, or name.
+    pub id: String,
+    /// Give up after this many milliseconds with `unavailable` (the container keeps
+    /// running); absent, wait as long as the container runs.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// Reply to `start`.
@@ -275,6 +294,7 @@ pub struct ContainerStarted {
 
 /// `kill`: send a signal to the container's process.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ContainerKillRequest {
     pub id: String,
     /// Name (`TERM`, `SIGTERM`) or number; default SIGKILL.
@@ -284,6 +304,7 @@ pub struct ContainerKillRequest {
 
 /// `stop`: the stop signal, up to `timeout_seconds` of grace, then SIGKILL.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ContainerStopRequest {
     pub id: String,
     /// Default: the container's stop timeout (10 s unless set at create).
@@ -293,6 +314,7 @@ pub struct ContainerStopRequest {
 
 /// `remove`: delete a container, its writable layer and its log.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ContainerRemoveRequest {
     pub id: String,
     /// Kill it first if it runs.
@@ -362,6 +384,7 @@ pub struct ContainerInspect {
 
 /// `logs`: a page of the container's CRI log (`<RFC3339Nano> stdout|stderr F|P <text>`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogsRequest {
     pub id: String,
     /// Start at this byte offset of the log (for paging); overrides `tail`.
@@ -381,6 +404,7 @@ pub struct LogsPage {
     pub id: String,
     pub start: u64,
     pub end: u64,
+    #[serde(with = "crate::b64")]
     pub data: Vec<u8>,
     /// More complete lines follow `end` already: ask again from `end`.
     pub more: bool,
@@ -394,6 +418,7 @@ pub struct LogsPage {
 pub struct LogChunk {
     pub id: String,
     pub offset: u64,
+    #[serde(with = "crate::b64")]
     pub data: Vec<u8>,
     pub eof: bool,
 }
@@ -426,6 +451,7 @@ pub struct ContainerEvent {
 /// output is published on `output` (a subject the caller subscribed to, under its inbox)
 /// as [`ExecOutput`] messages, the last with `eof`; the reply comes after that.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     pub id: String,
     pub cmd: Vec<String>,
@@ -456,6 +482,7 @@ pub struct ExecRequest {
 
 /// A terminal's size in character cells.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ConsoleSize {
     pub rows: u16,
     pub cols: u16,
@@ -470,7 +497,7 @@ pub const MAX_STDIN_CHUNK: usize = 4000;
 #[serde(rename_all = "snake_case")]
 pub enum StdinPayload {
     /// Bytes for the process's stdin (at most [`MAX_STDIN_CHUNK`]).
-    Data(Vec<u8>),
+    Data(#[serde(with = "crate::b64")] Vec<u8>),
     /// End of input: the process's stdin is closed (on a terminal: the EOF character).
     Eof,
     /// The client's terminal changed size.
@@ -483,6 +510,7 @@ pub enum StdinPayload {
 /// repeat of one whose reply was lost. The container's monitor owns its stdin, so input
 /// keeps flowing when the executor restarts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StdinRequest {
     /// Container id or name.
     pub id: String,
@@ -503,6 +531,7 @@ pub struct StdinAck {
 
 /// `volume_create`: a named volume on this node (idempotent: an existing one is returned).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VolumeCreateRequest {
     /// Generated (64 hex digits) when empty.
     #[serde(default)]
@@ -531,6 +560,7 @@ pub struct VolumeInfo {
 
 /// `volume_list`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VolumeListRequest {
     /// Only volumes with every one of these labels (`key` or `key=value`).
     #[serde(default)]
@@ -539,12 +569,14 @@ pub struct VolumeListRequest {
 
 /// `volume_inspect`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VolumeRef {
     pub name: String,
 }
 
 /// `volume_remove`: refused while a container uses the volume.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VolumeRemoveRequest {
     pub name: String,
     /// A missing volume is not an error.
@@ -563,6 +595,7 @@ pub struct VolumeList {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecOutput {
     pub stderr: bool,
+    #[serde(with = "crate::b64")]
     pub data: Vec<u8>,
     pub eof: bool,
 }

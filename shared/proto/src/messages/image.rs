@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// `list`: images known to the store.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ImageListRequest {
     /// Only references whose repository starts with this (Docker's `images REPO`).
     #[serde(default)]
@@ -35,6 +36,7 @@ pub struct ImageList {
 
 /// `import`: a one-layer image from a root filesystem tarball (like `docker import`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ImageImportRequest {
     /// Object in `berth-blobs` holding the tarball (plain or gzip); deleted afterwards.
     pub upload: String,
@@ -76,6 +78,7 @@ pub struct ImageImportReply {
 
 /// `load`: every image of a docker-archive or OCI layout tar.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ImageLoadRequest {
     /// Object in `berth-blobs` holding the tar; deleted afterwards.
     pub upload: String,
@@ -95,6 +98,7 @@ pub struct ImageLoadReply {
 
 /// `save`: a docker-archive of one or more images, written to a download object.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ImageSaveRequest {
     /// References, digests or ID prefixes.
     pub names: Vec<String>,
@@ -115,6 +119,7 @@ pub struct ImageSaveReply {
 
 /// `inspect` and `history`: one image by reference, digest or ID prefix.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ImageInspectRequest {
     pub name: String,
 }
@@ -189,6 +194,7 @@ pub struct ImageHistory {
 
 /// `tag`: point `target` at the image `source` names.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ImageTagRequest {
     pub source: String,
     pub target: String,
@@ -204,6 +210,7 @@ pub struct ImageTagReply {
 
 /// `remove` (`berth rmi`): untag a reference, or delete an image by digest/ID.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ImageRemoveRequest {
     pub name: String,
     /// Like `docker rmi -f`: remove every reference of an image named by digest/ID.
@@ -226,6 +233,7 @@ pub struct ImageRemoveReply {
 
 /// `prune`: delete dangling (untagged) images and unreferenced blobs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ImagePruneRequest {
     /// Reserved for `prune -a`; must be false for now.
     #[serde(default)]
@@ -247,6 +255,7 @@ pub struct ImageEvent {
 
 /// `pull`: fetch an image from a registry into the store (`docker pull`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ImagePullRequest {
     /// `name[:tag]` or `name@sha256:…` (Docker Hub rules for short names).
     pub reference: String,
@@ -271,6 +280,7 @@ pub struct ImagePullReply {
 
 /// `push`: upload an image to a registry (`docker push`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ImagePushRequest {
     /// The local image (reference, digest or ID prefix).
     pub name: String,

@@ -27,6 +27,7 @@ impl PortProtocol {
 
 /// One `-p [hostIP:][hostPort:]containerPort[/proto]` as asked at create.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PortSpec {
     /// IPv4 address of the host to listen on; default every address.
     #[serde(default)]
@@ -86,6 +87,7 @@ pub struct ContainerNetwork {
 
 /// `create`: a user network (a bridge of its own) on this node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NetworkCreateRequest {
     pub name: String,
     /// IPv4 CIDR; default a free /24 of the node's pool.
@@ -127,6 +129,7 @@ pub struct NetworkInfo {
 
 /// `list`
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NetworkListRequest {}
 
 /// Reply to `list`.
@@ -138,12 +141,14 @@ pub struct NetworkList {
 
 /// `inspect` and `remove`: a network by name, id or unique id prefix.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NetworkRef {
     pub network: String,
 }
 
 /// `connect`: attach a container (running or not) to a user network.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NetworkConnectRequest {
     pub network: String,
     pub container: String,
@@ -154,6 +159,7 @@ pub struct NetworkConnectRequest {
 
 /// `disconnect`: detach a container from a network.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NetworkDisconnectRequest {
     pub network: String,
     pub container: String,

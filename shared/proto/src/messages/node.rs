@@ -72,6 +72,7 @@ impl NodeNetwork {
 
 /// `nodes`: every node record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NodeListRequest {
     /// Only nodes in this state.
     #[serde(default)]

@@ -55,6 +55,7 @@ pub struct Tombstone {
 
 /// `run`: place a container, create it on the chosen node and (unless `no_start`) start it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SchedRunRequest {
     /// Client-chosen id (64 lowercase hex digits): the same id twice is the same
     /// container, so a retried request never places twice. Made up when empty.
@@ -199,6 +200,7 @@ pub struct NodeAdmin {
 
 /// `list`: every container record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SchedListRequest {
     /// Only those on this node.
     #[serde(default)]
@@ -217,12 +219,14 @@ pub struct SchedList {
 
 /// A container by full id, unique id prefix or name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SchedRef {
     pub reference: String,
 }
 
 /// `stop` through the scheduler.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SchedStopRequest {
     pub reference: String,
     #[serde(default)]
@@ -231,6 +235,7 @@ pub struct SchedStopRequest {
 
 /// `kill` through the scheduler.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SchedKillRequest {
     pub reference: String,
     #[serde(default)]
@@ -239,6 +244,7 @@ pub struct SchedKillRequest {
 
 /// `remove`: the container on its node (if the node is there) and its record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SchedRemoveRequest {
     pub reference: String,
     #[serde(default)]
@@ -256,6 +262,7 @@ pub struct SchedDone {
 
 /// `node_inspect`, `drain`, `activate`: one node by id.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NodeRef {
     pub node_id: String,
 }

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// `prepare`: make every layer of an image available on this node as overlay lowerdirs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PrepareRequest {
     /// Image reference or manifest digest, resolved by the image-store.
     pub image: String,
@@ -41,6 +42,7 @@ pub struct PrepareReply {
 
 /// `list`: snapshots on this node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SnapshotListRequest {
     /// Only the snapshot with this chainID.
     #[serde(default)]
@@ -75,6 +77,7 @@ pub struct SnapshotList {
 
 /// `remove`: delete one snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SnapshotRemoveRequest {
     pub chain_id: String,
     /// Remove even when users remain.
@@ -92,6 +95,7 @@ pub struct SnapshotsRemoved {
 
 /// `prune`: delete every snapshot that no container and no image pin uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SnapshotPruneRequest {}
 
 /// Body of `berth.v1.events.snapshot.<chainID hex>.<action>` (JSON): `unpack` when a
@@ -113,6 +117,7 @@ pub struct SnapshotEvent {
 /// `release`: drop one user's pin (a removed container, an unpinned image) from every
 /// snapshot it holds, so that `prune` can reclaim them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SnapshotReleaseRequest {
     pub user: String,
 }
