@@ -75,7 +75,10 @@ async fn error_replies_count_in_stats_and_carry_micro_and_berth_headers() -> any
         ensure!(description.contains("nosuch:1"), "{description:?}");
         let envelope: ErrorEnvelope = encoding.decode(&reply.payload)?;
         ensure!(envelope.code == ErrorKind::NotFound, "{envelope:?}");
-        ensure!(envelope.message == description, "{envelope:?} vs {description:?}");
+        ensure!(
+            envelope.message == description,
+            "{envelope:?} vs {description:?}"
+        );
     }
 
     let (after, last_error) = endpoint_errors(&stats(&client, STORE).await?, "inspect")?;
@@ -199,7 +202,10 @@ async fn json_requests_with_unknown_fields_or_arrays_are_refused() -> anyhow::Re
     for body in [&b"[]"[..], b"[null]", b"7"] {
         let reply = raw_request(&client, &list, body.into(), Encoding::Json, DEADLINE).await?;
         let envelope: ErrorEnvelope = Encoding::Json.decode(&reply.payload)?;
-        ensure!(envelope.code == ErrorKind::Invalid, "{body:?}: {envelope:?}");
+        ensure!(
+            envelope.code == ErrorKind::Invalid,
+            "{body:?}: {envelope:?}"
+        );
         ensure!(envelope.message.contains("JSON object"), "{envelope:?}");
     }
     // Well-formed requests still work, the empty body included.
@@ -242,8 +248,14 @@ async fn wait_takes_a_timeout_and_json_logs_carry_base64() -> anyhow::Result<()>
     let body = serde_json::to_vec(&serde_json::json!({ "id": id }))?;
     let mut seen = String::new();
     for _ in 0..50 {
-        let reply =
-            raw_request(&client, &logs, body.clone().into(), Encoding::Json, DEADLINE).await?;
+        let reply = raw_request(
+            &client,
+            &logs,
+            body.clone().into(),
+            Encoding::Json,
+            DEADLINE,
+        )
+        .await?;
         let page: serde_json::Value = serde_json::from_slice(&reply.payload)?;
         let data = page["data"]
             .as_str()
@@ -256,12 +268,92 @@ async fn wait_takes_a_timeout_and_json_logs_carry_base64() -> anyhow::Result<()>
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    ensure!(seen.contains("hello-bus"), "logs never showed the output: {seen:?}");
+    ensure!(
+        seen.contains("hello-bus"),
+        "logs never showed the output: {seen:?}"
+    );
 
     env.ok(&["kill", &id])?;
     let body = serde_json::to_vec(&serde_json::json!({"id": id, "timeout_ms": 8000}))?;
     let reply = raw_request(&client, &wait, body.into(), Encoding::Json, DEADLINE).await?;
     let exit: serde_json::Value = serde_json::from_slice(&reply.payload)?;
     ensure!(exit["exit_code"] == 137, "{exit}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_endpoint_has_its_schemas_in_info_and_from_berth_v1_schema() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let stack = Stack::start(&berth_tests::ALL_SERVICES, NODE).await?;
+    let client = stack.nats.client().await?;
+
+    // $SRV.INFO: each instance of each service, every endpoint with both schemas.
+    let mut served = Vec::new();
+    for service in berth_tests::ALL_SERVICES {
+        let reply = client
+            .request(micro::info(service), bytes::Bytes::new())
+            .await
+            .with_context(|| format!("$SRV.INFO of {service}"))?;
+        let info: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+        let endpoints = info["endpoints"]
+            .as_array()
+            .with_context(|| format!("{service}: no endpoints in {info}"))?;
+        ensure!(!endpoints.is_empty(), "{service} serves nothing");
+        for endpoint in endpoints {
+            let name = endpoint["name"].as_str().unwrap_or_default();
+            for key in ["request_schema", "response_schema"] {
+                let text = endpoint["metadata"][key]
+                    .as_str()
+                    .with_context(|| format!("{service}/{name}: no {key}"))?;
+                let schema: serde_json::Value = serde_json::from_str(text)
+                    .with_context(|| format!("{service}/{name}: {key} is not JSON"))?;
+                ensure!(
+                    schema.get("$schema").is_some() || schema.get("type").is_some(),
+                    "{service}/{name}: {key} is not a JSON Schema: {text:.200}"
+                );
+            }
+            served.push(format!("{service}/{name}"));
+        }
+    }
+    // The typo case of the list request is described: its properties are known.
+    ensure!(
+        served.iter().any(|e| e == "berth-image-store/list"),
+        "{served:?}"
+    );
+
+    // berth.v1.schema: every instance answers with all its endpoints.
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await?;
+    client
+        .publish_with_reply(subjects::schema(), inbox, bytes::Bytes::new())
+        .await?;
+    let mut from_verb = Vec::new();
+    let mut services = Vec::new();
+    while services.len() < berth_tests::ALL_SERVICES.len() {
+        let reply = tokio::time::timeout(DEADLINE, replies.next())
+            .await
+            .with_context(|| format!("berth.v1.schema: only {services:?} answered"))?
+            .context("subscription closed")?;
+        let body: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+        let service = body["service"].as_str().unwrap_or_default().to_string();
+        ensure!(body["error"].is_object(), "{service}: no error schema");
+        for endpoint in body["endpoints"].as_array().into_iter().flatten() {
+            ensure!(
+                endpoint["request"].is_object() && endpoint["response"].is_object(),
+                "{service}: {endpoint}"
+            );
+            from_verb.push(format!(
+                "{service}/{}",
+                endpoint["name"].as_str().unwrap_or_default()
+            ));
+        }
+        services.push(service);
+    }
+    served.sort();
+    from_verb.sort();
+    ensure!(
+        served == from_verb,
+        "$SRV.INFO {served:?} vs berth.v1.schema {from_verb:?}"
+    );
     Ok(())
 }

@@ -158,9 +158,9 @@ pub(super) async fn follow_to_exit(
             .call::<_, ContainerExit>(
                 ExecVerb::Wait,
                 &ContainerWaitRequest {
-                            id: id.clone(),
-                            timeout_ms: None,
-                        },
+                    id: id.clone(),
+                    timeout_ms: None,
+                },
                 Some(Duration::from_secs(60)),
             )
             .await

@@ -27,10 +27,10 @@ use crate::exit::Failure;
 use berth_bus::{connect_once, BusError, NatsSettings};
 use berth_proto::messages::exec::{
     BindMount, ContainerCreateRequest, ContainerDone, ContainerExit, ContainerInspect,
-    ContainerKillRequest, ContainerList, ContainerListRequest, ContainerRef, ContainerWaitRequest,
-    ContainerRemoveRequest, ContainerStarted, ContainerStats, ContainerStopRequest, ExecExit,
-    ExecOutput, ExecRequest, LogChunk, LogsPage, LogsRequest, NetworkMode, RestartPolicy, Ulimit,
-    VolumeMount,
+    ContainerKillRequest, ContainerList, ContainerListRequest, ContainerRef,
+    ContainerRemoveRequest, ContainerStarted, ContainerStats, ContainerStopRequest,
+    ContainerWaitRequest, ExecExit, ExecOutput, ExecRequest, LogChunk, LogsPage, LogsRequest,
+    NetworkMode, RestartPolicy, Ulimit, VolumeMount,
 };
 use berth_proto::messages::sched::{
     ContainerRecord, SchedDone, SchedKillRequest, SchedRef, SchedRemoveRequest, SchedRunReply,

@@ -26,9 +26,9 @@ use berth_bus::jetstream::{ensure_events_stream, ensure_kv, with_retry};
 use berth_bus::settings::Settings;
 use berth_bus::{ServiceHandle, ServiceIdentity};
 use berth_proto::messages::exec::{
-    ContainerCreateRequest, ContainerKillRequest, ContainerListRequest, ContainerRef, ContainerWaitRequest,
-    ContainerRemoveRequest, ContainerStopRequest, ExecRequest, LogsRequest, StdinRequest,
-    VolumeCreateRequest, VolumeListRequest, VolumeRef, VolumeRemoveRequest,
+    ContainerCreateRequest, ContainerKillRequest, ContainerListRequest, ContainerRef,
+    ContainerRemoveRequest, ContainerStopRequest, ContainerWaitRequest, ExecRequest, LogsRequest,
+    StdinRequest, VolumeCreateRequest, VolumeListRequest, VolumeRef, VolumeRemoveRequest,
 };
 use berth_proto::messages::network::{
     NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest, NetworkListRequest,

@@ -12,10 +12,11 @@ use berth_proto::codec::{
 use berth_proto::subjects::{self, metadata_keys};
 use berth_proto::{Encoding, ErrorEnvelope};
 use futures::StreamExt;
+use schemars::JsonSchema;
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -55,6 +56,54 @@ pub struct ServiceHandle {
     identity: ServiceIdentity,
     service: Service,
     endpoint_loops: JoinSet<()>,
+    /// Request and reply schema of every endpoint served so far, for `berth.v1.schema`.
+    schemas: Arc<Mutex<Vec<serde_json::Value>>>,
+    schema_loop: tokio::task::JoinHandle<()>,
+}
+
+/// The JSON Schema of a wire type, as a JSON value.
+fn schema_of<T: JsonSchema>() -> serde_json::Value {
+    schemars::schema_for!(T).to_value()
+}
+
+/// Answers `berth.v1.schema` with this instance's endpoints. Every instance answers (no
+/// queue group), like `$SRV.INFO`: each service knows only its own endpoints, and the
+/// schemas come from the very types its handlers decode and encode, so they cannot drift.
+async fn serve_schemas(
+    client: Client,
+    identity: ServiceIdentity,
+    schemas: Arc<Mutex<Vec<serde_json::Value>>>,
+) {
+    let mut requests = match client.subscribe(subjects::schema()).await {
+        Ok(requests) => requests,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot serve berth.v1.schema");
+            return;
+        }
+    };
+    while let Some(request) = requests.next().await {
+        let Some(reply) = request.reply else { continue };
+        let endpoints = schemas
+            .lock()
+            .map(|schemas| schemas.clone())
+            .unwrap_or_default();
+        let body = serde_json::json!({
+            "service": identity.name,
+            "node_id": identity.node_id,
+            "version": identity.version,
+            "error": schema_of::<ErrorEnvelope>(),
+            "endpoints": endpoints,
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE_HEADER, Encoding::Json.content_type());
+        let payload = serde_json::to_vec(&body).unwrap_or_default();
+        if let Err(err) = client
+            .publish_with_headers(reply, headers, payload.into())
+            .await
+        {
+            tracing::warn!(error = %err, "cannot answer berth.v1.schema");
+        }
+    }
 }
 
 impl ServiceHandle {
@@ -78,11 +127,19 @@ impl ServiceHandle {
             .map_err(|err| {
                 anyhow::anyhow!("cannot register micro service {}: {err}", identity.name)
             })?;
+        let schemas = Arc::new(Mutex::new(Vec::new()));
+        let schema_loop = tokio::spawn(serve_schemas(
+            client.clone(),
+            identity.clone(),
+            Arc::clone(&schemas),
+        ));
         Ok(ServiceHandle {
             client: client.clone(),
             identity,
             service,
             endpoint_loops: JoinSet::new(),
+            schemas,
+            schema_loop,
         })
     }
 
@@ -92,7 +149,9 @@ impl ServiceHandle {
     }
 
     /// Serves `subject` under the micro endpoint name `name` with a typed handler. Each
-    /// request runs in its own task so a slow one does not hold up the next.
+    /// request runs in its own task so a slow one does not hold up the next. The request
+    /// and reply types' JSON Schemas go in the endpoint's `$SRV.INFO` metadata
+    /// (`request_schema`, `response_schema`, compact JSON) and in `berth.v1.schema`.
     pub async fn endpoint<Req, Resp, F, Fut>(
         &mut self,
         name: &str,
@@ -100,15 +159,35 @@ impl ServiceHandle {
         handler: F,
     ) -> anyhow::Result<()>
     where
-        Req: DeserializeOwned + Send + 'static,
-        Resp: Serialize + Send + 'static,
+        Req: DeserializeOwned + JsonSchema + Send + 'static,
+        Resp: Serialize + JsonSchema + Send + 'static,
         F: Fn(Req, RequestContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Handled<Resp>> + Send + 'static,
     {
+        let (request_schema, response_schema) = (schema_of::<Req>(), schema_of::<Resp>());
+        let metadata = HashMap::from([
+            (
+                metadata_keys::REQUEST_SCHEMA.to_string(),
+                request_schema.to_string(),
+            ),
+            (
+                metadata_keys::RESPONSE_SCHEMA.to_string(),
+                response_schema.to_string(),
+            ),
+        ]);
+        if let Ok(mut schemas) = self.schemas.lock() {
+            schemas.push(serde_json::json!({
+                "name": name,
+                "subject": subject,
+                "request": request_schema,
+                "response": response_schema,
+            }));
+        }
         let mut endpoint = self
             .service
             .endpoint_builder()
             .name(name)
+            .metadata(metadata)
             .add(subject.clone())
             .await
             .map_err(|err| anyhow::anyhow!("cannot serve endpoint {name} on {subject}: {err}"))?;
@@ -148,6 +227,7 @@ impl ServiceHandle {
                 }
             }
         }
+        self.schema_loop.abort();
         // Stopping the micro service unsubscribes through the connection, which waits for
         // a server that may be gone for good: bound it like the drain below, then drop the
         // endpoint loops (their replies could not be sent anyway).
@@ -278,7 +358,9 @@ async fn respond_error(
         return count_error(request, envelope).await;
     };
     let (body, headers) = error_reply(encoding, envelope);
-    client.publish_with_headers(reply_to, headers, body.into()).await?;
+    client
+        .publish_with_headers(reply_to, headers, body.into())
+        .await?;
     count_error(request, envelope).await
 }
 
@@ -308,7 +390,10 @@ fn reply_headers(encoding: Encoding) -> HeaderMap {
 pub fn error_reply(encoding: Encoding, envelope: &ErrorEnvelope) -> (Vec<u8>, HeaderMap) {
     let envelope = envelope.clone().sanitized();
     let mut headers = reply_headers(encoding);
-    headers.insert(SERVICE_ERROR_HEADER, header_text(&envelope.message).as_str());
+    headers.insert(
+        SERVICE_ERROR_HEADER,
+        header_text(&envelope.message).as_str(),
+    );
     headers.insert(
         SERVICE_ERROR_CODE_HEADER,
         envelope.code.status_code().to_string().as_str(),
@@ -370,7 +455,10 @@ mod tests {
         assert!(check_fits(1024, 1024).is_ok());
         let err = check_fits(1025, 1024).expect_err("over the limit");
         assert_eq!(err.code, berth_proto::ErrorKind::Internal);
-        assert!(err.message.contains("1025") && err.message.contains("1024"), "{err}");
+        assert!(
+            err.message.contains("1025") && err.message.contains("1024"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -51,7 +51,10 @@ mod tests {
         };
         let json = Encoding::Json.encode(&chunk).expect("encodes");
         assert_eq!(json, br#"{"data":"aGkA/w=="}"#);
-        assert_eq!(Encoding::Json.decode::<Chunk>(&json).expect("decodes"), chunk);
+        assert_eq!(
+            Encoding::Json.decode::<Chunk>(&json).expect("decodes"),
+            chunk
+        );
         // bincode is byte for byte what a plain Vec<u8> gives, so old peers still agree.
         let bincode = Encoding::Bincode.encode(&chunk).expect("encodes");
         let plain = Plain {
@@ -59,7 +62,9 @@ mod tests {
         };
         assert_eq!(bincode, Encoding::Bincode.encode(&plain).expect("encodes"));
         assert_eq!(
-            Encoding::Bincode.decode::<Chunk>(&bincode).expect("decodes"),
+            Encoding::Bincode
+                .decode::<Chunk>(&bincode)
+                .expect("decodes"),
             chunk
         );
     }
@@ -70,6 +75,8 @@ mod tests {
             .decode::<Chunk>(br#"{"data":"not base64!"}"#)
             .expect_err("refused");
         assert!(err.to_string().contains("base64"), "{err}");
-        assert!(Encoding::Json.decode::<Chunk>(br#"{"data":[1,2]}"#).is_err());
+        assert!(Encoding::Json
+            .decode::<Chunk>(br#"{"data":[1,2]}"#)
+            .is_err());
     }
 }

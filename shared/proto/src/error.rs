@@ -1,10 +1,11 @@
 //! The one error envelope every endpoint answers with, and its stable codes.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Stable error categories; part of the wire contract, so never renamed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     NotFound,
@@ -76,7 +77,7 @@ pub const MAX_ERROR_MESSAGE_BYTES: usize = 4096;
 /// The message is always printable and bounded: [`ErrorEnvelope::new`] passes it through
 /// [`quote_safe`], and the serving and receiving paths do it again with
 /// [`ErrorEnvelope::sanitized`] for envelopes built field by field or sent by someone else.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, JsonSchema)]
 #[error("{code}: {message}")]
 pub struct ErrorEnvelope {
     pub code: ErrorKind,
@@ -251,10 +252,17 @@ mod tests {
     fn long_messages_are_bounded_with_a_note() {
         let long = "n".repeat(300_000);
         let message = ErrorEnvelope::not_found(format!("no image {long}")).message;
-        assert!(message.len() <= MAX_ERROR_MESSAGE_BYTES, "{}", message.len());
+        assert!(
+            message.len() <= MAX_ERROR_MESSAGE_BYTES,
+            "{}",
+            message.len()
+        );
         let shown = message.find('…').expect("has the note");
         let more = 300_009 - shown;
-        assert!(message.ends_with(&format!("…({more} bytes more)")), "{message:.80}");
+        assert!(
+            message.ends_with(&format!("…({more} bytes more)")),
+            "{message:.80}"
+        );
         // Multi-byte characters are never cut in half.
         let wide = quote_safe(&"é".repeat(10_000));
         assert!(wide.len() <= MAX_ERROR_MESSAGE_BYTES);
