@@ -157,7 +157,10 @@ pub(super) async fn follow_to_exit(
         match target
             .call::<_, ContainerExit>(
                 ExecVerb::Wait,
-                &ContainerRef { id: id.clone() },
+                &ContainerWaitRequest {
+                    id: id.clone(),
+                    timeout_ms: None,
+                },
                 Some(Duration::from_secs(60)),
             )
             .await

@@ -28,9 +28,9 @@ use berth_bus::{connect_once, BusError, NatsSettings};
 use berth_proto::messages::exec::{
     BindMount, ContainerCreateRequest, ContainerDone, ContainerExit, ContainerInspect,
     ContainerKillRequest, ContainerList, ContainerListRequest, ContainerRef,
-    ContainerRemoveRequest, ContainerStarted, ContainerStats, ContainerStopRequest, ExecExit,
-    ExecOutput, ExecRequest, LogChunk, LogsPage, LogsRequest, NetworkMode, RestartPolicy, Ulimit,
-    VolumeMount,
+    ContainerRemoveRequest, ContainerStarted, ContainerStats, ContainerStopRequest,
+    ContainerWaitRequest, ExecExit, ExecOutput, ExecRequest, LogChunk, LogsPage, LogsRequest,
+    NetworkMode, RestartPolicy, Ulimit, VolumeMount,
 };
 use berth_proto::messages::sched::{
     ContainerRecord, SchedDone, SchedKillRequest, SchedRef, SchedRemoveRequest, SchedRunReply,
@@ -485,7 +485,10 @@ pub async fn run(
                 match target
                     .call::<_, ContainerExit>(
                         ExecVerb::Wait,
-                        &ContainerRef { id: id.clone() },
+                        &ContainerWaitRequest {
+                            id: id.clone(),
+                            timeout_ms: None,
+                        },
                         Some(WAIT_DEADLINE),
                     )
                     .await

@@ -27,8 +27,8 @@ use berth_bus::settings::Settings;
 use berth_bus::{ServiceHandle, ServiceIdentity};
 use berth_proto::messages::exec::{
     ContainerCreateRequest, ContainerKillRequest, ContainerListRequest, ContainerRef,
-    ContainerRemoveRequest, ContainerStopRequest, ExecRequest, LogsRequest, StdinRequest,
-    VolumeCreateRequest, VolumeListRequest, VolumeRef, VolumeRemoveRequest,
+    ContainerRemoveRequest, ContainerStopRequest, ContainerWaitRequest, ExecRequest, LogsRequest,
+    StdinRequest, VolumeCreateRequest, VolumeListRequest, VolumeRef, VolumeRemoveRequest,
 };
 use berth_proto::messages::network::{
     NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest, NetworkListRequest,
@@ -159,7 +159,7 @@ pub async fn run(
     serve!(ExecVerb::Kill, ContainerKillRequest, |e, r| e.kill(r));
     serve!(ExecVerb::Stop, ContainerStopRequest, |e, r| e.stop(r));
     serve!(ExecVerb::Remove, ContainerRemoveRequest, |e, r| e.remove(r));
-    serve!(ExecVerb::Wait, ContainerRef, |e, r| e.wait(r));
+    serve!(ExecVerb::Wait, ContainerWaitRequest, |e, r| e.wait(r));
     serve!(ExecVerb::Inspect, ContainerRef, |e, r| e.inspect(r));
     serve!(ExecVerb::List, ContainerListRequest, |e, r| e.list(r.all));
     serve!(ExecVerb::Logs, LogsRequest, |e, r| e.logs(r));

@@ -2,7 +2,8 @@
 
 use async_nats::{Client, HeaderMap, Message, RequestErrorKind};
 use berth_proto::codec::{
-    CodecError, CONTENT_TYPE_HEADER, SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER,
+    CodecError, BERTH_ERROR_HEADER, CONTENT_TYPE_HEADER, SERVICE_ERROR_CODE_HEADER,
+    SERVICE_ERROR_HEADER,
 };
 use berth_proto::{Encoding, ErrorEnvelope, ErrorKind};
 use serde::{de::DeserializeOwned, Serialize};
@@ -108,24 +109,28 @@ pub fn decode_reply<Resp: DeserializeOwned>(
 
 /// The error envelope of an error reply, `None` for a success reply. A reply that sets the
 /// micro error headers but whose body is not an envelope (a non-berth micro service) is
-/// mapped from the numeric status.
+/// mapped from `Berth-Error`, else from the numeric status. The message is escaped and
+/// bounded whoever sent it, since callers print it.
 pub fn error_of_reply(encoding: Encoding, message: &Message) -> Option<ErrorEnvelope> {
     let headers = message.headers.as_ref()?;
     let status = headers.get(SERVICE_ERROR_CODE_HEADER)?;
     if let Ok(envelope) = encoding.decode::<ErrorEnvelope>(&message.payload) {
-        return Some(envelope);
+        return Some(envelope.sanitized());
     }
     let text = headers
         .get(SERVICE_ERROR_HEADER)
         .map(|value| value.as_str().to_string())
         .unwrap_or_else(|| "service error without a message".to_string());
-    let kind = match status.as_str().trim() {
+    let named = headers
+        .get(BERTH_ERROR_HEADER)
+        .and_then(|value| ErrorKind::parse(value.as_str().trim()));
+    let kind = named.unwrap_or(match status.as_str().trim() {
         "400" => ErrorKind::Invalid,
         "404" => ErrorKind::NotFound,
         "409" => ErrorKind::Conflict,
         "503" => ErrorKind::Unavailable,
         _ => ErrorKind::Internal,
-    };
+    });
     Some(ErrorEnvelope::new(kind, text))
 }
 

@@ -6,14 +6,17 @@
 
 use async_nats::service::{Service, ServiceExt};
 use async_nats::{Client, HeaderMap};
-use berth_proto::codec::{CONTENT_TYPE_HEADER, SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
-use berth_proto::subjects::metadata_keys;
+use berth_proto::codec::{
+    BERTH_ERROR_HEADER, CONTENT_TYPE_HEADER, SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER,
+};
+use berth_proto::subjects::{self, metadata_keys};
 use berth_proto::{Encoding, ErrorEnvelope};
 use futures::StreamExt;
+use schemars::JsonSchema;
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -53,6 +56,54 @@ pub struct ServiceHandle {
     identity: ServiceIdentity,
     service: Service,
     endpoint_loops: JoinSet<()>,
+    /// Request and reply schema of every endpoint served so far, for `berth.v1.schema`.
+    schemas: Arc<Mutex<Vec<serde_json::Value>>>,
+    schema_loop: tokio::task::JoinHandle<()>,
+}
+
+/// The JSON Schema of a wire type, as a JSON value.
+fn schema_of<T: JsonSchema>() -> serde_json::Value {
+    schemars::schema_for!(T).to_value()
+}
+
+/// Answers `berth.v1.schema` with this instance's endpoints. Every instance answers (no
+/// queue group), like `$SRV.INFO`: each service knows only its own endpoints, and the
+/// schemas come from the very types its handlers decode and encode, so they cannot drift.
+async fn serve_schemas(
+    client: Client,
+    identity: ServiceIdentity,
+    schemas: Arc<Mutex<Vec<serde_json::Value>>>,
+) {
+    let mut requests = match client.subscribe(subjects::schema()).await {
+        Ok(requests) => requests,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot serve berth.v1.schema");
+            return;
+        }
+    };
+    while let Some(request) = requests.next().await {
+        let Some(reply) = request.reply else { continue };
+        let endpoints = schemas
+            .lock()
+            .map(|schemas| schemas.clone())
+            .unwrap_or_default();
+        let body = serde_json::json!({
+            "service": identity.name,
+            "node_id": identity.node_id,
+            "version": identity.version,
+            "error": schema_of::<ErrorEnvelope>(),
+            "endpoints": endpoints,
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE_HEADER, Encoding::Json.content_type());
+        let payload = serde_json::to_vec(&body).unwrap_or_default();
+        if let Err(err) = client
+            .publish_with_headers(reply, headers, payload.into())
+            .await
+        {
+            tracing::warn!(error = %err, "cannot answer berth.v1.schema");
+        }
+    }
 }
 
 impl ServiceHandle {
@@ -76,11 +127,19 @@ impl ServiceHandle {
             .map_err(|err| {
                 anyhow::anyhow!("cannot register micro service {}: {err}", identity.name)
             })?;
+        let schemas = Arc::new(Mutex::new(Vec::new()));
+        let schema_loop = tokio::spawn(serve_schemas(
+            client.clone(),
+            identity.clone(),
+            Arc::clone(&schemas),
+        ));
         Ok(ServiceHandle {
             client: client.clone(),
             identity,
             service,
             endpoint_loops: JoinSet::new(),
+            schemas,
+            schema_loop,
         })
     }
 
@@ -90,7 +149,9 @@ impl ServiceHandle {
     }
 
     /// Serves `subject` under the micro endpoint name `name` with a typed handler. Each
-    /// request runs in its own task so a slow one does not hold up the next.
+    /// request runs in its own task so a slow one does not hold up the next. The request
+    /// and reply types' JSON Schemas go in the endpoint's `$SRV.INFO` metadata
+    /// (`request_schema`, `response_schema`, compact JSON) and in `berth.v1.schema`.
     pub async fn endpoint<Req, Resp, F, Fut>(
         &mut self,
         name: &str,
@@ -98,15 +159,35 @@ impl ServiceHandle {
         handler: F,
     ) -> anyhow::Result<()>
     where
-        Req: DeserializeOwned + Send + 'static,
-        Resp: Serialize + Send + 'static,
+        Req: DeserializeOwned + JsonSchema + Send + 'static,
+        Resp: Serialize + JsonSchema + Send + 'static,
         F: Fn(Req, RequestContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Handled<Resp>> + Send + 'static,
     {
+        let (request_schema, response_schema) = (schema_of::<Req>(), schema_of::<Resp>());
+        let metadata = HashMap::from([
+            (
+                metadata_keys::REQUEST_SCHEMA.to_string(),
+                request_schema.to_string(),
+            ),
+            (
+                metadata_keys::RESPONSE_SCHEMA.to_string(),
+                response_schema.to_string(),
+            ),
+        ]);
+        if let Ok(mut schemas) = self.schemas.lock() {
+            schemas.push(serde_json::json!({
+                "name": name,
+                "subject": subject,
+                "request": request_schema,
+                "response": response_schema,
+            }));
+        }
         let mut endpoint = self
             .service
             .endpoint_builder()
             .name(name)
+            .metadata(metadata)
             .add(subject.clone())
             .await
             .map_err(|err| anyhow::anyhow!("cannot serve endpoint {name} on {subject}: {err}"))?;
@@ -146,6 +227,7 @@ impl ServiceHandle {
                 }
             }
         }
+        self.schema_loop.abort();
         // Stopping the micro service unsubscribes through the connection, which waits for
         // a server that may be gone for good: bound it like the drain below, then drop the
         // endpoint loops (their replies could not be sent anyway).
@@ -179,7 +261,7 @@ impl ServiceHandle {
 }
 
 async fn handle_one<Req, Resp, F, Fut>(
-    request: async_nats::service::Request,
+    mut request: async_nats::service::Request,
     handler: Arc<F>,
     client: Client,
 ) where
@@ -188,46 +270,112 @@ async fn handle_one<Req, Resp, F, Fut>(
     F: Fn(Req, RequestContext) -> Fut,
     Fut: Future<Output = Handled<Resp>>,
 {
-    let message = &request.message;
-    let subject = message.subject.to_string();
+    let subject = request.message.subject.to_string();
+    let payload = request.message.payload.clone();
+    let request_headers = request.message.headers.clone();
     let encoding = Encoding::from_content_type(
-        message
-            .headers
+        request_headers
             .as_ref()
             .and_then(|headers| headers.get(CONTENT_TYPE_HEADER))
             .map(|value| value.as_str()),
     );
     let span = tracing::info_span!("request", subject = %subject, encoding = ?encoding);
     async {
-        let outcome = match encoding.decode::<Req>(&message.payload) {
+        let max_payload = client.max_payload();
+        let outcome = match encoding.decode_request::<Req>(&payload) {
             Ok(body) => {
                 let context = RequestContext {
                     subject: subject.clone(),
-                    headers: message.headers.clone(),
+                    headers: request_headers.clone(),
                     encoding,
-                    client,
+                    client: client.clone(),
                 };
                 handler(body, context).await
             }
             Err(err) => Err(ErrorEnvelope::invalid(err.to_string())),
         };
-        let (payload, headers) = match outcome.and_then(|reply| {
-            encoding
+        let reply = outcome.and_then(|reply| {
+            let payload = encoding
                 .encode(&reply)
-                .map_err(|err| ErrorEnvelope::internal(err.to_string()))
-        }) {
-            Ok(payload) => (payload, reply_headers(encoding)),
+                .map_err(|err| ErrorEnvelope::internal(err.to_string()))?;
+            let headers = reply_headers(encoding);
+            check_fits(payload.len() + header_wire_len(&headers), max_payload)?;
+            Ok((payload, headers))
+        });
+        let sent = match reply {
+            Ok((payload, headers)) => request.respond_with_headers(Ok(payload.into()), headers).await,
             Err(envelope) => {
+                let envelope = envelope.sanitized();
                 tracing::info!(code = %envelope.code, message = %envelope.message, "request failed");
-                error_reply(encoding, &envelope)
+                respond_error(&mut request, &client, encoding, &envelope).await
             }
         };
-        if let Err(err) = request.respond_with_headers(Ok(payload.into()), headers).await {
+        if let Err(err) = sent {
             tracing::warn!(error = %err, "cannot send reply");
         }
     }
     .instrument(span)
     .await
+}
+
+/// Refuses a reply that NATS would refuse to carry: the caller gets this error at once
+/// instead of waiting out its deadline for a reply the server dropped.
+fn check_fits(size: usize, max_payload: usize) -> Result<(), ErrorEnvelope> {
+    if size <= max_payload {
+        return Ok(());
+    }
+    Err(ErrorEnvelope::internal(format!(
+        "the reply is {size} bytes, over the NATS server's max_payload of {max_payload}; \
+         ask for less (a filter, a narrower request) or raise max_payload"
+    )))
+}
+
+/// Bytes the header block takes on the wire (`NATS/1.0\r\n`, `key: value\r\n`…, `\r\n`),
+/// which the server counts against max_payload together with the body.
+fn header_wire_len(headers: &HeaderMap) -> usize {
+    let mut len = b"NATS/1.0\r\n\r\n".len();
+    for (name, values) in headers.iter() {
+        for value in values {
+            len += AsRef::<str>::as_ref(name).len() + b": \r\n".len() + value.as_str().len();
+        }
+    }
+    len
+}
+
+/// Sends the envelope as the reply and counts the error in `$SRV.STATS`. async-nats only
+/// counts an error (`num_errors`, `last_error`) when it sends the micro error reply itself,
+/// and that reply has an empty body; berth's callers need the envelope. So the envelope
+/// goes to the caller here, and the library's bodiless error reply, which does the
+/// counting, goes to a subject nobody listens to.
+async fn respond_error(
+    request: &mut async_nats::service::Request,
+    client: &Client,
+    encoding: Encoding,
+    envelope: &ErrorEnvelope,
+) -> Result<(), async_nats::PublishError> {
+    let Some(reply_to) = request.message.reply.clone() else {
+        // A publish without a reply subject: there is nobody to answer, only count it.
+        return count_error(request, envelope).await;
+    };
+    let (body, headers) = error_reply(encoding, envelope);
+    client
+        .publish_with_headers(reply_to, headers, body.into())
+        .await?;
+    count_error(request, envelope).await
+}
+
+async fn count_error(
+    request: &mut async_nats::service::Request,
+    envelope: &ErrorEnvelope,
+) -> Result<(), async_nats::PublishError> {
+    request.message.reply = Some(subjects::error_count_sink().into());
+    let status = async_nats::service::error::Error {
+        status: header_text(&envelope.message),
+        code: usize::from(envelope.code.status_code()),
+    };
+    request
+        .respond_with_headers(Err(status), HeaderMap::new())
+        .await
 }
 
 fn reply_headers(encoding: Encoding) -> HeaderMap {
@@ -236,26 +384,88 @@ fn reply_headers(encoding: Encoding) -> HeaderMap {
     headers
 }
 
-/// Body = the envelope in the request's encoding; headers = the NATS micro error headers,
-/// so generic micro tooling sees an error too.
+/// Body = the envelope in the request's encoding; headers = the NATS micro error headers
+/// (`Nats-Service-Error-Code` the numeric status, `Nats-Service-Error` the message) so
+/// generic micro tooling sees an error too, and `Berth-Error` berth's own kind.
 pub fn error_reply(encoding: Encoding, envelope: &ErrorEnvelope) -> (Vec<u8>, HeaderMap) {
+    let envelope = envelope.clone().sanitized();
     let mut headers = reply_headers(encoding);
     headers.insert(
         SERVICE_ERROR_HEADER,
-        single_line(&envelope.message).as_str(),
+        header_text(&envelope.message).as_str(),
     );
     headers.insert(
         SERVICE_ERROR_CODE_HEADER,
         envelope.code.status_code().to_string().as_str(),
     );
+    headers.insert(BERTH_ERROR_HEADER, envelope.code.as_str());
     // Encoding an envelope of two strings cannot fail; fall back to JSON text if it ever does.
-    let body = encoding.encode(envelope).unwrap_or_else(|_| {
+    let body = encoding.encode(&envelope).unwrap_or_else(|_| {
         format!("{{\"code\":\"{}\",\"message\":\"\"}}", envelope.code).into_bytes()
     });
     (body, headers)
 }
 
-/// Header values cannot hold line breaks.
-fn single_line(text: &str) -> String {
-    text.replace(['\r', '\n'], " ")
+/// A header value: the sanitized message has no line breaks left, but a header is
+/// ASCII-only on some clients, so anything else is escaped too.
+fn header_text(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() {
+                c.to_string()
+            } else {
+                c.escape_unicode().to_string()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_headers_follow_the_micro_spec_and_name_the_kind() {
+        let envelope = ErrorEnvelope::not_found("no such image: café\x1b");
+        let (body, headers) = error_reply(Encoding::Json, &envelope);
+        let get = |name: &str| headers.get(name).map(|value| value.as_str().to_string());
+        assert_eq!(get(SERVICE_ERROR_CODE_HEADER).as_deref(), Some("404"));
+        assert_eq!(get(BERTH_ERROR_HEADER).as_deref(), Some("not_found"));
+        assert_eq!(
+            get(SERVICE_ERROR_HEADER).as_deref(),
+            Some("no such image: caf\\u{e9}\\x1b")
+        );
+        let back: ErrorEnvelope = Encoding::Json.decode(&body).expect("an envelope");
+        assert_eq!(back, envelope);
+    }
+
+    #[test]
+    fn an_envelope_built_field_by_field_is_still_escaped() {
+        let raw = ErrorEnvelope {
+            code: berth_proto::ErrorKind::Invalid,
+            message: "tar: \x1b[2J\x07".to_string(),
+        };
+        let (body, _) = error_reply(Encoding::Bincode, &raw);
+        let back: ErrorEnvelope = Encoding::Bincode.decode(&body).expect("an envelope");
+        assert_eq!(back.message, "tar: \\x1b[2J\\x07");
+    }
+
+    #[test]
+    fn replies_over_max_payload_become_an_error() {
+        assert!(check_fits(1024, 1024).is_ok());
+        let err = check_fits(1025, 1024).expect_err("over the limit");
+        assert_eq!(err.code, berth_proto::ErrorKind::Internal);
+        assert!(
+            err.message.contains("1025") && err.message.contains("1024"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn header_length_matches_the_wire_form() {
+        let mut headers = HeaderMap::new();
+        headers.insert("Content-Type", "application/json");
+        // "NATS/1.0\r\n" + "Content-Type: application/json\r\n" + "\r\n"
+        assert_eq!(header_wire_len(&headers), 10 + 32 + 2);
+    }
 }

@@ -12,10 +12,15 @@ pub const JSON_CONTENT_TYPE: &str = "application/json";
 /// The `Content-Type` value berth sets on bincode bodies (absent means bincode too).
 pub const BINCODE_CONTENT_TYPE: &str = "application/x-bincode";
 
-/// Header carrying the error kind of an error reply (NATS micro convention).
+/// Header carrying the description of an error reply: the envelope's message, on one
+/// line (NATS micro convention).
 pub const SERVICE_ERROR_HEADER: &str = "Nats-Service-Error";
-/// Header carrying the numeric status of an error reply (NATS micro convention).
+/// Header carrying the numeric status of an error reply, e.g. `404` (NATS micro convention;
+/// see [`crate::ErrorKind::status_code`]).
 pub const SERVICE_ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
+/// Header carrying berth's own error kind of an error reply (`not_found`, `invalid`…), the
+/// same as the envelope's `code`, so a client can branch on it without decoding the body.
+pub const BERTH_ERROR_HEADER: &str = "Berth-Error";
 
 /// Upper bound on a decoded bincode body, so a hostile length prefix cannot make us
 /// allocate gigabytes. NATS payloads are 1 MiB by default; 8 MiB leaves room for
@@ -96,6 +101,23 @@ impl Encoding {
                 serde_json::from_slice(body).map_err(|err| CodecError::JsonDecode(err.to_string()))
             }
         }
+    }
+
+    /// Decodes a request body. Like [`Encoding::decode`], but a JSON request must be an
+    /// object: serde would otherwise take `[]` (or `[true]`) for a struct by position,
+    /// which no caller means and which bypasses the unknown-field check.
+    pub fn decode_request<T: DeserializeOwned>(self, body: &[u8]) -> Result<T, CodecError> {
+        if self == Encoding::Json {
+            if let Some(first) = body.iter().find(|byte| !byte.is_ascii_whitespace()) {
+                if *first != b'{' {
+                    return Err(CodecError::JsonDecode(
+                        "a request must be a JSON object ({…}), not an array or a scalar"
+                            .to_string(),
+                    ));
+                }
+            }
+        }
+        self.decode(body)
     }
 }
 
@@ -182,6 +204,29 @@ mod tests {
         // A varint length of ~2^60 for the string field.
         let hostile = [0xfdu8, 0, 0, 0, 0, 0, 0, 0, 0x10];
         assert!(Encoding::Bincode.decode::<Sample>(&hostile).is_err());
+    }
+
+    #[test]
+    fn a_json_request_must_be_an_object() {
+        #[derive(Debug, Deserialize, PartialEq, Default)]
+        struct Optional {
+            #[serde(default)]
+            all: bool,
+        }
+        // serde alone takes an array for a struct by position.
+        assert!(Encoding::Json.decode::<Optional>(b"[]").is_ok());
+        for body in [&b"[]"[..], b" [true]", b"true", b"\"x\""] {
+            let err = Encoding::Json
+                .decode_request::<Optional>(body)
+                .expect_err("not an object");
+            assert!(err.to_string().contains("JSON object"), "{err}");
+        }
+        let ok: Optional = Encoding::Json
+            .decode_request(b" {\"all\": true}")
+            .expect("an object decodes");
+        assert!(ok.all);
+        let empty: Optional = Encoding::Json.decode_request(b"").expect("empty is {}");
+        assert_eq!(empty, Optional::default());
     }
 
     #[test]

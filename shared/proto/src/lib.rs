@@ -3,9 +3,9 @@
 //! Servers, the CLI, tests and benchmarks all build subjects with the functions in
 //! [`subjects`] and exchange the types in [`messages`], encoded by [`codec`].
 
+pub mod b64;
 pub mod codec;
 pub mod error;
-pub mod json_bytes;
 pub mod messages;
 pub mod subjects;
 

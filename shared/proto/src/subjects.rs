@@ -186,6 +186,19 @@ pub fn all_logs_json() -> String {
     format!("{ROOT}.logs_json.>")
 }
 
+/// `berth.v1.schema`: every service instance answers (like `$SRV.INFO`) with the JSON
+/// Schemas of its endpoints' requests and replies and of the error envelope.
+pub fn schema() -> String {
+    format!("{ROOT}.schema")
+}
+
+/// Where services send the bodiless NATS micro error reply that makes async-nats count an
+/// error in `$SRV.STATS`; the caller gets the error envelope on its own reply subject.
+/// Nothing subscribes here, so the server drops these at once.
+pub fn error_count_sink() -> String {
+    format!("{ROOT}.micro.error_counted")
+}
+
 /// Subject served only by the benchmark's own echo endpoint (never by a berth service).
 pub fn bench_echo() -> String {
     format!("{ROOT}.bench.echo")
@@ -274,6 +287,10 @@ pub mod metadata_keys {
     pub const NODE_ID: &str = "node_id";
     pub const VERSION: &str = "version";
     pub const STARTED: &str = "started";
+    /// Per endpoint: the JSON Schema of its request body (compact JSON text).
+    pub const REQUEST_SCHEMA: &str = "request_schema";
+    /// Per endpoint: the JSON Schema of its successful reply body (compact JSON text).
+    pub const RESPONSE_SCHEMA: &str = "response_schema";
 }
 
 /// Names JetStream's Object Store uses under the hood (its own scheme, spelled here so

@@ -22,7 +22,8 @@ use berth_proto::messages::exec::{
     BindMount, ContainerCreateRequest, ContainerCreated, ContainerDone, ContainerEvent,
     ContainerExit, ContainerInspect, ContainerKillRequest, ContainerList, ContainerRef,
     ContainerRemoveRequest, ContainerStarted, ContainerStatus, ContainerStopRequest,
-    ContainerSummary, LogChunk, LogsPage, LogsRequest, RestartPolicy, VolumeMount,
+    ContainerSummary, ContainerWaitRequest, LogChunk, LogsPage, LogsRequest, RestartPolicy,
+    VolumeMount,
 };
 use berth_proto::messages::image::{ImageInspect, ImageInspectRequest};
 use berth_proto::messages::unpack::{

@@ -7,8 +7,29 @@ use super::*;
 pub const MAX_LOG_PAYLOAD: usize = 512 * 1024;
 
 impl Executor {
-    /// `wait`: blocks until the container is not running, then its exit.
-    pub async fn wait(self: &Arc<Self>, request: ContainerRef) -> Handled<ContainerExit> {
+    /// `wait`: blocks until the container is not running, then its exit; with
+    /// `timeout_ms`, at most that long, then `unavailable`.
+    pub async fn wait(self: &Arc<Self>, request: ContainerWaitRequest) -> Handled<ContainerExit> {
+        let Some(timeout_ms) = request.timeout_ms else {
+            return self.wait_for_exit(&request.id).await;
+        };
+        tokio::time::timeout(
+            Duration::from_millis(timeout_ms),
+            self.wait_for_exit(&request.id),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(ErrorEnvelope::unavailable(format!(
+                "container {} still running after timeout_ms={timeout_ms}",
+                request.id
+            )))
+        })
+    }
+
+    async fn wait_for_exit(self: &Arc<Self>, reference: &str) -> Handled<ContainerExit> {
+        let request = ContainerRef {
+            id: reference.to_string(),
+        };
         // Auto-removed already (`run --rm`): its exit was kept for this.
         if let Some(exit) = self.removed_exit(&request.id) {
             return Ok(exit);

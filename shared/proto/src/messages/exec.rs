@@ -1,10 +1,12 @@
 //! `berth.v1.exec.<node>.*`, `berth.v1.logs.<id>` and `berth.v1.events.container.*`.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// `list`: containers on this node.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ContainerListRequest {
     /// Include containers that are not running (`ps -a`).
     #[serde(default)]
@@ -12,7 +14,7 @@ pub struct ContainerListRequest {
 }
 
 /// Lifecycle state of a container, as Docker names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ContainerStatus {
     Created,
@@ -38,7 +40,7 @@ impl ContainerStatus {
 }
 
 /// One row of `berth ps`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ContainerSummary {
     pub id: String,
     pub name: String,
@@ -65,14 +67,15 @@ pub struct ContainerSummary {
 }
 
 /// Reply to `list`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ContainerList {
     pub node_id: String,
     pub containers: Vec<ContainerSummary>,
 }
 
 /// `-v /host:/ctr[:ro]`: a host path bind-mounted into the container.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct BindMount {
     /// Absolute host path.
     pub source: String,
@@ -84,7 +87,8 @@ pub struct BindMount {
 
 /// `-v NAME:/ctr[:ro]` (a named volume, created on first use) or `-v /ctr` (an
 /// anonymous volume: `name` empty, a fresh one per container).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct VolumeMount {
     /// Volume name; empty for a new anonymous volume.
     #[serde(default)]
@@ -96,7 +100,7 @@ pub struct VolumeMount {
 }
 
 /// `--network`: which network namespace the container gets.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkMode {
     /// Its own network namespace on the node's default bridge network (Docker's default).
@@ -123,7 +127,7 @@ impl NetworkMode {
 }
 
 /// `--restart`: what the node does when the container exits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RestartPolicy {
     #[default]
@@ -138,7 +142,8 @@ pub enum RestartPolicy {
 
 /// `create`: everything `berth run`/`create` decides about a container. Fields left
 /// empty take the image's value (entrypoint, cmd, env, workdir, user, stop signal).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ContainerCreateRequest {
     /// Image reference or manifest digest.
     pub image: String,
@@ -243,7 +248,8 @@ pub struct ContainerCreateRequest {
 }
 
 /// One `--ulimit`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Ulimit {
     /// `nofile`, `nproc`, `core`, … (without the `RLIMIT_` prefix).
     pub name: String,
@@ -252,7 +258,7 @@ pub struct Ulimit {
 }
 
 /// Reply to `create`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ContainerCreated {
     pub id: String,
     pub name: String,
@@ -260,13 +266,27 @@ pub struct ContainerCreated {
 }
 
 /// A request naming one container (by full id, unique id prefix, or name).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ContainerRef {
     pub id: String,
 }
 
+/// `wait`: blocks until the container is not running, then answers its
+/// [`ContainerExit`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerWaitRequest {
+    /// Full id, unique id prefix, or name.
+    pub id: String,
+    /// Give up after this many milliseconds with `unavailable` (the container keeps
+    /// running); absent, wait as long as the container runs.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
 /// Reply to `start`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ContainerStarted {
     pub id: String,
     /// Host pid of the container's process.
@@ -274,7 +294,8 @@ pub struct ContainerStarted {
 }
 
 /// `kill`: send a signal to the container's process.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ContainerKillRequest {
     pub id: String,
     /// Name (`TERM`, `SIGTERM`) or number; default SIGKILL.
@@ -283,7 +304,8 @@ pub struct ContainerKillRequest {
 }
 
 /// `stop`: the stop signal, up to `timeout_seconds` of grace, then SIGKILL.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ContainerStopRequest {
     pub id: String,
     /// Default: the container's stop timeout (10 s unless set at create).
@@ -292,7 +314,8 @@ pub struct ContainerStopRequest {
 }
 
 /// `remove`: delete a container, its writable layer and its log.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ContainerRemoveRequest {
     pub id: String,
     /// Kill it first if it runs.
@@ -304,13 +327,13 @@ pub struct ContainerRemoveRequest {
 }
 
 /// Reply to `kill`, `stop` and `remove`: the full id acted on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ContainerDone {
     pub id: String,
 }
 
 /// How a container's process ended (reply to `wait`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ContainerExit {
     pub id: String,
     /// 128+signal when killed by a signal; 126/127 when the command could not be run.
@@ -321,7 +344,7 @@ pub struct ContainerExit {
 }
 
 /// Reply to `inspect`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ContainerInspect {
     pub id: String,
     pub name: String,
@@ -361,7 +384,8 @@ pub struct ContainerInspect {
 }
 
 /// `logs`: a page of the container's CRI log (`<RFC3339Nano> stdout|stderr F|P <text>`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct LogsRequest {
     pub id: String,
     /// Start at this byte offset of the log (for paging); overrides `tail`.
@@ -376,11 +400,13 @@ pub struct LogsRequest {
 }
 
 /// Reply to `logs`: whole CRI lines from `start` to `end` (byte offsets in the log).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LogsPage {
     pub id: String,
     pub start: u64,
     pub end: u64,
+    #[serde(with = "crate::b64")]
+    #[schemars(with = "String")]
     pub data: Vec<u8>,
     /// More complete lines follow `end` already: ask again from `end`.
     pub more: bool,
@@ -392,17 +418,18 @@ pub struct LogsPage {
 /// `berth.v1.logs_json.<id>` (JSON, `data` a base64 string): whole CRI lines
 /// (`<RFC 3339 time> stdout|stderr F|P <text>\n`) starting at byte `offset` of the
 /// container's log. The last one of a run has `eof` set (and may carry no data).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LogChunk {
     pub id: String,
     pub offset: u64,
-    #[serde(with = "crate::json_bytes")]
+    #[serde(with = "crate::b64")]
+    #[schemars(with = "String")]
     pub data: Vec<u8>,
     pub eof: bool,
 }
 
 /// Body of `berth.v1.events.container.<id>.<action>` (JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ContainerEvent {
     /// `create`, `start`, `die`, `stop`, `kill`, `destroy`, `oom`, `exec_start`,
     /// `exec_die`, `attach`.
@@ -428,7 +455,8 @@ pub struct ContainerEvent {
 /// `exec`: run another process in a running container's namespaces and cgroup. Its
 /// output is published on `output` (a subject the caller subscribed to, under its inbox)
 /// as [`ExecOutput`] messages, the last with `eof`; the reply comes after that.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     pub id: String,
     pub cmd: Vec<String>,
@@ -458,7 +486,8 @@ pub struct ExecRequest {
 }
 
 /// A terminal's size in character cells.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ConsoleSize {
     pub rows: u16,
     pub cols: u16,
@@ -469,11 +498,15 @@ pub struct ConsoleSize {
 pub const MAX_STDIN_CHUNK: usize = 4000;
 
 /// What one `stdin` request carries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StdinPayload {
     /// Bytes for the process's stdin (at most [`MAX_STDIN_CHUNK`]).
-    Data(Vec<u8>),
+    Data(
+        #[serde(with = "crate::b64")]
+        #[schemars(with = "String")]
+        Vec<u8>,
+    ),
     /// End of input: the process's stdin is closed (on a terminal: the EOF character).
     Eof,
     /// The client's terminal changed size.
@@ -485,7 +518,8 @@ pub enum StdinPayload {
 /// they arrive in order; `seq` (counting from 1 per `client`) lets the node drop a
 /// repeat of one whose reply was lost. The container's monitor owns its stdin, so input
 /// keeps flowing when the executor restarts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct StdinRequest {
     /// Container id or name.
     pub id: String,
@@ -499,13 +533,14 @@ pub struct StdinRequest {
 }
 
 /// Reply to `stdin`: the request with this `seq` was delivered (or was a repeat).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StdinAck {
     pub seq: u64,
 }
 
 /// `volume_create`: a named volume on this node (idempotent: an existing one is returned).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct VolumeCreateRequest {
     /// Generated (64 hex digits) when empty.
     #[serde(default)]
@@ -515,7 +550,7 @@ pub struct VolumeCreateRequest {
 }
 
 /// A volume (reply to `volume_create` and `volume_inspect`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VolumeInfo {
     pub name: String,
     pub node_id: String,
@@ -533,7 +568,8 @@ pub struct VolumeInfo {
 }
 
 /// `volume_list`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct VolumeListRequest {
     /// Only volumes with every one of these labels (`key` or `key=value`).
     #[serde(default)]
@@ -541,13 +577,15 @@ pub struct VolumeListRequest {
 }
 
 /// `volume_inspect`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct VolumeRef {
     pub name: String,
 }
 
 /// `volume_remove`: refused while a container uses the volume.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct VolumeRemoveRequest {
     pub name: String,
     /// A missing volume is not an error.
@@ -556,22 +594,24 @@ pub struct VolumeRemoveRequest {
 }
 
 /// Reply to `volume_list`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VolumeList {
     pub node_id: String,
     pub volumes: Vec<VolumeInfo>,
 }
 
 /// One piece of an exec'd process's output (bincode).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ExecOutput {
     pub stderr: bool,
+    #[serde(with = "crate::b64")]
+    #[schemars(with = "String")]
     pub data: Vec<u8>,
     pub eof: bool,
 }
 
 /// Reply to `exec`: how the process ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ExecExit {
     /// 128+signal when killed; 126/127 when it could not be run.
     pub exit_code: i32,
@@ -579,7 +619,7 @@ pub struct ExecExit {
 }
 
 /// Reply to `stats`: the container's cgroup counters at one instant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ContainerStats {
     pub id: String,
     pub name: String,

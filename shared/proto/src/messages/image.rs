@@ -4,10 +4,12 @@
 //! the `berth-blobs` Object Store under [`crate::subjects::jetstream::upload_object`],
 //! and `save` writes its archive under [`crate::subjects::jetstream::download_object`].
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// `list`: images known to the store.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ImageListRequest {
     /// Only references whose repository starts with this (Docker's `images REPO`).
     #[serde(default)]
@@ -15,7 +17,7 @@ pub struct ImageListRequest {
 }
 
 /// One row of `berth images`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ImageSummary {
     /// `repository:tag`, or `None` for an untagged (dangling) image.
     pub reference: Option<String>,
@@ -28,13 +30,14 @@ pub struct ImageSummary {
 }
 
 /// Reply to `list`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ImageList {
     pub images: Vec<ImageSummary>,
 }
 
 /// `import`: a one-layer image from a root filesystem tarball (like `docker import`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ImageImportRequest {
     /// Object in `berth-blobs` holding the tarball (plain or gzip); deleted afterwards.
     pub upload: String,
@@ -56,7 +59,7 @@ pub struct ImageImportRequest {
 }
 
 /// An image the store now holds, with the names it got.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StoredImage {
     /// Manifest digest.
     pub digest: String,
@@ -69,13 +72,14 @@ pub struct StoredImage {
 }
 
 /// Reply to `import`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ImageImportReply {
     pub image: StoredImage,
 }
 
 /// `load`: every image of a docker-archive or OCI layout tar.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ImageLoadRequest {
     /// Object in `berth-blobs` holding the tar; deleted afterwards.
     pub upload: String,
@@ -88,13 +92,14 @@ pub struct ImageLoadRequest {
 }
 
 /// Reply to `load`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ImageLoadReply {
     pub images: Vec<StoredImage>,
 }
 
 /// `save`: a docker-archive of one or more images, written to a download object.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ImageSaveRequest {
     /// References, digests or ID prefixes.
     pub names: Vec<String>,
@@ -103,7 +108,7 @@ pub struct ImageSaveRequest {
 }
 
 /// Reply to `save`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ImageSaveReply {
     /// The object holding the archive.
     pub download: String,
@@ -114,13 +119,14 @@ pub struct ImageSaveReply {
 }
 
 /// `inspect` and `history`: one image by reference, digest or ID prefix.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ImageInspectRequest {
     pub name: String,
 }
 
 /// os/arch/variant of an image.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ImagePlatform {
     pub os: String,
     pub architecture: String,
@@ -128,7 +134,7 @@ pub struct ImagePlatform {
 }
 
 /// One layer as stored, with what the unpacker needs to fetch and key it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LayerInfo {
     /// Blob digest (object name in `berth-blobs`).
     pub digest: String,
@@ -145,7 +151,7 @@ pub struct LayerInfo {
 }
 
 /// Reply to `inspect`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ImageInspect {
     /// Manifest digest.
     pub digest: String,
@@ -170,7 +176,7 @@ pub struct ImageInspect {
 }
 
 /// One row of `berth history`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct HistoryEntry {
     pub created: Option<String>,
     pub created_by: String,
@@ -181,21 +187,22 @@ pub struct HistoryEntry {
 }
 
 /// Reply to `history`: rows newest first, like `docker history`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ImageHistory {
     pub digest: String,
     pub entries: Vec<HistoryEntry>,
 }
 
 /// `tag`: point `target` at the image `source` names.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ImageTagRequest {
     pub source: String,
     pub target: String,
 }
 
 /// Reply to `tag`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ImageTagReply {
     /// The new reference (familiar form).
     pub reference: String,
@@ -203,7 +210,8 @@ pub struct ImageTagReply {
 }
 
 /// `remove` (`berth rmi`): untag a reference, or delete an image by digest/ID.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ImageRemoveRequest {
     pub name: String,
     /// Like `docker rmi -f`: remove every reference of an image named by digest/ID.
@@ -212,7 +220,7 @@ pub struct ImageRemoveRequest {
 }
 
 /// What `remove` and `prune` did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ImageRemoveReply {
     /// References removed.
     pub untagged: Vec<String>,
@@ -225,7 +233,8 @@ pub struct ImageRemoveReply {
 }
 
 /// `prune`: delete dangling (untagged) images and unreferenced blobs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ImagePruneRequest {
     /// Reserved for `prune -a`; must be false for now.
     #[serde(default)]
@@ -233,7 +242,7 @@ pub struct ImagePruneRequest {
 }
 
 /// Body of `berth.v1.events.image.<digest hex>.<action>` (JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ImageEvent {
     /// `pull`, `import`, `load`, `tag`, `untag` or `delete`.
     pub action: String,
@@ -246,7 +255,8 @@ pub struct ImageEvent {
 }
 
 /// `pull`: fetch an image from a registry into the store (`docker pull`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ImagePullRequest {
     /// `name[:tag]` or `name@sha256:…` (Docker Hub rules for short names).
     pub reference: String,
@@ -259,7 +269,7 @@ pub struct ImagePullRequest {
 }
 
 /// Reply to `pull`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ImagePullReply {
     pub image: StoredImage,
     /// Digest the reference resolved to on the registry: the index's for a
@@ -270,7 +280,8 @@ pub struct ImagePullReply {
 }
 
 /// `push`: upload an image to a registry (`docker push`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ImagePushRequest {
     /// The local image (reference, digest or ID prefix).
     pub name: String,
@@ -283,7 +294,7 @@ pub struct ImagePushRequest {
 }
 
 /// What happened to one blob of a push.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PushedBlob {
     pub digest: String,
     /// `exists`, `mounted` or `uploaded`.
@@ -293,7 +304,7 @@ pub struct PushedBlob {
 }
 
 /// Reply to `push`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ImagePushReply {
     /// The reference pushed to (full form, with registry).
     pub destination: String,
@@ -304,7 +315,7 @@ pub struct ImagePushReply {
 }
 
 /// One blob's state in a pull or push.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BlobProgress {
     pub digest: String,
     /// Bytes done so far.
@@ -317,7 +328,7 @@ pub struct BlobProgress {
 
 /// Published a few times a second on a pull's or push's progress subject; also the
 /// heartbeat that tells the caller the store is alive while it waits.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ImageTransferProgress {
     /// The image (reference as given).
     pub image: String,

@@ -1,12 +1,24 @@
 //! `berth.v1.net.<node>.*`: the networks of one node (each executor owns its bridges),
 //! and the network parts of containers (published ports, endpoints).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Transport protocol of a published port.
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum PortProtocol {
@@ -26,7 +38,8 @@ impl PortProtocol {
 }
 
 /// One `-p [hostIP:][hostPort:]containerPort[/proto]` as asked at create.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PortSpec {
     /// IPv4 address of the host to listen on; default every address.
     #[serde(default)]
@@ -40,7 +53,7 @@ pub struct PortSpec {
 }
 
 /// A port published while the container runs.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 pub struct PortBinding {
     pub protocol: PortProtocol,
     /// `0.0.0.0` for every host address.
@@ -53,7 +66,7 @@ pub struct PortBinding {
 }
 
 /// One network interface of a running container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EndpointInfo {
     pub network: String,
     pub network_id: String,
@@ -70,7 +83,7 @@ pub struct EndpointInfo {
 }
 
 /// The network part of `inspect`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ContainerNetwork {
     /// `bridge`, `none`, `host`, or the user network asked at create.
     pub mode: String,
@@ -85,7 +98,8 @@ pub struct ContainerNetwork {
 }
 
 /// `create`: a user network (a bridge of its own) on this node.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NetworkCreateRequest {
     pub name: String,
     /// IPv4 CIDR; default a free /24 of the node's pool.
@@ -96,7 +110,7 @@ pub struct NetworkCreateRequest {
 }
 
 /// A container attached to a network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NetworkMember {
     pub id: String,
     pub name: String,
@@ -106,7 +120,7 @@ pub struct NetworkMember {
 }
 
 /// A network (reply to `create` and `inspect`, rows of `list`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NetworkInfo {
     pub id: String,
     pub name: String,
@@ -126,24 +140,27 @@ pub struct NetworkInfo {
 }
 
 /// `list`
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NetworkListRequest {}
 
 /// Reply to `list`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NetworkList {
     pub node_id: String,
     pub networks: Vec<NetworkInfo>,
 }
 
 /// `inspect` and `remove`: a network by name, id or unique id prefix.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NetworkRef {
     pub network: String,
 }
 
 /// `connect`: attach a container (running or not) to a user network.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NetworkConnectRequest {
     pub network: String,
     pub container: String,
@@ -153,14 +170,15 @@ pub struct NetworkConnectRequest {
 }
 
 /// `disconnect`: detach a container from a network.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NetworkDisconnectRequest {
     pub network: String,
     pub container: String,
 }
 
 /// Reply to `remove`, `connect`, `disconnect`: the network's full id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NetworkDone {
     pub id: String,
 }

@@ -1,10 +1,11 @@
 //! Node records (`berth-nodes` KV, key = node id) and `berth.v1.sched.nodes`.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Whether a node takes new placements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeState {
     Ready,
@@ -13,7 +14,7 @@ pub enum NodeState {
 }
 
 /// Quantities the scheduler places against.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Resources {
     /// CPU in millicores (1000 = one core).
     pub cpu_millis: u64,
@@ -22,7 +23,7 @@ pub struct Resources {
 }
 
 /// What an executor publishes about its node, once a heartbeat.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeRecord {
     pub node_id: String,
     pub state: NodeState,
@@ -54,7 +55,7 @@ pub struct NodeRecord {
 }
 
 /// A user network as a node record names it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeNetwork {
     pub id: String,
     pub name: String,
@@ -71,7 +72,8 @@ impl NodeNetwork {
 }
 
 /// `nodes`: every node record.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NodeListRequest {
     /// Only nodes in this state.
     #[serde(default)]
@@ -79,7 +81,7 @@ pub struct NodeListRequest {
 }
 
 /// Reply to `nodes`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeList {
     pub nodes: Vec<NodeRecord>,
 }

@@ -6,6 +6,7 @@
 use crate::messages::exec::{ContainerCreateRequest, RestartPolicy};
 use crate::messages::network::PortBinding;
 use crate::messages::node::{NodeRecord, NodeState, Resources};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -43,7 +44,7 @@ pub fn gone_key(id: &str) -> String {
 /// `gone.<id>`: a container `rm`ed while its node was lost. Its record is dropped at
 /// once; the container is removed from `node_id` (force) once that node is back, and
 /// then the tombstone goes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Tombstone {
     pub node_id: String,
     /// `rm -v`: its anonymous volumes too.
@@ -54,7 +55,8 @@ pub struct Tombstone {
 }
 
 /// `run`: place a container, create it on the chosen node and (unless `no_start`) start it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SchedRunRequest {
     /// Client-chosen id (64 lowercase hex digits): the same id twice is the same
     /// container, so a retried request never places twice. Made up when empty.
@@ -77,7 +79,7 @@ pub struct SchedRunRequest {
 }
 
 /// Reply to `run`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SchedRunReply {
     pub id: String,
     pub name: String,
@@ -90,7 +92,7 @@ pub struct SchedRunReply {
 }
 
 /// Where a container is in its life, as the scheduler sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ContainerPhase {
     /// No node has room (yet).
@@ -119,7 +121,7 @@ impl ContainerPhase {
 }
 
 /// What was asked: kept as long as the container exists, re-used to re-place it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct DesiredContainer {
     pub create: ContainerCreateRequest,
     /// Start it once created.
@@ -145,7 +147,7 @@ pub struct DesiredContainer {
 }
 
 /// What was last seen.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ObservedContainer {
     pub phase: ContainerPhase,
     pub node_id: Option<String>,
@@ -164,7 +166,7 @@ pub struct ObservedContainer {
 }
 
 /// One container's record in `berth-containers`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ContainerRecord {
     pub id: String,
     pub name: String,
@@ -182,7 +184,7 @@ impl ContainerRecord {
 }
 
 /// `<node>.alloc`: what schedulers reserved on a node, per container.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeAlloc {
     pub allocated: Resources,
     /// Container id → (its reservation, unix ms it was made).
@@ -190,7 +192,7 @@ pub struct NodeAlloc {
 }
 
 /// `<node>.admin`: the operator's wish for a node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeAdmin {
     /// `ready` or `draining`.
     pub state: NodeState,
@@ -198,7 +200,8 @@ pub struct NodeAdmin {
 }
 
 /// `list`: every container record.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SchedListRequest {
     /// Only those on this node.
     #[serde(default)]
@@ -206,7 +209,7 @@ pub struct SchedListRequest {
 }
 
 /// Reply to `list`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SchedList {
     pub containers: Vec<ContainerRecord>,
     /// Ids removed while their node was lost, still to be removed there: a listing of
@@ -216,13 +219,15 @@ pub struct SchedList {
 }
 
 /// A container by full id, unique id prefix or name.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SchedRef {
     pub reference: String,
 }
 
 /// `stop` through the scheduler.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SchedStopRequest {
     pub reference: String,
     #[serde(default)]
@@ -230,7 +235,8 @@ pub struct SchedStopRequest {
 }
 
 /// `kill` through the scheduler.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SchedKillRequest {
     pub reference: String,
     #[serde(default)]
@@ -238,7 +244,8 @@ pub struct SchedKillRequest {
 }
 
 /// `remove`: the container on its node (if the node is there) and its record.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SchedRemoveRequest {
     pub reference: String,
     #[serde(default)]
@@ -248,20 +255,21 @@ pub struct SchedRemoveRequest {
 }
 
 /// Reply to `stop`, `kill`, `remove`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SchedDone {
     pub id: String,
     pub node_id: Option<String>,
 }
 
 /// `node_inspect`, `drain`, `activate`: one node by id.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NodeRef {
     pub node_id: String,
 }
 
 /// Reply to `node_inspect`, `drain` and `activate`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeDetail {
     /// Heartbeat record with the effective state and the schedulers' allocation.
     pub node: NodeRecord,

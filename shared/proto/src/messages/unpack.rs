@@ -1,9 +1,11 @@
 //! `berth.v1.unpack.<node>.*`
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// `prepare`: make every layer of an image available on this node as overlay lowerdirs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PrepareRequest {
     /// Image reference or manifest digest, resolved by the image-store.
     pub image: String,
@@ -17,7 +19,7 @@ pub struct PrepareRequest {
 }
 
 /// Published on a prepare's progress subject about once a second while it runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PrepareProgress {
     pub image: String,
     pub layers: u32,
@@ -25,7 +27,7 @@ pub struct PrepareProgress {
 }
 
 /// Reply to `prepare`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PrepareReply {
     pub node_id: String,
     /// Manifest digest the reference resolved to.
@@ -40,7 +42,8 @@ pub struct PrepareReply {
 }
 
 /// `list`: snapshots on this node.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SnapshotListRequest {
     /// Only the snapshot with this chainID.
     #[serde(default)]
@@ -48,7 +51,7 @@ pub struct SnapshotListRequest {
 }
 
 /// One unpacked layer on a node's disk.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SnapshotInfo {
     /// Short directory name under `snapshots/`.
     pub id: String,
@@ -67,14 +70,15 @@ pub struct SnapshotInfo {
 }
 
 /// Reply to `list`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SnapshotList {
     pub node_id: String,
     pub snapshots: Vec<SnapshotInfo>,
 }
 
 /// `remove`: delete one snapshot.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SnapshotRemoveRequest {
     pub chain_id: String,
     /// Remove even when users remain.
@@ -83,7 +87,7 @@ pub struct SnapshotRemoveRequest {
 }
 
 /// `remove` and `prune` reply: what was deleted.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SnapshotsRemoved {
     pub node_id: String,
     pub removed: Vec<SnapshotInfo>,
@@ -91,12 +95,13 @@ pub struct SnapshotsRemoved {
 }
 
 /// `prune`: delete every snapshot that no container and no image pin uses.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SnapshotPruneRequest {}
 
 /// Body of `berth.v1.events.snapshot.<chainID hex>.<action>` (JSON): `unpack` when a
 /// layer was unpacked on a node, `remove` when a snapshot was deleted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SnapshotEvent {
     pub action: String,
     pub node_id: String,
@@ -121,13 +126,14 @@ pub const IMAGE_PIN_PREFIX: &str = "image:";
 
 /// `release`: drop one user's pin (a removed container, an unpinned image) from every
 /// snapshot it holds, so that `prune` can reclaim them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SnapshotReleaseRequest {
     pub user: String,
 }
 
 /// Reply to `release`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SnapshotsReleased {
     pub node_id: String,
     /// Snapshots (and native trees) the user was removed from.
