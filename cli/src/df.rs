@@ -145,7 +145,12 @@ pub async fn run(nats: &NatsSettings, timeout: Duration, json: bool) -> Result<E
     } else {
         outln!(
             "{:<12} {:<16} {:>6} {:>7} {:>10} {:>12}",
-            "TYPE", "NODE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"
+            "TYPE",
+            "NODE",
+            "TOTAL",
+            "ACTIVE",
+            "SIZE",
+            "RECLAIMABLE"
         );
         for row in &rows {
             outln!(

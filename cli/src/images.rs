@@ -439,13 +439,10 @@ impl Ctx {
                         std::io::ErrorKind::BrokenPipe => crate::output::handle_stdout_error(&err),
                         _ => Failure::berth(format!("cannot write stdout: {err}")),
                     })?;
-                stdout
-                    .flush()
-                    .await
-                    .map_err(|err| match err.kind() {
-                        std::io::ErrorKind::BrokenPipe => crate::output::handle_stdout_error(&err),
-                        _ => Failure::berth(format!("cannot write stdout: {err}")),
-                    })
+                stdout.flush().await.map_err(|err| match err.kind() {
+                    std::io::ErrorKind::BrokenPipe => crate::output::handle_stdout_error(&err),
+                    _ => Failure::berth(format!("cannot write stdout: {err}")),
+                })
             }
         }
     }

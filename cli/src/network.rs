@@ -262,7 +262,11 @@ pub async fn run(
             } else {
                 outln!(
                     "{:<12}  {:<20}  {:<8}  {:<16}  {:<18}  CONTAINERS",
-                    "NETWORK ID", "NAME", "DRIVER", "BRIDGE", "SUBNET"
+                    "NETWORK ID",
+                    "NAME",
+                    "DRIVER",
+                    "BRIDGE",
+                    "SUBNET"
                 );
                 for n in &list.networks {
                     outln!(

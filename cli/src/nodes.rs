@@ -114,7 +114,12 @@ pub async fn run(
                 .map_or(0, |d| d.as_millis() as u64);
             outln!(
                 "{:<20}  {:<9}  {:<10}  {:<11}  {:<13}  {:<24}  LAST SEEN",
-                "ID", "STATE", "CONTAINERS", "CPU", "MEMORY", "LABELS"
+                "ID",
+                "STATE",
+                "CONTAINERS",
+                "CPU",
+                "MEMORY",
+                "LABELS"
             );
             for node in &list.nodes {
                 outln!("{}", row(node, now_ms));

@@ -9,8 +9,8 @@ use berth_proto::messages::unpack::{
     SnapshotsReleased,
 };
 use berth_proto::subjects::{self, service_names, ImageVerb, UnpackVerb};
-use berth_proto::ErrorKind;
 use berth_proto::Encoding;
+use berth_proto::ErrorKind;
 use std::process::ExitCode;
 use std::time::Duration;
 

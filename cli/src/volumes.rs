@@ -138,7 +138,9 @@ pub async fn run(
             } else {
                 outln!(
                     "{:<8}  {:<64}  {:<10}  CONTAINERS",
-                    "DRIVER", "VOLUME NAME", "NODE"
+                    "DRIVER",
+                    "VOLUME NAME",
+                    "NODE"
                 );
                 for v in &list.volumes {
                     outln!(

@@ -152,24 +152,43 @@ async fn stopping_the_executor_takes_down_the_networking_nothing_runs_on() -> an
     let table = env.stack.net.nft_table();
     // A published port puts rules in the table.
     let id = env.run_d(&["-p", "127.0.0.1::80"], &["sleep", "600"])?;
-    ensure!(link_exists(&bridge)?, "no bridge {bridge} while a container runs");
-    ensure!(nft_table_exists(&table)?, "no nft table {table} with a port published");
+    ensure!(
+        link_exists(&bridge)?,
+        "no bridge {bridge} while a container runs"
+    );
+    ensure!(
+        nft_table_exists(&table)?,
+        "no nft table {table} with a port published"
+    );
 
     // A running container keeps both.
     stop_executor(&mut env).await?;
-    ensure!(link_exists(&bridge)?, "the bridge of a running container was removed");
-    ensure!(nft_table_exists(&table)?, "the table of a running container was removed");
+    ensure!(
+        link_exists(&bridge)?,
+        "the bridge of a running container was removed"
+    );
+    ensure!(
+        nft_table_exists(&table)?,
+        "the table of a running container was removed"
+    );
 
     env.stack.start_service(service_names::EXECUTOR).await?;
     env.ok(&["rm", "-f", &id])?;
     stop_executor(&mut env).await?;
-    ensure!(!link_exists(&bridge)?, "bridge {bridge} left after the executor stopped");
-    ensure!(!nft_table_exists(&table)?, "nft table {table} left after the executor stopped");
+    ensure!(
+        !link_exists(&bridge)?,
+        "bridge {bridge} left after the executor stopped"
+    );
+    ensure!(
+        !nft_table_exists(&table)?,
+        "nft table {table} left after the executor stopped"
+    );
 
     // The next start brings the network back.
     env.stack.start_service(service_names::EXECUTOR).await?;
     ensure!(
-        eventually(Duration::from_secs(10), || link_exists(&bridge).unwrap_or(false)),
+        eventually(Duration::from_secs(10), || link_exists(&bridge)
+            .unwrap_or(false)),
         "bridge {bridge} not back after a restart"
     );
     let output = env.ok(&["run", "--rm", IMAGE, "echo", "back"])?;

@@ -765,7 +765,8 @@ async fn history_shows_uncompressed_layer_sizes_for_pulled_images_too() -> anyho
     let name = registry.name("berth/sized:1");
     env.ok(&["import", &tar.display().to_string(), &name])?;
     let sizes = |env: &Env| -> anyhow::Result<Vec<u64>> {
-        let rows: serde_json::Value = serde_json::from_str(&env.ok(&["history", "--json", &name])?)?;
+        let rows: serde_json::Value =
+            serde_json::from_str(&env.ok(&["history", "--json", &name])?)?;
         rows.as_array()
             .context("history rows")?
             .iter()

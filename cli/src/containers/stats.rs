@@ -69,7 +69,11 @@ pub(super) async fn stats(
         let after = sample(ids.clone()).await?;
         outln!(
             "{:<12}  {:<20}  {:>7}  {:>22}  {:>5}",
-            "CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "PIDS"
+            "CONTAINER ID",
+            "NAME",
+            "CPU %",
+            "MEM USAGE / LIMIT",
+            "PIDS"
         );
         for (b, a) in before.iter().zip(&after) {
             let limit = a.memory_limit.map_or_else(|| "-".to_string(), mib);

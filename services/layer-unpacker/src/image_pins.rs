@@ -65,10 +65,16 @@ async fn release_image_pin(unpacker: &Unpacker, image: &str) {
         .await
     {
         Ok(reply) if reply.released > 0 => {
-            tracing::info!(image, released = reply.released, "image deleted: its unpack pin released")
+            tracing::info!(
+                image,
+                released = reply.released,
+                "image deleted: its unpack pin released"
+            )
         }
         Ok(_) => {}
-        Err(err) => tracing::warn!(image, error = %err, "cannot release the pin of a deleted image"),
+        Err(err) => {
+            tracing::warn!(image, error = %err, "cannot release the pin of a deleted image")
+        }
     }
 }
 

@@ -323,11 +323,7 @@ fn a_failed_prepare_takes_back_the_pins_it_added() {
     store
         .prepare(&specs(&[&img[0]]), &open, &user("c1"))
         .expect("base");
-    let failed = store.prepare(
-        &specs(&[&img[0], &img[1], &missing[0]]),
-        &open,
-        &user("c1"),
-    );
+    let failed = store.prepare(&specs(&[&img[0], &img[1], &missing[0]]), &open, &user("c1"));
     assert!(failed.is_err(), "a missing blob fails the prepare");
     let failed_new_user = store.prepare(
         &specs(&[&img[0], &img[1], &missing[0]]),
@@ -336,7 +332,11 @@ fn a_failed_prepare_takes_back_the_pins_it_added() {
     );
     assert!(failed_new_user.is_err());
     let snapshots = store.list();
-    assert_eq!(snapshots.len(), 2, "the good layers stay unpacked for reuse");
+    assert_eq!(
+        snapshots.len(),
+        2,
+        "the good layers stay unpacked for reuse"
+    );
     for meta in &snapshots {
         assert!(
             !meta.users.contains("never-created"),

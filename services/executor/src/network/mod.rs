@@ -397,7 +397,9 @@ impl Networks {
             }
             match self.kernel.delete_link(&net.bridge) {
                 Ok(()) => removed.push(format!("bridge {}", net.bridge)),
-                Err(err) => tracing::warn!(bridge = %net.bridge, error = %err, "cannot remove an unused bridge"),
+                Err(err) => {
+                    tracing::warn!(bridge = %net.bridge, error = %err, "cannot remove an unused bridge")
+                }
             }
         }
         if !any_lease {

@@ -467,7 +467,11 @@ fn stopping_takes_down_what_nothing_running_uses() {
     f.net.release(A);
     let removed = f.net.teardown_unused();
     assert_eq!(removed, ["bridge bt0", "nftables table berth_test"]);
-    assert!(f.kernel.link_names().is_empty(), "{:?}", f.kernel.link_names());
+    assert!(
+        f.kernel.link_names().is_empty(),
+        "{:?}",
+        f.kernel.link_names()
+    );
     let calls = f.kernel.take();
     assert!(calls.iter().any(|c| matches!(
         c,

@@ -199,7 +199,10 @@ pub fn uncompressed_length(input: impl Read) -> io::Result<u64> {
     match compression {
         Compression::None => io::copy(&mut input, &mut io::sink()),
         Compression::Gzip => io::copy(&mut flate2::bufread::GzDecoder::new(input), &mut io::sink()),
-        Compression::Zstd => io::copy(&mut zstd::stream::read::Decoder::with_buffer(input)?, &mut io::sink()),
+        Compression::Zstd => io::copy(
+            &mut zstd::stream::read::Decoder::with_buffer(input)?,
+            &mut io::sink(),
+        ),
     }
 }
 
