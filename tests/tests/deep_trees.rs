@@ -3,10 +3,11 @@
 //! the container's own code. The executor used to die of a stack overflow in
 //! std's recursive `remove_dir_all`, and `run --rm` then exited 0.
 
-use berth_tests::cli::CliEnv;
+use berth_tests::cli::{eventually, CliEnv};
 use berth_tests::Stack;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 const NODE: &str = "node-deep";
 const IMAGE: &str = "busybox:deep";
@@ -122,5 +123,22 @@ async fn a_25000_level_tree_is_removed_and_the_executor_survives() -> anyhow::Re
     // And it still runs containers.
     let (code, out, _) = env.run_rm(&[], &["echo", "still here"])?;
     assert_eq!((code, out.as_str()), (0, "still here\n"));
+
+    // The executor deletes the trees after answering. Wait for it: the stack's temp dir
+    // is removed with std's recursive remove_dir_all, which a tree left there would
+    // overflow in this test process.
+    let containers = env.stack.data_dir().join("containers");
+    let trash_left = || {
+        std::fs::read_dir(&containers).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(".trash-"))
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(300), || !trash_left()),
+        "the executor did not finish deleting the trees in {}",
+        containers.display()
+    );
     Ok(())
 }

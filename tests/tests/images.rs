@@ -497,6 +497,19 @@ async fn oci_layout_tar_loads_untagged_images_and_prune_removes_them() -> anyhow
     let stack = Stack::start(&[STORE], NODE).await?;
     let dir = tempfile::tempdir()?;
     let layout = umoci_layout(dir.path())?;
+    // Without ref names the images load untagged (with umoci's bare names `base`, `a`,
+    // `b` they would load as base:latest… like `docker load`: see hardening.rs).
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(&index_path)?)?;
+    for manifest in index["manifests"]
+        .as_array_mut()
+        .context("index.json has manifests")?
+    {
+        if let Some(fields) = manifest.as_object_mut() {
+            fields.remove("annotations");
+        }
+    }
+    std::fs::write(&index_path, serde_json::to_vec(&index)?)?;
     let tar = dir.path().join("layout.tar");
     ok(Command::new("tar")
         .arg("-C")
