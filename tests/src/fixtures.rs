@@ -28,6 +28,21 @@ pub fn need_root(why: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fails unless containers can run here: root (namespaces, cgroups, overlay mounts)
+/// and Debian's busybox-static, which the test images are built from; then every tool
+/// in `tools` (e.g. `nft`, `ip` for network tests).
+pub fn need_containers(tools: &[&str]) -> anyhow::Result<()> {
+    need_root("containers need namespaces, cgroups and overlay mounts")?;
+    ensure!(
+        Path::new("/bin/busybox").is_file(),
+        "/bin/busybox is not installed; this test needs it (Debian busybox-static; docker-compose-free-scripts/setup.sh installs it)"
+    );
+    for tool in tools {
+        need(tool)?;
+    }
+    Ok(())
+}
+
 /// Runs a command; fails with its output when it fails. Returns stdout.
 pub fn ok(command: &mut Command) -> anyhow::Result<String> {
     let output = command

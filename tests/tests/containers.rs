@@ -5,6 +5,7 @@
 use berth_proto::messages::exec::ContainerEvent;
 use berth_proto::subjects::{self, EventKind};
 use berth_tests::cli::{eventually, CliEnv};
+use berth_tests::fixtures::need_containers;
 use berth_tests::{bin_path, Stack};
 use futures::StreamExt;
 use std::path::{Path, PathBuf};
@@ -19,19 +20,6 @@ const SERVICES: [&str; 4] = [
     "berth-scheduler",
     "berth-executor",
 ];
-
-/// Containers need root (namespaces, cgroups, overlay). Says so instead of passing.
-fn can_run_containers() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: container tests need root (namespaces, cgroups, overlay mounts)");
-        return false;
-    }
-    if !Path::new("/bin/busybox").is_file() {
-        eprintln!("SKIPPED: /bin/busybox (Debian busybox-static) is not installed");
-        return false;
-    }
-    true
-}
 
 /// A rootfs tarball: /bin/busybox with its applet links, passwd and group with a `www` user.
 fn busybox_tar(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -76,9 +64,7 @@ async fn start() -> anyhow::Result<Env> {
 
 #[tokio::test]
 async fn run_streams_output_and_propagates_exit_codes() -> anyhow::Result<()> {
-    if !can_run_containers() {
-        return Ok(());
-    }
+    need_containers(&[])?;
     let env = start().await?;
     let client = env.stack.nats.client().await?;
     let mut events = client
@@ -144,9 +130,7 @@ async fn run_streams_output_and_propagates_exit_codes() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn env_workdir_user_hostname_and_limits_apply() -> anyhow::Result<()> {
-    if !can_run_containers() {
-        return Ok(());
-    }
+    need_containers(&[])?;
     let env = start().await?;
     let (code, out, err) = env.run_rm(
         &[
@@ -219,21 +203,9 @@ async fn env_workdir_user_hostname_and_limits_apply() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Like `can_run_containers`, but a test that cannot run fails, naming what is missing.
-fn require_containers() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root (namespaces, cgroups, overlay mounts)"
-    );
-    assert!(
-        Path::new("/bin/busybox").is_file(),
-        "this test needs /bin/busybox (Debian busybox-static)"
-    );
-}
-
 #[tokio::test]
 async fn a_missing_workdir_is_created_for_the_containers_user() -> anyhow::Result<()> {
-    require_containers();
+    need_containers(&[])?;
     let env = start().await?;
     let (code, out, err) = env.run_rm(
         &["-w", "/a/b/c"],
@@ -303,9 +275,7 @@ async fn a_missing_workdir_is_created_for_the_containers_user() -> anyhow::Resul
 
 #[tokio::test]
 async fn bind_mounts_are_read_only_or_writable() -> anyhow::Result<()> {
-    if !can_run_containers() {
-        return Ok(());
-    }
+    need_containers(&[])?;
     let env = start().await?;
     let host = tempfile::tempdir()?;
     std::fs::write(host.path().join("in"), "from the host\n")?;
@@ -331,9 +301,7 @@ async fn bind_mounts_are_read_only_or_writable() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn detached_containers_log_stop_kill_and_remove() -> anyhow::Result<()> {
-    if !can_run_containers() {
-        return Ok(());
-    }
+    need_containers(&[])?;
     let env = start().await?;
     // Handles SIGTERM: stop ends it within the grace period with its own code.
     let polite = env.stdout(&[
@@ -430,9 +398,7 @@ async fn detached_containers_log_stop_kill_and_remove() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn logs_follow_streams_until_the_container_exits() -> anyhow::Result<()> {
-    if !can_run_containers() {
-        return Ok(());
-    }
+    need_containers(&[])?;
     let env = start().await?;
     env.stdout(&[
         "run",
@@ -455,9 +421,7 @@ async fn logs_follow_streams_until_the_container_exits() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_sigkilled_executor_readopts_its_containers() -> anyhow::Result<()> {
-    if !can_run_containers() {
-        return Ok(());
-    }
+    need_containers(&[])?;
     // Declared before `env` so it is dropped after it: Env's drop removes the containers
     // through this executor, even when an assertion fails.
     let restarted: std::cell::Cell<Option<tokio::process::Child>> = std::cell::Cell::new(None);
@@ -552,9 +516,7 @@ async fn a_sigkilled_executor_readopts_its_containers() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn exec_runs_in_the_container_with_its_own_exit_code_and_stats_count() -> anyhow::Result<()> {
-    if !can_run_containers() {
-        return Ok(());
-    }
+    need_containers(&[])?;
     let env = start().await?;
     env.stdout(&[
         "run",
@@ -628,9 +590,7 @@ async fn exec_runs_in_the_container_with_its_own_exit_code_and_stats_count() -> 
 /// nothing of the set-up left open, and output before and after the re-exec logged.
 #[tokio::test]
 async fn the_monitor_supervises_from_a_fresh_image() -> anyhow::Result<()> {
-    if !can_run_containers() {
-        return Ok(());
-    }
+    need_containers(&[])?;
     let env = start().await?;
     let id = env.stdout(&[
         "run",
@@ -690,9 +650,7 @@ async fn the_monitor_supervises_from_a_fresh_image() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn on_failure_restarts_exactly_n_times_and_stop_is_remembered() -> anyhow::Result<()> {
-    if !can_run_containers() {
-        return Ok(());
-    }
+    need_containers(&[])?;
     let env = start().await?;
     env.stdout(&[
         "run",
@@ -745,9 +703,7 @@ async fn on_failure_restarts_exactly_n_times_and_stop_is_remembered() -> anyhow:
 
 #[tokio::test]
 async fn volumes_labels_flags_events_and_rotated_logs() -> anyhow::Result<()> {
-    if !can_run_containers() {
-        return Ok(());
-    }
+    need_containers(&[])?;
     let env = start().await?;
     let began = env.stdout(&["run", "--rm", IMAGE, "date", "+%s"])?;
     let began: i64 = began.trim().parse()?;
@@ -1088,9 +1044,7 @@ async fn volumes_labels_flags_events_and_rotated_logs() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_full_log_disk_drops_lines_once_reported_and_logging_resumes() -> anyhow::Result<()> {
-    if !can_run_containers() {
-        return Ok(());
-    }
+    need_containers(&[])?;
     // The logs on a small tmpfs of this test's own, the rest of the node on the normal disk.
     let logs = tempfile::Builder::new()
         .prefix("berth-logdisk-")

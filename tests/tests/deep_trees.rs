@@ -4,6 +4,7 @@
 //! std's recursive `remove_dir_all`, and `run --rm` then exited 0.
 
 use berth_tests::cli::{eventually, CliEnv};
+use berth_tests::fixtures::need_containers;
 use berth_tests::Stack;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,18 +27,6 @@ const BUILD_DEEP: &str = "cd /tmp && mkdir deep && P=d && i=1 && \
     n=0 && while [ $n -lt 25 ]; do \
     mkdir -p new/$P && mv deep new/$P/deep && mv new deep || exit 1; n=$((n+1)); done && \
     echo built";
-
-fn require_containers() -> anyhow::Result<()> {
-    anyhow::ensure!(
-        nix::unistd::geteuid().is_root(),
-        "container tests need root (namespaces, cgroups, overlay mounts)"
-    );
-    anyhow::ensure!(
-        Path::new("/bin/busybox").is_file(),
-        "/bin/busybox (Debian busybox-static) is not installed"
-    );
-    Ok(())
-}
 
 /// A rootfs tarball: /bin/busybox with its applet links.
 fn busybox_tar(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -95,7 +84,7 @@ fn executor_alive(env: &CliEnv) -> bool {
 
 #[tokio::test]
 async fn a_25000_level_tree_is_removed_and_the_executor_survives() -> anyhow::Result<()> {
-    require_containers()?;
+    need_containers(&[])?;
     let stack = Stack::start(&SERVICES, NODE).await?;
     let env = CliEnv::import(stack, IMAGE, &[], busybox_tar)?;
 

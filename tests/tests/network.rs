@@ -5,12 +5,11 @@
 //! (`NetSlot`); traffic only goes to namespaces these tests create.
 
 use berth_tests::cli::CliEnv;
-use berth_tests::fixtures::{busybox_rootfs_tar, ok};
+use berth_tests::fixtures::{busybox_rootfs_tar, need_containers, ok};
 use berth_tests::{NetSlot, Stack};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -21,20 +20,6 @@ const SERVICES: [&str; 4] = [
     "berth-scheduler",
     "berth-executor",
 ];
-
-fn can_run() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: network tests need root (namespaces, bridges, nftables)");
-        return false;
-    }
-    for tool in ["/bin/busybox", "/usr/sbin/nft", "/usr/sbin/ip"] {
-        if !Path::new(tool).exists() {
-            eprintln!("SKIPPED: {tool} is not installed (busybox-static, nftables, iproute2)");
-            return false;
-        }
-    }
-    true
-}
 
 /// A stack with the `-P`-able test image imported; every container goes when it drops.
 type Env = CliEnv;
@@ -189,9 +174,7 @@ fn footprint(env: &Env) -> anyhow::Result<Footprint> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_nat_and_published_ports() -> anyhow::Result<()> {
-    if !can_run() {
-        return Ok(());
-    }
+    need_containers(&["nft", "ip"])?;
     let env = start("node-net-a").await?;
     let slot = &env.stack.net;
     let outside = Outside::create(slot)?;
@@ -483,9 +466,7 @@ async fn bridge_nat_and_published_ports() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_networks_resolve_names_and_stay_apart() -> anyhow::Result<()> {
-    if !can_run() {
-        return Ok(());
-    }
+    need_containers(&["nft", "ip"])?;
     let env = start("node-net-b").await?;
     let slot = &env.stack.net;
     let front = env.ok(&["network", "create", "front"])?;
@@ -602,9 +583,7 @@ async fn user_networks_resolve_names_and_stay_apart() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cycles_and_an_executor_sigkill_leave_nothing_behind() -> anyhow::Result<()> {
-    if !can_run() {
-        return Ok(());
-    }
+    need_containers(&["nft", "ip"])?;
     let mut env = start("node-net-c").await?;
     // One container keeps running across everything: its share must stay.
     let keeper = env.run_d(

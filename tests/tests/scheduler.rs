@@ -11,6 +11,7 @@ use berth_proto::messages::sched::{
 };
 use berth_proto::subjects::{self, jetstream as names, SchedVerb};
 use berth_proto::{Encoding, ErrorKind};
+use berth_tests::fixtures::need_containers;
 use berth_tests::{fixtures, Stack};
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -26,20 +27,6 @@ const TEST_ENV: [(&str, &str); 2] = [
     ("BERTH_NODE_LOST_AFTER_MS", "3000"),
     ("BERTH_REDISPATCH_AFTER_MS", "3000"),
 ];
-
-fn can_run_containers() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!(
-            "SKIPPED: scheduler tests with real nodes need root (namespaces, cgroups, overlay)"
-        );
-        return false;
-    }
-    if !Path::new("/bin/busybox").is_file() {
-        eprintln!("SKIPPED: /bin/busybox (Debian busybox-static) is not installed");
-        return false;
-    }
-    true
-}
 
 struct Env {
     stack: Stack,
@@ -187,9 +174,7 @@ fn count_by_node(env: &Env, ids: &[String]) -> BTreeMap<String, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_spread_honour_constraints_and_pins_and_a_big_request_waits_for_room(
 ) -> anyhow::Result<()> {
-    if !can_run_containers() {
-        return Ok(());
-    }
+    need_containers(&[])?;
     let mut env = Env::start(1).await?;
     env.add_node("n1", "zone=a", "2").await?;
     env.add_node("n2", "zone=b", "2").await?;
@@ -299,9 +284,7 @@ async fn three_nodes_spread_honour_constraints_and_pins_and_a_big_request_waits_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_placement_of_an_image_prefers_the_node_that_has_it() -> anyhow::Result<()> {
-    if !can_run_containers() {
-        return Ok(());
-    }
+    need_containers(&[])?;
     let mut env = Env::start(1).await?;
     env.add_node("n1", "zone=a", "2").await?;
     // Room for two 0.1-CPU containers only.
@@ -321,9 +304,7 @@ async fn the_next_placement_of_an_image_prefers_the_node_that_has_it() -> anyhow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_goes_only_to_nodes_of_its_platform() -> anyhow::Result<()> {
-    if !can_run_containers() {
-        return Ok(());
-    }
+    need_containers(&[])?;
     let mut env = Env::start(1).await?;
     // n1 says it is an arm64 machine; the test image is built for this host.
     env.stack
@@ -356,9 +337,7 @@ async fn an_image_goes_only_to_nodes_of_its_platform() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_goes_where_its_user_network_and_named_volume_are() -> anyhow::Result<()> {
-    if !can_run_containers() {
-        return Ok(());
-    }
+    need_containers(&[])?;
     let mut env = Env::start(1).await?;
     env.add_node("n1", "zone=a", "4").await?;
     env.add_node("n2", "zone=a", "4").await?;
@@ -440,9 +419,7 @@ fn kill_containers(data_dir: &Path) -> anyhow::Result<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_node_moves_restartable_containers_loses_the_rest_and_heals_without_duplicates(
 ) -> anyhow::Result<()> {
-    if !can_run_containers() {
-        return Ok(());
-    }
+    need_containers(&[])?;
     let mut env = Env::start(1).await?;
     env.add_node("n2", "zone=b", "2").await?;
     let mut always = Vec::new();
@@ -533,9 +510,7 @@ async fn a_lost_node_moves_restartable_containers_loses_the_rest_and_heals_witho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_stopped_by_hand_is_not_re_placed_when_its_node_is_lost() -> anyhow::Result<()>
 {
-    if !can_run_containers() {
-        return Ok(());
-    }
+    need_containers(&[])?;
     let mut env = Env::start(1).await?;
     env.add_node("n1", "zone=a", "2").await?;
     let client = env.stack.nats.client().await?;
@@ -608,9 +583,7 @@ fn listed_on(env: &Env, node: &str) -> Option<Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rm_of_a_container_on_a_lost_node_removes_it_there_once_the_node_is_back(
 ) -> anyhow::Result<()> {
-    if !can_run_containers() {
-        return Ok(());
-    }
+    need_containers(&[])?;
     let mut env = Env::start(1).await?;
     env.add_node("n1", "zone=a", "2").await?;
     env.add_node("n2", "zone=a", "2").await?;
@@ -685,9 +658,7 @@ async fn record_of(client: &async_nats::Client, id: &str) -> anyhow::Result<Cont
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exit_while_no_scheduler_runs_reaches_the_record_once_one_starts() -> anyhow::Result<()>
 {
-    if !can_run_containers() {
-        return Ok(());
-    }
+    need_containers(&[])?;
     let mut env = Env::start(1).await?;
     env.add_node("n1", "zone=a", "2").await?;
     let client = env.stack.nats.client().await?;
@@ -908,10 +879,7 @@ async fn record_ids(client: &async_nats::Client) -> anyhow::Result<HashSet<Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_schedulers_answer_200_concurrent_runs_without_over_allocating() -> anyhow::Result<()> {
-    if !Path::new("/bin/busybox").is_file() {
-        eprintln!("SKIPPED: /bin/busybox (Debian busybox-static) is not installed");
-        return Ok(());
-    }
+    fixtures::need("busybox")?;
     let env = Env::start(2).await?;
     let client = env.stack.nats.client().await?;
     let nodes = ["fake-1", "fake-2", "fake-3"];
@@ -980,10 +948,7 @@ async fn two_schedulers_answer_200_concurrent_runs_without_over_allocating() -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduler_restarted_mid_stream_loses_no_container_record() -> anyhow::Result<()> {
-    if !Path::new("/bin/busybox").is_file() {
-        eprintln!("SKIPPED: /bin/busybox (Debian busybox-static) is not installed");
-        return Ok(());
-    }
+    fixtures::need("busybox")?;
     let mut env = Env::start(1).await?;
     let client = env.stack.nats.client().await?;
     let nodes = ["fake-a", "fake-b", "fake-c"];
