@@ -398,6 +398,18 @@ impl<B: Backend> Store<B> {
         }
     }
 
+    /// Stores an image's config (held in memory); `Ok(true)` when this call wrote it.
+    pub async fn put_config(&self, image: &ImageToStore) -> Result<bool, StoreError> {
+        let subject = format!("config {} of {}", image.config_digest, image.name());
+        self.put_blob(
+            &image.config_digest,
+            image.config_bytes.len() as u64,
+            &image.config_bytes[..],
+            &subject,
+        )
+        .await
+    }
+
     /// Undoes [`Self::pin`] for an image whose store failed (a digest mismatch, a
     /// broken layer, a lost registry): blobs no other image uses are deleted at once
     /// instead of waiting out the pin grace. Nothing happens when the image is already

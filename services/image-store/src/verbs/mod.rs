@@ -68,17 +68,7 @@ impl Verbs {
     {
         let name = image.name();
         let mut written = 0u32;
-        let config_subject = format!("config {} of {name}", image.config_digest);
-        if self
-            .store
-            .put_blob(
-                &image.config_digest,
-                image.config_bytes.len() as u64,
-                &image.config_bytes[..],
-                &config_subject,
-            )
-            .await?
-        {
+        if self.store.put_config(image).await? {
             written += 1;
         }
         for (i, layer) in image.layers.iter().enumerate() {

@@ -109,19 +109,9 @@ impl RegistryVerbs {
         image: &ImageToStore,
         tracker: &Tracker,
     ) -> Result<(crate::store::Committed, u32, u32), ErrorEnvelope> {
-        let name = reference.familiar();
         let store = &self.verbs.store;
         let mut written = 0u32;
-        let config_subject = format!("config {} of {name}", image.config_digest);
-        if store
-            .put_blob(
-                &image.config_digest,
-                image.config_bytes.len() as u64,
-                &image.config_bytes[..],
-                &config_subject,
-            )
-            .await?
-        {
+        if store.put_config(image).await? {
             written += 1;
         }
         // A manifest may list the same layer twice (an empty layer in two steps).
