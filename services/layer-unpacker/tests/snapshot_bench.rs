@@ -5,6 +5,10 @@
 //! mass deletes). Run it in release:
 //!
 //! `cargo test --release -p berth-layer-unpacker --test snapshot_bench -- --ignored --nocapture`
+//!
+//! `bench_deep_paths_vs_tar` times layers of `d/d/…/d` 2,500 to 20,000 levels deep
+//! against GNU tar: such a tar is quadratic in its depth (each entry names the
+//! whole path), so the claim to check is time linear in the tar's bytes.
 
 mod common;
 
@@ -256,4 +260,65 @@ fn profile_prepare_only() {
         "prepare: {wall:.3}s wall, {:.3}s CPU",
         cpu(libc::RUSAGE_SELF) - c0
     );
+}
+
+/// Deep paths: time per uncompressed MB should stay flat as the depth doubles
+/// (linear in the input), and near GNU tar's. Depths from `BENCH_DEPTHS`
+/// (comma-separated), default 2500,5000,10000,20000.
+#[test]
+#[ignore = "benchmark; run with --ignored --nocapture in release"]
+fn bench_deep_paths_vs_tar() {
+    let depths: Vec<usize> = std::env::var("BENCH_DEPTHS")
+        .unwrap_or_else(|_| "2500,5000,10000,20000".into())
+        .split(',')
+        .map(|d| d.trim().parse().expect("BENCH_DEPTHS: numbers"))
+        .collect();
+    let t = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    for depth in depths {
+        let file = t.path().join(format!("deep-{depth}.tar"));
+        let mut out = std::fs::File::create(&file).expect("create");
+        let bytes = std::io::copy(&mut DeepTar::new(depth), &mut out).expect("write tar");
+        drop(out);
+        let spec = deep_spec(depth);
+        let store =
+            SnapshotStore::open(t.path().join(format!("store-{depth}")), limits()).expect("store");
+        let open = |_: &LayerSpec| -> std::io::Result<Box<dyn std::io::Read + Send>> {
+            Ok(Box::new(std::fs::File::open(&file)?))
+        };
+        let ours = time(|| {
+            store
+                .prepare(
+                    std::slice::from_ref(&spec),
+                    &open,
+                    &PrepareOptions::default(),
+                )
+                .expect("prepare");
+        });
+        let dest = t.path().join(format!("tar-{depth}"));
+        std::fs::create_dir(&dest).expect("mkdir");
+        let mut tar_ok = true;
+        let tar = time(|| {
+            let st = Command::new("tar")
+                .arg("-xf")
+                .arg(&file)
+                .arg("-C")
+                .arg(&dest)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("tar");
+            tar_ok = st.success();
+        });
+        let mb = bytes as f64 / 1e6;
+        println!(
+            "depth {depth}: tar is {mb:.1} MB; prepare {ours:.2}s ({:.1} ms/MB), GNU tar {tar:.2}s \
+             ({:.1} ms/MB{}); prepare/tar = {:.2}",
+            ours * 1e3 / mb,
+            tar * 1e3 / mb,
+            if tar_ok { "" } else { ", tar FAILED" },
+            ours / tar
+        );
+        // Both trees are far deeper than PATH_MAX: removed through fds.
+        store.prune().expect("prune");
+        berth_fstree::remove_tree(&dest).expect("remove tar's tree");
+    }
 }

@@ -409,3 +409,108 @@ pub fn path_str(p: &Path) -> &str {
 pub fn os(s: &str) -> &OsStr {
     OsStr::new(s)
 }
+
+/// Streams the tar of `d/`, `d/d/`, … `depth` levels down with a file `f` at
+/// the bottom, generated level by level: at 20,000 levels the names alone are
+/// 400 MB, too much to build in memory.
+pub struct DeepTar {
+    depth: usize,
+    level: usize,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl DeepTar {
+    pub fn new(depth: usize) -> DeepTar {
+        DeepTar {
+            depth,
+            level: 0,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    fn entry(out: &mut Vec<u8>, name: &[u8], kind: EntryType, data: &[u8]) {
+        if name.len() > 100 {
+            let mut h = Header::new_gnu();
+            h.as_gnu_mut().expect("gnu").name[..13].copy_from_slice(b"././@LongLink");
+            h.set_entry_type(EntryType::GNULongName);
+            h.set_size(name.len() as u64 + 1);
+            h.set_mode(0o644);
+            h.set_cksum();
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(name);
+            out.push(0);
+            out.resize(out.len().next_multiple_of(512), 0);
+        }
+        let mut h = Header::new_gnu();
+        let n = name.len().min(100);
+        h.as_gnu_mut().expect("gnu").name[..n].copy_from_slice(&name[..n]);
+        h.set_entry_type(kind);
+        h.set_mode(if kind == EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        h.set_mtime(1_600_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().next_multiple_of(512), 0);
+    }
+
+    /// The next level's entries; false at the end.
+    fn refill(&mut self) -> bool {
+        self.buf.clear();
+        self.pos = 0;
+        self.level += 1;
+        if self.level <= self.depth {
+            let name = b"d/".repeat(self.level);
+            Self::entry(&mut self.buf, &name, EntryType::Directory, b"");
+        } else if self.level == self.depth + 1 {
+            let mut name = b"d/".repeat(self.depth);
+            name.push(b'f');
+            Self::entry(&mut self.buf, &name, EntryType::Regular, b"deep");
+            self.buf.extend_from_slice(&[0u8; 1024]);
+        } else {
+            return false;
+        }
+        true
+    }
+}
+
+impl Read for DeepTar {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.buf.len() && !self.refill() {
+            return Ok(0);
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The uncompressed layer spec of [`DeepTar`] at `depth`.
+pub fn deep_spec(depth: usize) -> LayerSpec {
+    let mut h = Sha256::new();
+    let mut r = DeepTar::new(depth);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf).expect("generate");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let diff_id = format!("sha256:{}", hex::encode(h.finalize()));
+    LayerSpec {
+        // Uncompressed: the blob is the tar.
+        digest: diff_id.clone(),
+        media_type: MT_TAR.to_string(),
+        diff_id,
+    }
+}
