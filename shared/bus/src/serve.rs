@@ -7,8 +7,10 @@
 use async_nats::service::{Service, ServiceExt};
 use async_nats::{Client, HeaderMap};
 use berth_proto::codec::{
-    BERTH_ERROR_HEADER, CONTENT_TYPE_HEADER, SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER,
+    CodecError, BERTH_ERROR_HEADER, CONTENT_TYPE_HEADER, SERVICE_ERROR_CODE_HEADER,
+    SERVICE_ERROR_HEADER,
 };
+use berth_proto::json_shape;
 use berth_proto::subjects::{self, metadata_keys};
 use berth_proto::{Encoding, ErrorEnvelope};
 use futures::StreamExt;
@@ -193,6 +195,7 @@ impl ServiceHandle {
             .map_err(|err| anyhow::anyhow!("cannot serve endpoint {name} on {subject}: {err}"))?;
         let handler = Arc::new(handler);
         let client = self.client.clone();
+        let request_schema = Arc::new(request_schema);
         self.endpoint_loops.spawn(async move {
             let mut in_flight = JoinSet::new();
             loop {
@@ -201,7 +204,8 @@ impl ServiceHandle {
                         let Some(request) = next else { break };
                         let handler = Arc::clone(&handler);
                         let client = client.clone();
-                        in_flight.spawn(handle_one(request, handler, client));
+                        let schema = Arc::clone(&request_schema);
+                        in_flight.spawn(handle_one(request, handler, client, schema));
                     }
                     // Reap finished handlers so the set does not grow without bound.
                     Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
@@ -260,10 +264,28 @@ impl ServiceHandle {
     }
 }
 
+/// Decodes a request; a JSON body must also have objects wherever its schema says so
+/// (serde alone would take an array for a struct, by position, at any depth).
+fn decode_request<Req: DeserializeOwned>(
+    encoding: Encoding,
+    payload: &[u8],
+    request_schema: &serde_json::Value,
+) -> Result<Req, String> {
+    if encoding == Encoding::Json && !payload.iter().all(u8::is_ascii_whitespace) {
+        let value: serde_json::Value = serde_json::from_slice(payload)
+            .map_err(|err| CodecError::JsonDecode(err.to_string()).to_string())?;
+        json_shape::refuse_positional_objects(request_schema, &value)?;
+    }
+    encoding
+        .decode_request::<Req>(payload)
+        .map_err(|err| err.to_string())
+}
+
 async fn handle_one<Req, Resp, F, Fut>(
     mut request: async_nats::service::Request,
     handler: Arc<F>,
     client: Client,
+    request_schema: Arc<serde_json::Value>,
 ) where
     Req: DeserializeOwned,
     Resp: Serialize,
@@ -282,7 +304,7 @@ async fn handle_one<Req, Resp, F, Fut>(
     let span = tracing::info_span!("request", subject = %subject, encoding = ?encoding);
     async {
         let max_payload = client.max_payload();
-        let outcome = match encoding.decode_request::<Req>(&payload) {
+        let outcome = match decode_request::<Req>(encoding, &payload, &request_schema) {
             Ok(body) => {
                 let context = RequestContext {
                     subject: subject.clone(),
@@ -292,7 +314,7 @@ async fn handle_one<Req, Resp, F, Fut>(
                 };
                 handler(body, context).await
             }
-            Err(err) => Err(ErrorEnvelope::invalid(err.to_string())),
+            Err(err) => Err(ErrorEnvelope::invalid(err)),
         };
         let reply = outcome.and_then(|reply| {
             let payload = encoding

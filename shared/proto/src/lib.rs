@@ -6,6 +6,7 @@
 pub mod b64;
 pub mod codec;
 pub mod error;
+pub mod json_shape;
 pub mod messages;
 pub mod subjects;
 
