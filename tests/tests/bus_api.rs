@@ -222,6 +222,32 @@ async fn json_requests_with_unknown_fields_or_arrays_are_refused() -> anyhow::Re
 }
 
 #[tokio::test]
+async fn a_nested_array_in_place_of_an_object_is_refused_naming_its_path() -> anyhow::Result<()> {
+    use berth_proto::subjects::SchedVerb;
+    let stack = Stack::start(&[service_names::SCHEDULER], NODE).await?;
+    let client = stack.nats.client().await?;
+    let run = subjects::sched(SchedVerb::Run);
+    // serde would read `create` by position: `["busybox"]` is a create request for image
+    // busybox with every other field defaulted, past the unknown-field check.
+    for (body, path) in [
+        (&br#"{"create": ["busybox"]}"#[..], "$.create"),
+        (
+            br#"{"create": {"image": "busybox", "binds": [["/a", "/b"]]}}"#,
+            "$.create.binds[0]",
+        ),
+    ] {
+        let envelope = json_error(&client, &run, body).await?;
+        ensure!(envelope.code == ErrorKind::Invalid, "{envelope:?}");
+        ensure!(
+            envelope.message.starts_with(path) && envelope.message.contains("not an array"),
+            "{}: {envelope:?}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn wait_takes_a_timeout_and_json_logs_carry_base64() -> anyhow::Result<()> {
     use berth_proto::subjects::ExecVerb;
     use berth_tests::cli::CliEnv;
@@ -272,6 +298,55 @@ async fn wait_takes_a_timeout_and_json_logs_carry_base64() -> anyhow::Result<()>
         seen.contains("hello-bus"),
         "logs never showed the output: {seen:?}"
     );
+
+    // exec with timeout_ms: the reply comes at the timeout; the process runs on, its
+    // output (JSON, as the request was) still arrives, and exec_die carries its exit.
+    use futures::StreamExt;
+    let output = format!("test.exec_output.{id}");
+    let mut pieces = client.subscribe(output.clone()).await?;
+    let mut events = client
+        .subscribe(subjects::event(
+            subjects::EventKind::Container,
+            &id,
+            "exec_die",
+        ))
+        .await?;
+    let exec = subjects::exec(NODE, ExecVerb::Exec);
+    let body = serde_json::to_vec(&serde_json::json!({
+        "id": id, "cmd": ["sh", "-c", "sleep 1; echo exec-done; exit 3"],
+        "output": output, "timeout_ms": 200
+    }))?;
+    let reply = raw_request(&client, &exec, body.into(), Encoding::Json, DEADLINE).await?;
+    let envelope: ErrorEnvelope = Encoding::Json.decode(&reply.payload)?;
+    ensure!(envelope.code == ErrorKind::Unavailable, "{envelope:?}");
+    ensure!(envelope.message.contains("timeout_ms=200"), "{envelope:?}");
+    let mut printed = Vec::new();
+    loop {
+        let piece = tokio::time::timeout(DEADLINE, pieces.next())
+            .await
+            .context("exec output after the timeout reply")?
+            .context("output subscription ended")?;
+        let piece: serde_json::Value = serde_json::from_slice(&piece.payload)
+            .context("exec output of a JSON request is JSON")?;
+        use base64::Engine;
+        let data = piece["data"].as_str().context("data is a base64 string")?;
+        printed.extend(base64::engine::general_purpose::STANDARD.decode(data)?);
+        if piece["eof"] == true {
+            break;
+        }
+    }
+    ensure!(
+        String::from_utf8_lossy(&printed).contains("exec-done"),
+        "{printed:?}"
+    );
+    let died = tokio::time::timeout(DEADLINE, events.next())
+        .await
+        .context("exec_die event")?
+        .context("event subscription ended")?;
+    let died: berth_proto::messages::exec::ContainerEvent = Encoding::Bincode
+        .decode(&died.payload)
+        .or_else(|_| Encoding::Json.decode(&died.payload))?;
+    ensure!(died.exit_code == Some(3), "{died:?}");
 
     env.ok(&["kill", &id])?;
     let body = serde_json::to_vec(&serde_json::json!({"id": id, "timeout_ms": 8000}))?;

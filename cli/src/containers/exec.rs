@@ -58,6 +58,7 @@ pub(super) async fn exec(
         tty: args.tty,
         console_size: args.tty.then(interactive::console_size).flatten(),
         exec_id: exec_id.clone(),
+        timeout_ms: None,
     };
     let mut session = interactive::Session::start(
         &target,

@@ -16,6 +16,7 @@ use berth_proto::{Encoding, ErrorEnvelope};
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::time::Duration;
 use tracing::Instrument;
 
 type Handled<T> = Result<T, ErrorEnvelope>;
@@ -98,16 +99,25 @@ fn pump(fd: OwnedFd, stderr: bool, sink: tokio::sync::mpsc::UnboundedSender<Exec
 
 impl Executor {
     /// `exec`
-    pub async fn exec(self: &Arc<Self>, request: ExecRequest) -> Handled<ExecExit> {
+    ///
+    /// The output pieces go out in the request's encoding, so a JSON client reads JSON.
+    pub async fn exec(
+        self: &Arc<Self>,
+        request: ExecRequest,
+        encoding: Encoding,
+    ) -> Handled<ExecExit> {
         let id = self.resolve(&request.id).await?;
         let span = tracing::info_span!("exec", container_id = %id);
-        self.exec_resolved(id, request).instrument(span).await
+        self.exec_resolved(id, request, encoding)
+            .instrument(span)
+            .await
     }
 
     async fn exec_resolved(
         self: &Arc<Self>,
         id: String,
         request: ExecRequest,
+        encoding: Encoding,
     ) -> Handled<ExecExit> {
         if berth_proto::subjects::check_token("output subject", &request.output.replace('.', "_"))
             .is_err()
@@ -145,7 +155,7 @@ impl Executor {
         }
         let runtime_root = self.paths.runtime_root.clone();
         let init = self.paths.monitor_bin.clone();
-        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
         let exec_id = id.clone();
         let exec_id_container = id.clone();
         let session = crate::lifecycle::new_id()?;
@@ -232,6 +242,7 @@ impl Executor {
             Err(failed) => {
                 self.publish_exec_output(
                     &request.output,
+                    encoding,
                     ExecOutput {
                         stderr: false,
                         data: Vec::new(),
@@ -242,6 +253,57 @@ impl Executor {
                 return Ok(failed);
             }
         };
+        // The process is reaped and its output pumped by a task of its own, so a caller
+        // that stops waiting (`timeout_ms`) leaves it running: the output still flows to
+        // `output`, ending with `eof`, and the exit code arrives as the `exec_die` event.
+        let timeout_ms = request.timeout_ms;
+        let (session_for_error, id_for_error) = (session.clone(), id.clone());
+        let this = Arc::clone(self);
+        let finished = tokio::spawn(
+            async move {
+                this.finish_exec(
+                    pid,
+                    readers,
+                    receiver,
+                    (request.output, encoding),
+                    input_id,
+                    id,
+                    record,
+                    session,
+                    command,
+                )
+                .await
+            }
+            .instrument(tracing::Span::current()),
+        );
+        let joined = match timeout_ms {
+            None => finished.await,
+            Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), finished).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    return Err(ErrorEnvelope::unavailable(format!(
+                        "exec {session_for_error} in container {id_for_error} still running after \
+                         timeout_ms={ms}; its exit code comes as the exec_die event"
+                    )))
+                }
+            },
+        };
+        joined.map_err(|err| ErrorEnvelope::internal(format!("exec wait task: {err}")))?
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_exec(
+        self: Arc<Self>,
+        pid: i32,
+        readers: Vec<std::thread::JoinHandle<()>>,
+        mut receiver: tokio::sync::mpsc::UnboundedReceiver<ExecOutput>,
+        (output, encoding): (String, Encoding),
+        input_id: Option<String>,
+        id: String,
+        record: state::ContainerRecord,
+        session: String,
+        command: String,
+    ) -> Handled<ExecExit> {
         let waited = tokio::task::spawn_blocking(move || {
             let code = berth_runtime::container::wait_pid(pid);
             for reader in readers {
@@ -250,7 +312,7 @@ impl Executor {
             code
         });
         while let Some(piece) = receiver.recv().await {
-            self.publish_exec_output(&request.output, piece).await;
+            self.publish_exec_output(&output, encoding, piece).await;
         }
         let code = waited
             .await
@@ -261,7 +323,8 @@ impl Executor {
         let code =
             code?.map_err(|err| ErrorEnvelope::internal(format!("container {id}: {err}")))?;
         self.publish_exec_output(
-            &request.output,
+            &output,
+            encoding,
             ExecOutput {
                 stderr: false,
                 data: Vec::new(),
@@ -309,8 +372,8 @@ impl Executor {
         .await;
     }
 
-    async fn publish_exec_output(&self, subject: &str, piece: ExecOutput) {
-        match Encoding::Bincode.encode(&piece) {
+    async fn publish_exec_output(&self, subject: &str, encoding: Encoding, piece: ExecOutput) {
+        match encoding.encode(&piece) {
             Ok(body) => {
                 if let Err(err) = self.client.publish(subject.to_string(), body.into()).await {
                     tracing::warn!(error = %err, "cannot publish exec output");

@@ -163,7 +163,19 @@ pub async fn run(
     serve!(ExecVerb::Inspect, ContainerRef, |e, r| e.inspect(r));
     serve!(ExecVerb::List, ContainerListRequest, |e, r| e.list(r.all));
     serve!(ExecVerb::Logs, LogsRequest, |e, r| e.logs(r));
-    serve!(ExecVerb::Exec, ExecRequest, |e, r| e.exec(r));
+    {
+        let executor = Arc::clone(&executor);
+        service
+            .endpoint(
+                ExecVerb::Exec.as_str(),
+                subjects::exec(&node_id, ExecVerb::Exec),
+                move |request: ExecRequest, context| {
+                    let executor = Arc::clone(&executor);
+                    async move { executor.exec(request, context.encoding).await }
+                },
+            )
+            .await?;
+    }
     serve!(ExecVerb::Stats, ContainerRef, |e, r| e.stats(r));
     serve!(ExecVerb::Stdin, StdinRequest, |e, r| e.stdin(r));
     serve!(ExecVerb::VolumeCreate, VolumeCreateRequest, |e, r| e

@@ -483,6 +483,11 @@ pub struct ExecRequest {
     /// `open_stdin` or `tty`.
     #[serde(default)]
     pub exec_id: Option<String>,
+    /// Wait at most this long for the process to end, then reply `unavailable`. The
+    /// process keeps running: its output still goes to `output` (ending with `eof`) and
+    /// its exit code comes as the `exec_die` event. Default: wait until it ends.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// A terminal's size in character cells.
@@ -600,7 +605,7 @@ pub struct VolumeList {
     pub volumes: Vec<VolumeInfo>,
 }
 
-/// One piece of an exec'd process's output (bincode).
+/// One piece of an exec'd process's output, in the `exec` request's encoding.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ExecOutput {
     pub stderr: bool,
