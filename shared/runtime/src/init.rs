@@ -276,6 +276,24 @@ pub fn validate_namespaces(
     join: &[(CloneFlags, PathBuf)],
     new: CloneFlags,
 ) -> Result<()> {
+    // Two entries of one type would silently merge into one namespace (runc refuses too).
+    let mut seen = CloneFlags::empty();
+    for ns in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let f = ns_flag(ns.typ());
+        if seen.contains(f) {
+            return Err(Error::InvalidSpec(format!(
+                "namespace {:?} is listed twice in linux.namespaces",
+                ns.typ()
+            )));
+        }
+        seen |= f;
+    }
     let present = join.iter().fold(new, |acc, (f, _)| acc | *f);
     if spec.hostname().as_deref().is_some_and(|h| !h.is_empty())
         && !present.contains(CloneFlags::CLONE_NEWUTS)
@@ -803,5 +821,12 @@ mod tests {
         let (join, new) = plan_namespaces(&masked);
         let e = validate_namespaces(&masked, &join, new).expect_err("masked");
         assert!(e.to_string().contains("mount namespace"), "{e}");
+        let twice = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "pid", "path": "/proc/1/ns/pid"}]}
+        }));
+        let (join, new) = plan_namespaces(&twice);
+        let e = validate_namespaces(&twice, &join, new).expect_err("twice");
+        assert!(e.to_string().contains("listed twice"), "{e}");
     }
 }
