@@ -432,8 +432,34 @@ fn join_container(pid: i32) -> Result<()> {
         .ctx(|| format!("open {}", theirs.display()))?;
         fds.push((name, flag, fd));
     }
+    // A container without a mount namespace of its own was entered with chroot: joining
+    // its namespaces alone would leave an exec'd process at the host's root (runc's does).
+    let joins_mnt = fds.iter().any(|(_, f, _)| *f == CloneFlags::CLONE_NEWNS);
+    let their_root = if joins_mnt {
+        None
+    } else {
+        let p = format!("/proc/{pid}/root");
+        let fd = nix::fcntl::open(
+            p.as_str(),
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ctx(|| format!("open {p}"))?;
+        Some(fd)
+    };
     for (name, flag, fd) in fds {
         nix::sched::setns(fd, flag).ctx(|| format!("join {name} namespace of pid {pid}"))?;
+    }
+    if let Some(root) = their_root {
+        let theirs = nix::sys::stat::fstat(&root).ctx(|| format!("stat root of pid {pid}"))?;
+        let ours = nix::sys::stat::stat("/").ctx(|| "stat /".into())?;
+        if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino) {
+            nix::unistd::fchdir(&root).ctx(|| format!("fchdir to root of pid {pid}"))?;
+            nix::unistd::chroot(".").ctx(|| format!("chroot to root of pid {pid}"))?;
+            nix::unistd::chdir("/").ctx(|| "chdir /".into())?;
+        }
     }
     Ok(())
 }

@@ -425,3 +425,33 @@ fn rootless_spec_runs_like_runc() {
         assert!(p.berth.stdout.contains("67108864"), "{}", p.berth.stdout);
     }
 }
+
+/// A process exec'd into a container without a mount namespace lands in the container's
+/// root, like its init (runc 1.1's exec lands at the host's root instead: not compared).
+#[test]
+fn exec_without_a_mount_namespace_stays_in_the_container_root() {
+    let b = ParityBundle::new("exec-no-mnt", &["sleep", "60"], |v| {
+        drop_ns(v, "mount");
+        let l = v["linux"].as_object_mut().expect("linux");
+        l.remove("maskedPaths");
+        l.remove("readonlyPaths");
+    });
+    let c = b.create(Rt::Berth);
+    assert_eq!(c.code, Some(0), "create: {}", c.stderr());
+    let (code, out, err) = c.ctl(&[
+        "exec",
+        &c.id,
+        "sh",
+        "-c",
+        "ls /; cat /proc/self/cgroup | grep -c :",
+    ]);
+    drop(c);
+    detach_leftovers(&b.path().join("rootfs"));
+    assert_eq!(code, Some(0), "exec: {err}");
+    let listed: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        listed[..listed.len() - 1],
+        ["bin", "dev", "etc", "proc", "sys", "tmp"],
+        "exec saw another root: {out}"
+    );
+}
