@@ -201,6 +201,27 @@ pub fn setting_writes(r: &LinuxResources, v2: bool) -> Result<Vec<SettingWrite>>
         if m.kernel().is_some() || m.kernel_tcp().is_some() {
             tracing::warn!("linux.resources.memory.kernel/kernelTCP are ignored, as runc does");
         }
+        if let Some(h) = m.use_hierarchy() {
+            if v2 {
+                tracing::warn!(
+                    "linux.resources.memory.useHierarchy: cgroup v2 is always hierarchical"
+                );
+            } else {
+                // Recent kernels are always hierarchical and refuse 0: then create fails
+                // naming the setting rather than running flat-accounted silently.
+                out.push(write(
+                    "memory.useHierarchy",
+                    "memory",
+                    &["memory.use_hierarchy"],
+                    u8::from(h).to_string(),
+                ));
+            }
+        }
+        if v2 && m.swappiness().is_some() {
+            // No v2 equivalent; runc ignores it there as well.
+            tracing::warn!("linux.resources.memory.swappiness has no cgroup v2 equivalent: ignored, as runc does");
+        }
+        // checkBeforeUpdate only concerns `update`; a new cgroup has no earlier usage.
         if m.disable_oom_killer() == Some(true) {
             if v2 {
                 // cgroup v2 has no way to disable the OOM killer; runc ignores the setting there.
@@ -1012,7 +1033,7 @@ mod tests {
     #[test]
     fn every_setting_cgroups_rs_leaves_out_becomes_a_named_write() {
         let r = res(serde_json::json!({
-            "memory": {"disableOOMKiller": true, "kernel": 1},
+            "memory": {"disableOOMKiller": true, "kernel": 1, "useHierarchy": true},
             "cpu": {"idle": 1, "burst": 5, "realtimeRuntime": 10, "realtimePeriod": 100},
             "blockIO": {"weight": 500, "leafWeight": 400,
                 "weightDevice": [{"major": 8, "minor": 0, "weight": 300, "leafWeight": 200}],
@@ -1038,6 +1059,7 @@ mod tests {
             "memory",
             "memory.oom_control <- 1",
         );
+        has("memory.useHierarchy", "memory", "memory.use_hierarchy <- 1");
         has("cpu.idle", "cpu", "cpu.idle <- 1");
         has("cpu.burst", "cpu", "cpu.cfs_burst_us <- 5");
         has("cpu.realtimePeriod", "cpu", "cpu.rt_period_us <- 100");

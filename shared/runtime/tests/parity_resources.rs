@@ -338,3 +338,62 @@ fn settings_this_host_cannot_apply_fail_like_runc() {
         assert_eq!(p.berth.stdout, "", "{case}: the process must not run");
     }
 }
+
+/// The values a process reads inside from /sys/fs/cgroup equal runc's for the same limits
+/// (issue 19 items 2, 7, 8 seen from inside; the container's own cgroup is what it sees
+/// there, which issue 19 item 4 provides: on branch rt-cg alone, before rt-ns is merged,
+/// this fails showing the host's root values inside).
+#[test]
+fn cgroup_values_read_inside_match_runc() {
+    let dev = block_device();
+    let (major, minor) = dev.split_once(':').expect("major:minor");
+    let (major, minor): (i64, i64) = (major.parse().expect("major"), minor.parse().expect("minor"));
+    let files = [
+        "memory/memory.limit_in_bytes",
+        "memory/memory.soft_limit_in_bytes",
+        "memory/memory.swappiness",
+        "memory/memory.oom_control",
+        "pids/pids.max",
+        "cpu/cpu.shares",
+        "cpu/cpu.cfs_quota_us",
+        "devices/devices.list",
+        "blkio/blkio.throttle.read_bps_device",
+        "blkio/blkio.throttle.write_iops_device",
+    ];
+    let script: String = files
+        .iter()
+        .map(|f| format!("echo {f}:; cat /sys/fs/cgroup/{f}; "))
+        .collect();
+    let p = parity(
+        "inside",
+        &["sh", "-c", &script],
+        |v| {
+            resources(
+                v,
+                json!({
+                    "memory": {"limit": 67108864, "reservation": 33554432, "swappiness": 20, "disableOOMKiller": true},
+                    "pids": {"limit": 55},
+                    "cpu": {"shares": 256, "quota": 20000, "period": 100000},
+                    "blockIO": {
+                        "throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 4194304}],
+                        "throttleWriteIOPSDevice": [{"major": major, "minor": minor, "rate": 300}]
+                    }
+                }),
+            )
+        },
+        &[],
+    );
+    assert!(p.assert_same());
+    for want in [
+        "67108864",
+        "oom_kill_disable 1",
+        "c 136:* rwm",
+        &format!("{dev} 4194304"),
+    ] {
+        assert!(
+            p.berth.stdout.lines().any(|l| l == want),
+            "{want} missing inside: {}",
+            p.berth.stdout
+        );
+    }
+}
