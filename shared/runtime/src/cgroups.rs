@@ -1018,6 +1018,23 @@ mod tests {
         );
     }
 
+    #[test]
+    fn berths_own_spec_keeps_exactly_its_device_list() {
+        // berth's containers allow no block-device mknod; runc's defaults would add `b *:* m`.
+        let s = crate::spec::default_spec(&crate::spec::DefaultSpecOptions::new(vec!["sh".into()]))
+            .expect("default spec");
+        let own = s
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.devices().clone());
+        let applied = resources_for(&s).and_then(|r| r.devices().clone());
+        assert_eq!(applied, own);
+        let policy =
+            crate::devfilter::Policy::from_rules(&applied.unwrap_or_default()).expect("policy");
+        assert!(!policy.v1_writes().iter().any(|(_, r)| r.starts_with("b ")));
+    }
+
     fn files(w: &[SettingWrite]) -> Vec<(String, &str, String)> {
         w.iter()
             .map(|w| {
