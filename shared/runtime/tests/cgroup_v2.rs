@@ -206,3 +206,69 @@ fn a_second_device_policy_replaces_berths_first() {
         "with only the allow-all program left, /dev/null must open"
     );
 }
+
+/// Issue 19 item 2 on v2: a runc-style bundle (deny-all, no berth device list) gets runc's
+/// default allow list in its BPF program too: the standard nodes open, others stay refused.
+#[test]
+fn v2_runc_bundles_get_runcs_default_device_allow_list() {
+    require_root("v2_runc_bundles_get_runcs_default_device_allow_list");
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    let b = Bundle::new(&["true"], |_| {});
+    let dir = b.path().join("rootfs/nodes");
+    std::fs::create_dir(&dir).expect("mkdir nodes");
+    for (name, kind, major, minor) in [
+        ("kvm", SFlag::S_IFCHR, 10, 232),
+        ("loop0", SFlag::S_IFBLK, 7, 0),
+        ("tun", SFlag::S_IFCHR, 10, 200),
+    ] {
+        mknod(
+            &dir.join(name),
+            kind,
+            Mode::from_bits_truncate(0o666),
+            makedev(major, minor),
+        )
+        .unwrap_or_else(|e| panic!("mknod {name} in the test rootfs: {e}"));
+    }
+    b.edit(|v| {
+        v["annotations"] = serde_json::json!({});
+        v["linux"]["resources"]["devices"] = serde_json::json!([{"allow": false, "access": "rwm"}]);
+        v["process"]["args"] = serde_json::json!([
+            "/bin/probe",
+            "open",
+            "/dev/null",
+            "/dev/zero",
+            "/dev/full",
+            "/dev/random",
+            "/dev/urandom",
+            "/nodes/tun",
+            "/nodes/kvm",
+            "/nodes/loop0"
+        ]);
+    });
+    let out = in_v2_namespace(&b, &format!("$R run {}", cid("v2runcdev")));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for ok in [
+        "/dev/null",
+        "/dev/zero",
+        "/dev/full",
+        "/dev/random",
+        "/dev/urandom",
+    ] {
+        assert!(
+            stdout.contains(&format!("{ok}: opened\n")),
+            "{ok} must open: {stdout}\n{stderr}"
+        );
+    }
+    // tun (10:200) is on runc's list: whatever open says, it is not the device cgroup's EPERM.
+    assert!(
+        !stdout.contains(&format!("/nodes/tun: errno {}\n", libc::EPERM)),
+        "{stdout}"
+    );
+    for refused in ["/nodes/kvm", "/nodes/loop0"] {
+        assert!(
+            stdout.contains(&format!("{refused}: errno {}\n", libc::EPERM)),
+            "{refused} must be refused: {stdout}\n{stderr}"
+        );
+    }
+}
