@@ -427,6 +427,10 @@ fn stage2(sock: &OwnedFd, cfg: &InitConfig) -> Result<Never> {
     if cfg.process.terminal().unwrap_or(false) {
         setup_console(sock, &cfg.process)?;
     }
+    // Everything that can fail (rlimits, capabilities, user, seccomp) happens before
+    // "created", as in runc: after it the creating process may have exited (`runc create`)
+    // and a failure would only show as a dead container at `start`.
+    let ready = finalize(cfg, &cfg.process)?;
     send_msg(sock, &Msg::Created)?;
     if let Some(fifo) = fifo {
         // Blocks until `start` opens the fifo for reading.
@@ -439,7 +443,7 @@ fn stage2(sock: &OwnedFd, cfg: &InitConfig) -> Result<Never> {
     if let Some(h) = hooks.and_then(|h| h.start_container().clone()) {
         crate::hooks::run(&h, &cfg.state_json, "startContainer")?;
     }
-    finalize_and_exec(cfg, &cfg.process)
+    exec_ready(ready)
 }
 
 /// Create a missing working directory as Docker does (an image's WORKDIR need not exist
@@ -540,6 +544,24 @@ pub fn lookup_path(cmd: &str, env: &[String]) -> Result<PathBuf> {
 }
 
 fn finalize_and_exec(cfg: &InitConfig, p: &Process) -> Result<Never> {
+    exec_ready(finalize(cfg, p)?)
+}
+
+/// The process, set up up to the exec: what is left to do once `start` arrives.
+struct Ready {
+    exe: CString,
+    args: Vec<CString>,
+    env: Vec<CString>,
+    exe_path: PathBuf,
+    /// no_new_privs is set last, with its seccomp filter, just before the exec.
+    nnp: bool,
+    seccomp: Vec<seccompiler::BpfProgram>,
+}
+
+/// Everything before the exec that can fail: cwd, rlimits, seccomp (without
+/// no_new_privs it needs CAP_SYS_ADMIN, so before the capabilities drop), capabilities,
+/// user and groups.
+fn finalize(cfg: &InitConfig, p: &Process) -> Result<Ready> {
     let args = p.args().clone().unwrap_or_default();
     let Some(cmd) = args.first() else {
         return Err(Error::InvalidSpec("process.args is empty".into()));
@@ -585,11 +607,6 @@ fn finalize_and_exec(cfg: &InitConfig, p: &Process) -> Result<Never> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
         user.umask().unwrap_or(0o022),
     ));
-    if nnp {
-        let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-        nix::errno::Errno::result(r).ctx(|| "set no_new_privs".into())?;
-        crate::seccomp::install(&seccomp)?;
-    }
     let c_exe = CString::new(exe.as_os_str().as_encoded_bytes())
         .map_err(|_| Error::InvalidSpec("NUL in path".into()))?;
     let c_args: Vec<CString> = args
@@ -602,8 +619,24 @@ fn finalize_and_exec(cfg: &InitConfig, p: &Process) -> Result<Never> {
         .map(|a| CString::new(a.as_bytes()))
         .collect::<Result<_, _>>()
         .map_err(|_| Error::InvalidSpec("NUL in env".into()))?;
+    Ok(Ready {
+        exe: c_exe,
+        args: c_args,
+        env: c_env,
+        exe_path: exe,
+        nnp,
+        seccomp: if nnp { seccomp } else { Vec::new() },
+    })
+}
+
+fn exec_ready(r: Ready) -> Result<Never> {
+    if r.nnp {
+        let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+        nix::errno::Errno::result(rc).ctx(|| "set no_new_privs".into())?;
+        crate::seccomp::install(&r.seccomp)?;
+    }
     // Nothing but stdio crosses into the container: mark every other fd close-on-exec.
-    let r = unsafe {
+    let rc = unsafe {
         libc::syscall(
             libc::SYS_close_range,
             3u32,
@@ -611,15 +644,15 @@ fn finalize_and_exec(cfg: &InitConfig, p: &Process) -> Result<Never> {
             libc::CLOSE_RANGE_CLOEXEC,
         )
     };
-    if r != 0 {
+    if rc != 0 {
         // Old kernel: walk /proc/self/fd instead.
         for fd in 3..1024 {
             unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         }
     }
-    let e = nix::unistd::execve(&c_exe, &c_args, &c_env).unwrap_err();
+    let e = nix::unistd::execve(&r.exe, &r.args, &r.env).unwrap_err();
     Err(Error::Sys {
-        context: format!("exec {}", exe.display()),
+        context: format!("exec {}", r.exe_path.display()),
         cause: e,
     })
 }
