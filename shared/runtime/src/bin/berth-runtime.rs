@@ -978,3 +978,65 @@ fn features() -> serde_json::Value {
         "annotations": {"org.berth.runtime.seccomp.compiler": "seccompiler"}
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_as_runc_does() {
+        for s in ["TERM", "SIGTERM", "term", "SigTerm", "15"] {
+            assert_eq!(parse_signal(s).expect(s), libc::SIGTERM, "{s}");
+        }
+        assert_eq!(parse_signal("KILL").expect("kill"), 9);
+        assert_eq!(parse_signal("RTMIN").expect("rtmin"), libc::SIGRTMIN());
+        assert_eq!(
+            parse_signal("SIGRTMIN+2").expect("rtmin+2"),
+            libc::SIGRTMIN() + 2
+        );
+        assert_eq!(
+            parse_signal("RTMAX-1").expect("rtmax-1"),
+            libc::SIGRTMAX() - 1
+        );
+        assert_eq!(parse_signal("40").expect("40"), 40);
+        for bad in ["", "0", "-1", "65", "FOO", "SIG", "RTMIN+60", "RTMAX+1"] {
+            assert!(parse_signal(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("134217728").expect("bytes"), 134217728);
+        assert_eq!(parse_size("128m").expect("m"), 128 << 20);
+        assert_eq!(parse_size("1G").expect("g"), 1 << 30);
+        assert_eq!(parse_size("64kb").expect("kb"), 64 << 10);
+        assert_eq!(parse_size("-1").expect("unlimited"), -1);
+        assert!(parse_size("lots").is_err() && parse_size("-5m").is_err());
+        assert_eq!(
+            parse_duration("500ms").expect("ms"),
+            std::time::Duration::from_millis(500)
+        );
+        assert_eq!(
+            parse_duration("5").expect("s"),
+            std::time::Duration::from_secs(5)
+        );
+        assert!(parse_duration("0s").is_err() && parse_duration("5x").is_err());
+    }
+
+    #[test]
+    fn log_records_are_runc_format_and_one_line() {
+        let l = log_line("json", "error", "hook failed:\nline two\n", "T");
+        assert!(
+            l.ends_with('\n') && l.trim_end().lines().count() == 1,
+            "{l:?}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&l).expect("json");
+        assert_eq!(v["level"], "error");
+        assert_eq!(v["msg"], "hook failed: | line two");
+        assert_eq!(v["time"], "T");
+        assert_eq!(
+            log_line("text", "error", "a \"b\"", "T"),
+            "time=\"T\" level=error msg=\"a \\\"b\\\"\"\n"
+        );
+    }
+}
