@@ -184,6 +184,12 @@ pub fn now_rfc3339() -> String {
 impl Container {
     /// Create the container: namespaces, cgroup, rootfs; the process waits for [`start`](Self::start).
     pub fn create(opts: CreateOptions) -> Result<Container> {
+        Self::create_preserving_fds(opts, 0)
+    }
+
+    /// [`create`](Self::create) where the container process also inherits this process'
+    /// fds 3..3+`preserve_fds` (runc's `--preserve-fds`; socket activation's LISTEN_FDS).
+    pub fn create_preserving_fds(opts: CreateOptions, preserve_fds: u32) -> Result<Container> {
         validate_id(&opts.id)?;
         let bundle = std::fs::canonicalize(&opts.bundle)
             .ctx(|| format!("bundle {}", opts.bundle.display()))?;
@@ -264,7 +270,12 @@ impl Container {
                 console: None,
             };
             let setup = (|| {
-                let mut sp = spawn_init(opts.init_binary.as_deref(), &bundle, opts.stdio)?;
+                let mut sp = spawn_init(
+                    opts.init_binary.as_deref(),
+                    &bundle,
+                    opts.stdio,
+                    preserve_fds,
+                )?;
                 tracing::debug!(id = %opts.id, "init spawned");
                 if let Err(e) = cg.add_pid(sp.stage1.id() as i32) {
                     let _ = sp.stage1.kill();
@@ -757,7 +768,7 @@ impl Container {
                 message: format!("cannot exec in a {st} container"),
             });
         }
-        let mut sp = spawn_init(init_binary, Path::new("/"), stdio)?;
+        let mut sp = spawn_init(init_binary, Path::new("/"), stdio, 0)?;
         if let Err(e) = self.cgroup().add_pid(sp.stage1.id() as i32) {
             let _ = sp.stage1.kill();
             let _ = sp.stage1.wait();

@@ -168,6 +168,16 @@ fn setup_console(sock: &OwnedFd, p: &Process) -> Result<()> {
     Ok(())
 }
 
+/// The init socket's fd: [`INIT_FD`], or above the fds the container process inherits
+/// (`--preserve-fds`, LISTEN_FDS), which sit at 3.. right below it.
+fn init_sock_fd() -> RawFd {
+    std::env::var(INIT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<RawFd>().ok())
+        .filter(|fd| *fd >= INIT_FD)
+        .unwrap_or(INIT_FD)
+}
+
 /// Call first thing in `main` of every binary that creates containers: in init mode it
 /// sets up the container and never returns; otherwise it returns immediately.
 pub fn init_if_requested() {
@@ -177,7 +187,7 @@ pub fn init_if_requested() {
     // Not dumpable until the final exec: a process already in the container (same uid) must
     // not ptrace us or open our /proc/<pid>/fd while we hold namespace and socket fds.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-    let sock = unsafe { OwnedFd::from_raw_fd(INIT_FD) };
+    let sock = unsafe { OwnedFd::from_raw_fd(init_sock_fd()) };
     let _ = nix::fcntl::fcntl(
         &sock,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
@@ -635,18 +645,20 @@ fn exec_ready(r: Ready) -> Result<Never> {
         nix::errno::Errno::result(rc).ctx(|| "set no_new_privs".into())?;
         crate::seccomp::install(&r.seccomp)?;
     }
-    // Nothing but stdio crosses into the container: mark every other fd close-on-exec.
+    // Nothing but stdio and the preserved fds (3 up to the init socket) crosses into the
+    // container: mark every other fd close-on-exec.
+    let first = init_sock_fd();
     let rc = unsafe {
         libc::syscall(
             libc::SYS_close_range,
-            3u32,
+            first as u32,
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         )
     };
     if rc != 0 {
         // Old kernel: walk /proc/self/fd instead.
-        for fd in 3..1024 {
+        for fd in first..1024 {
             unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         }
     }

@@ -404,3 +404,133 @@ fn exec_detached_with_a_console_socket_and_pid_file() {
     assert!(out.contains("done-42"), "{out:?}");
     assert!(b.cli(&["delete", "--force", &id]).status.success());
 }
+
+/// `<bin> --root <root> run <id>` with `files` on fds 3.. and extra environment.
+fn run_with_fds(
+    bin: &str,
+    root: &Path,
+    b: &Bundle,
+    args: &[&str],
+    files: &[&std::fs::File],
+    listen: bool,
+) -> Output {
+    use std::os::unix::process::CommandExt;
+    let raw: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+    let out = tempfile::tempfile().expect("stdout file");
+    // LISTEN_PID must be the runtime's own pid: `exec` from a shell that knows its pid.
+    let mut cmd = if listen {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!(
+                "LISTEN_PID=$$ LISTEN_FDS={} exec \"$@\"",
+                files.len()
+            ))
+            .arg("sh")
+            .arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    };
+    cmd.arg("--root")
+        .arg(root)
+        .args(args)
+        .current_dir(b.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().expect("clone"))
+        .stderr(std::process::Stdio::piped());
+    unsafe {
+        cmd.pre_exec(move || {
+            // Sources are above 3+n (opened before); dup2 clears close-on-exec.
+            for (i, fd) in raw.iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let o = cmd.output().expect("run runtime");
+    let mut v = Vec::new();
+    let mut f = out;
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0)).expect("seek");
+    std::io::Read::read_to_end(&mut f, &mut v).expect("read");
+    Output {
+        status: o.status,
+        stdout: v,
+        stderr: o.stderr,
+    }
+}
+
+#[test]
+fn preserve_fds_and_listen_fds_reach_the_process_as_with_runc() {
+    need_root("preserve_fds_and_listen_fds_reach_the_process_as_with_runc");
+    let b = Bundle::new(
+        &[
+            "sh",
+            "-c",
+            "echo fds=$(ls /proc/self/fd | wc -l) listen=$LISTEN_FDS/$LISTEN_PID; cat <&3; cat <&4 2>/dev/null || echo no-4",
+        ],
+        |_| {},
+    );
+    let paths: Vec<std::path::PathBuf> = ["three\n", "four\n"]
+        .iter()
+        .enumerate()
+        .map(|(i, content)| {
+            let p = b.path().join(format!("f{i}"));
+            std::fs::write(&p, content).expect("write");
+            p
+        })
+        .collect();
+    // Fresh open files per run (a shared offset would be at EOF after the first), opened
+    // well above 3..4 so that the dup2s in the child do not clobber a source.
+    let open = || -> Vec<std::fs::File> {
+        paths
+            .iter()
+            .map(|p| {
+                let f = std::fs::File::open(p).expect("open");
+                let hi =
+                    nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(50)).expect("dup");
+                unsafe { std::fs::File::from_raw_fd(hi) }
+            })
+            .collect()
+    };
+    let runc_root = tempfile::tempdir().expect("runc root");
+    let berth = common::runtime();
+    let mut seen = Vec::new();
+    for (bin, root) in [
+        ("runc", runc_root.path()),
+        (berth.to_str().expect("utf8"), b.root.path()),
+    ] {
+        let run = |args: &[&str], n: usize, listen: bool| {
+            let files = open();
+            let refs: Vec<&std::fs::File> = files.iter().take(n).collect();
+            run_with_fds(bin, root, &b, args, &refs, listen)
+        };
+        let pf = run(&["run", "--preserve-fds", "2", &cid("pf")], 2, false);
+        let none = run(&["run", &cid("pf0")], 2, false);
+        let lf = run(&["run", &cid("lf")], 1, true);
+        seen.push([pf, none, lf].map(|o| (o.status.code(), text(&o.stdout))));
+    }
+    // ls's own directory fd makes stdio + preserved + 1.
+    assert_eq!(
+        seen[0][0],
+        (Some(0), "fds=6 listen=/\nthree\nfour\n".into()),
+        "runc"
+    );
+    assert_eq!(
+        seen[0][1].1, "fds=4 listen=/\nno-4\n",
+        "runc: nothing inherited"
+    );
+    assert_eq!(
+        seen[0][2].1, "fds=5 listen=1/1\nthree\nno-4\n",
+        "runc: socket activation"
+    );
+    assert_eq!(seen[1], seen[0], "berth-runtime vs runc");
+    let o = b.cli(&["run", "--preserve-fds", "3", &cid("pf-bad")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("fd 3 is not open"),
+        "{}",
+        text(&o.stderr)
+    );
+}

@@ -465,16 +465,45 @@ fn stats_event(id: &str, s: &berth_runtime::CgroupStats) -> serde_json::Value {
     })
 }
 
-fn create(cli: &Cli, a: &CreateArgs) -> Result<Container> {
-    if a.preserve_fds != 0 {
-        bail!("--preserve-fds is not supported");
+/// Socket activation (as runc): when LISTEN_FDS/LISTEN_PID name this process, its fds
+/// 3..3+LISTEN_FDS go to the container process, which sees LISTEN_FDS=n and LISTEN_PID=1.
+fn listen_fds() -> u32 {
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    if !ours {
+        return 0;
     }
+    std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn create(cli: &Cli, a: &CreateArgs) -> Result<Container> {
     let _ = (a.no_pivot, a.no_new_keyring);
-    let mut c = Container::create(CreateOptions::new(
-        a.id.clone(),
-        a.bundle.clone(),
-        cli.root.clone(),
-    ))?;
+    let mut opts = CreateOptions::new(a.id.clone(), a.bundle.clone(), cli.root.clone());
+    let listen = listen_fds();
+    if listen > 0 {
+        let p = a.bundle.join("config.json");
+        let mut spec =
+            oci_spec::runtime::Spec::load(&p).map_err(|e| anyhow!("load {}: {e}", p.display()))?;
+        let mut process = spec
+            .process()
+            .clone()
+            .ok_or_else(|| anyhow!("{}: process is missing", p.display()))?;
+        let mut env = process.env().clone().unwrap_or_default();
+        env.push(format!("LISTEN_FDS={listen}"));
+        env.push("LISTEN_PID=1".into());
+        process.set_env(Some(env));
+        spec.set_process(Some(process));
+        opts.spec = Some(spec);
+    }
+    let preserve = listen
+        .checked_add(a.preserve_fds)
+        .ok_or_else(|| anyhow!("--preserve-fds {} is too large", a.preserve_fds))?;
+    let mut c = Container::create_preserving_fds(opts, preserve)?;
     if let Some(p) = &a.pid_file {
         write_pid_file(p, c.pid())?;
     }
