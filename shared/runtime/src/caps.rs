@@ -153,6 +153,15 @@ struct CapData {
     inheritable: u32,
 }
 
+/// The ambient capabilities that can be raised: the kernel refuses (EPERM) any that is not
+/// both permitted and inheritable. runc ignores those refusals (runc's default spec lists
+/// ambient caps with an empty inheritable set and runs with CapAmb 0), so they are left out
+/// here rather than failing the container; capabilities the kernel does not know are left
+/// out too (runc ignores their EINVAL), as the bounding-set drop does.
+pub fn ambient_to_raise(m: &Masks) -> u64 {
+    m.ambient & m.permitted & m.inheritable
+}
+
 /// Set effective/permitted/inheritable with capset(2), then the ambient set.
 pub fn apply_sets(m: &Masks) -> Result<()> {
     const V3: u32 = 0x2008_0522;
@@ -183,8 +192,9 @@ pub fn apply_sets(m: &Masks) -> Result<()> {
             0,
         )
     };
-    for cap in 0..64u32 {
-        if m.ambient & (1u64 << cap) != 0 {
+    let raise = ambient_to_raise(m);
+    for cap in 0..=last_cap().min(63) {
+        if raise & (1u64 << cap) != 0 {
             let r = unsafe {
                 libc::prctl(
                     libc::PR_CAP_AMBIENT,
@@ -204,6 +214,32 @@ pub fn apply_sets(m: &Masks) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ambient_needs_permitted_and_inheritable() {
+        let kill = 1u64 << 5;
+        let bind = 1u64 << 10;
+        // runc spec's default: ambient listed, inheritable empty -> nothing raised.
+        let m = Masks {
+            bounding: kill | bind,
+            effective: kill | bind,
+            permitted: kill | bind,
+            inheritable: 0,
+            ambient: kill | bind,
+        };
+        assert_eq!(ambient_to_raise(&m), 0);
+        let m = Masks {
+            inheritable: kill,
+            ..m
+        };
+        assert_eq!(ambient_to_raise(&m), kill);
+        let m = Masks {
+            permitted: bind,
+            inheritable: kill | bind,
+            ..m
+        };
+        assert_eq!(ambient_to_raise(&m), bind);
+    }
 
     #[test]
     fn docker_default_masks() {

@@ -242,14 +242,96 @@ pub fn plan_namespaces(spec: &Spec) -> (Vec<(CloneFlags, PathBuf)>, CloneFlags) 
     (join, new)
 }
 
-fn setns_path(path: &Path, flag: CloneFlags) -> Result<()> {
-    let fd = nix::fcntl::open(
+fn open_namespace(path: &Path) -> Result<OwnedFd> {
+    nix::fcntl::open(
         path,
         nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
-    .ctx(|| format!("open namespace {}", path.display()))?;
-    nix::sched::setns(fd, flag).ctx(|| format!("setns {}", path.display()))
+    .ctx(|| format!("open namespace {}", path.display()))
+}
+
+fn become_userns_root(which: &str) -> Result<()> {
+    nix::unistd::setresgid(0.into(), 0.into(), 0.into())
+        .ctx(|| format!("setresgid 0 in the {which} user namespace"))?;
+    nix::unistd::setresuid(0.into(), 0.into(), 0.into())
+        .ctx(|| format!("setresuid 0 in the {which} user namespace"))
+}
+
+/// Is the namespace at `path` the one this process is in already (so joining it gives the
+/// container nothing private: the host's UTS, network or mount namespace)?
+fn same_namespace_as_ours(fd: &OwnedFd, path: &Path, flag: CloneFlags) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let name = match flag {
+        CloneFlags::CLONE_NEWNS => "mnt",
+        CloneFlags::CLONE_NEWCGROUP => "cgroup",
+        CloneFlags::CLONE_NEWUTS => "uts",
+        CloneFlags::CLONE_NEWIPC => "ipc",
+        CloneFlags::CLONE_NEWUSER => "user",
+        CloneFlags::CLONE_NEWPID => "pid",
+        CloneFlags::CLONE_NEWNET => "net",
+        _ => "time",
+    };
+    let theirs = nix::sys::stat::fstat(fd).ctx(|| format!("stat namespace {}", path.display()))?;
+    let ours = std::fs::metadata(format!("/proc/self/ns/{name}"))
+        .ctx(|| format!("stat /proc/self/ns/{name}"))?;
+    Ok(theirs.st_ino == ours.ino() && theirs.st_dev == ours.dev())
+}
+
+/// Settings that need a namespace of their own, checked before anything is set up (runc's
+/// validator refuses the same configs): a hostname needs a UTS namespace, masked and
+/// read-only paths need a mount namespace (without one they would be applied to the host).
+pub fn validate_namespaces(
+    spec: &Spec,
+    join: &[(CloneFlags, PathBuf)],
+    new: CloneFlags,
+) -> Result<()> {
+    // Two entries of one type would silently merge into one namespace (runc refuses too).
+    let mut seen = CloneFlags::empty();
+    for ns in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let f = ns_flag(ns.typ());
+        if seen.contains(f) {
+            return Err(Error::InvalidSpec(format!(
+                "namespace {:?} is listed twice in linux.namespaces",
+                ns.typ()
+            )));
+        }
+        seen |= f;
+    }
+    let present = join.iter().fold(new, |acc, (f, _)| acc | *f);
+    if spec.hostname().as_deref().is_some_and(|h| !h.is_empty())
+        && !present.contains(CloneFlags::CLONE_NEWUTS)
+    {
+        return Err(Error::InvalidSpec(
+            "unable to set hostname without a private UTS namespace".into(),
+        ));
+    }
+    if spec.domainname().as_deref().is_some_and(|h| !h.is_empty())
+        && !present.contains(CloneFlags::CLONE_NEWUTS)
+    {
+        return Err(Error::InvalidSpec(
+            "unable to set domainname without a private UTS namespace".into(),
+        ));
+    }
+    let linux = spec.linux().as_ref();
+    let restricts = linux.is_some_and(|l| {
+        l.masked_paths().as_ref().is_some_and(|v| !v.is_empty())
+            || l.readonly_paths().as_ref().is_some_and(|v| !v.is_empty())
+    });
+    if restricts && !present.contains(CloneFlags::CLONE_NEWNS) {
+        return Err(Error::InvalidSpec(
+            "unable to restrict sys entries (maskedPaths, readonlyPaths) without a private \
+             mount namespace"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 fn stage1(sock: &OwnedFd) -> Result<()> {
@@ -261,12 +343,31 @@ fn stage1(sock: &OwnedFd) -> Result<()> {
             )))
         }
     };
+    // Namespaces the container has that are not the runtime's own: decided before any
+    // setns, while /proc/self/ns still names the runtime's.
+    let mut private = CloneFlags::empty();
     if let Some(pid) = cfg.join_pid {
         join_container(pid)?;
     } else {
         let (join, new) = plan_namespaces(&cfg.spec);
+        validate_namespaces(&cfg.spec, &join, new)?;
+        private = new;
+        // Open every path before joining any: after setns into a mount namespace the paths
+        // would resolve in that namespace (runc opens them all first too).
+        let mut fds = Vec::with_capacity(join.len());
         for (flag, path) in &join {
-            setns_path(path, *flag)?;
+            let fd = open_namespace(path)?;
+            if !same_namespace_as_ours(&fd, path, *flag)? {
+                private |= *flag;
+            }
+            fds.push((*flag, path, fd));
+        }
+        for (flag, path, fd) in fds {
+            nix::sched::setns(fd, flag).ctx(|| format!("setns {}", path.display()))?;
+            if flag == CloneFlags::CLONE_NEWUSER {
+                // Like a new user namespace: act as its root (runc's init does setuid(0)).
+                become_userns_root("joined")?;
+            }
         }
         if new.contains(CloneFlags::CLONE_NEWUSER) {
             nix::sched::unshare(CloneFlags::CLONE_NEWUSER)
@@ -280,10 +381,7 @@ fn stage1(sock: &OwnedFd) -> Result<()> {
                     )))
                 }
             }
-            nix::unistd::setresgid(0.into(), 0.into(), 0.into())
-                .ctx(|| "setresgid 0 in user namespace".into())?;
-            nix::unistd::setresuid(0.into(), 0.into(), 0.into())
-                .ctx(|| "setresuid 0 in user namespace".into())?;
+            become_userns_root("new")?;
         }
         let rest = new - CloneFlags::CLONE_NEWUSER;
         nix::sched::unshare(rest).ctx(|| format!("unshare namespaces {rest:?}"))?;
@@ -301,7 +399,7 @@ fn stage1(sock: &OwnedFd) -> Result<()> {
     };
     let child = nix::errno::Errno::result(child).ctx(|| "clone container process".into())?;
     if child == 0 {
-        let code = match stage2(sock, &cfg) {
+        let code = match stage2(sock, &cfg, private) {
             Ok(never) => match never {},
             Err(e) => {
                 let _ = send_msg(sock, &Msg::Error(e.to_string()));
@@ -352,7 +450,7 @@ fn join_container(pid: i32) -> Result<()> {
 
 enum Never {}
 
-fn stage2(sock: &OwnedFd, cfg: &InitConfig) -> Result<Never> {
+fn stage2(sock: &OwnedFd, cfg: &InitConfig, private: CloneFlags) -> Result<Never> {
     let sys = LinuxSyscall;
     if cfg.join_pid.is_some() {
         if cfg.process.terminal().unwrap_or(false) {
@@ -362,10 +460,11 @@ fn stage2(sock: &OwnedFd, cfg: &InitConfig) -> Result<Never> {
     }
     let spec = &cfg.spec;
     let (_, new) = plan_namespaces(spec);
-    if !new.contains(CloneFlags::CLONE_NEWNS) {
-        return Err(Error::InvalidSpec("a mount namespace is required".into()));
-    }
-    crate::mounts::prepare_rootfs(&sys, spec, &cfg.rootfs)?;
+    let plan = crate::mounts::RootfsPlan {
+        private_mount_ns: private.contains(CloneFlags::CLONE_NEWNS),
+        cgroup_ns: private.contains(CloneFlags::CLONE_NEWCGROUP),
+    };
+    crate::mounts::prepare_rootfs(&sys, spec, &cfg.rootfs, plan)?;
     let fifo = match &cfg.fifo {
         Some(p) => Some(
             nix::fcntl::open(
@@ -400,17 +499,32 @@ fn stage2(sock: &OwnedFd, cfg: &InitConfig) -> Result<Never> {
     if new.contains(CloneFlags::CLONE_NEWNET) {
         loopback_up()?;
     }
-    crate::mounts::pivot_into(&sys, &cfg.rootfs)?;
-    if let Some(h) = spec.hostname() {
-        if !new.contains(CloneFlags::CLONE_NEWUTS) {
-            return Err(Error::InvalidSpec(
-                "hostname requires a new UTS namespace".into(),
-            ));
-        }
-        sys.sethostname(h).ctx(|| format!("sethostname {h}"))?;
+    if plan.private_mount_ns {
+        crate::mounts::pivot_into(&sys, &cfg.rootfs)?;
+    } else {
+        crate::mounts::chroot_into(&sys, &cfg.rootfs)?;
     }
-    if let Some(d) = spec.domainname() {
-        sys.setdomainname(d).ctx(|| format!("setdomainname {d}"))?;
+    // A UTS namespace joined by path gets the hostname too (as with runc), but never the
+    // runtime's own: that would rename the host.
+    for (value, what) in [
+        (spec.hostname(), "hostname"),
+        (spec.domainname(), "domainname"),
+    ] {
+        let Some(v) = value.as_deref().filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        if !private.contains(CloneFlags::CLONE_NEWUTS) {
+            return Err(Error::InvalidSpec(format!(
+                "{what} needs a UTS namespace of the container's own (the one given is the \
+                 runtime's)"
+            )));
+        }
+        let r = if what == "hostname" {
+            sys.sethostname(v)
+        } else {
+            sys.setdomainname(v)
+        };
+        r.ctx(|| format!("set{what} {v}"))?;
     }
     for (k, v) in spec
         .linux()
@@ -418,7 +532,7 @@ fn stage2(sock: &OwnedFd, cfg: &InitConfig) -> Result<Never> {
         .and_then(|l| l.sysctl().clone())
         .unwrap_or_default()
     {
-        if !sysctl_allowed(&k, new) {
+        if !sysctl_allowed(&k, private) {
             return Err(Error::InvalidSpec(format!(
                 "sysctl {k} is not namespaced (or its namespace is shared with the host)"
             )));
@@ -607,7 +721,18 @@ fn finalize(cfg: &InitConfig, p: &Process) -> Result<Ready> {
         .into_iter()
         .map(Into::into)
         .collect();
-    nix::unistd::setgroups(&groups).ctx(|| "setgroups".into())?;
+    // A user namespace whose setgroups is "deny" (made by an unprivileged user, or by
+    // `unshare --map-root-user`) refuses setgroups(2) even for an empty list: skip it as
+    // runc does, unless groups were asked for.
+    let setgroups_denied =
+        std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny");
+    if !setgroups_denied {
+        nix::unistd::setgroups(&groups).ctx(|| "setgroups".into())?;
+    } else if !groups.is_empty() {
+        return Err(Error::InvalidSpec(format!(
+            "additionalGids {groups:?} cannot be set: setgroups is denied in this user namespace"
+        )));
+    }
     nix::unistd::setresgid(user.gid().into(), user.gid().into(), user.gid().into())
         .ctx(|| format!("setgid {}", user.gid()))?;
     nix::unistd::setresuid(user.uid().into(), user.uid().into(), user.uid().into())
@@ -709,5 +834,44 @@ mod tests {
         );
         let e = lookup_path("no-such-cmd-xyz", &env).expect_err("missing");
         assert!(e.to_string().contains("executable file not found in $PATH"));
+    }
+
+    #[test]
+    fn settings_that_need_a_namespace_are_refused_without_one() {
+        let spec = |v: serde_json::Value| -> Spec { serde_json::from_value(v).expect("spec") };
+        let with_hostname = spec(serde_json::json!({
+            "ociVersion": "1.0.2", "hostname": "h",
+            "linux": {"namespaces": [{"type": "mount"}]}
+        }));
+        let (join, new) = plan_namespaces(&with_hostname);
+        let e = validate_namespaces(&with_hostname, &join, new).expect_err("no uts");
+        assert!(e.to_string().contains("private UTS namespace"), "{e}");
+        // A UTS namespace joined by path is enough (runc sets the hostname there).
+        let joined = spec(serde_json::json!({
+            "ociVersion": "1.0.2", "hostname": "h",
+            "linux": {"namespaces": [{"type": "uts", "path": "/proc/1/ns/uts"}]}
+        }));
+        let (join, new) = plan_namespaces(&joined);
+        validate_namespaces(&joined, &join, new).expect("joined uts");
+        // No mount namespace at all runs, unless masked/read-only paths would hit the host.
+        let no_mnt = spec(serde_json::json!({
+            "ociVersion": "1.0.2", "linux": {"namespaces": [{"type": "pid"}]}
+        }));
+        let (join, new) = plan_namespaces(&no_mnt);
+        validate_namespaces(&no_mnt, &join, new).expect("no mount ns");
+        let masked = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"namespaces": [{"type": "pid"}], "maskedPaths": ["/proc/kcore"]}
+        }));
+        let (join, new) = plan_namespaces(&masked);
+        let e = validate_namespaces(&masked, &join, new).expect_err("masked");
+        assert!(e.to_string().contains("mount namespace"), "{e}");
+        let twice = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "pid", "path": "/proc/1/ns/pid"}]}
+        }));
+        let (join, new) = plan_namespaces(&twice);
+        let e = validate_namespaces(&twice, &join, new).expect_err("twice");
+        assert!(e.to_string().contains("listed twice"), "{e}");
     }
 }

@@ -183,14 +183,63 @@ fn needs_dev_setup(spec: &Spec) -> bool {
     })
 }
 
+/// How the container's mount namespace relates to the runtime's (decides how the root
+/// is entered and how /sys/fs/cgroup shows the container's own cgroup).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RootfsPlan {
+    /// The container has a mount namespace of its own (new, or joined by path and not the
+    /// runtime's): propagation is set and the root is entered with pivot_root. Without one
+    /// the mounts are made in the runtime's namespace and the root is entered with chroot,
+    /// as runc does; the host's own propagation is left alone.
+    pub private_mount_ns: bool,
+    /// The container has a cgroup namespace of its own: a cgroup mount shows its cgroup as
+    /// the root. Without one the container's cgroup directories are bound instead, so the
+    /// host's hierarchy is never visible (runc does the same for v1).
+    pub cgroup_ns: bool,
+}
+
+impl RootfsPlan {
+    /// What berth's own containers get: private mount and cgroup namespaces.
+    pub const PRIVATE: RootfsPlan = RootfsPlan {
+        private_mount_ns: true,
+        cgroup_ns: true,
+    };
+}
+
 /// Everything before pivot_root: root propagation, the rootfs bind, spec mounts, devices,
-/// /dev symlinks. The caller is in the container's new mount namespace.
-pub fn prepare_rootfs(sys: &dyn Syscall, spec: &Spec, rootfs: &Path) -> Result<()> {
+/// /dev symlinks. The caller is in the container's mount namespace (or, without one, in
+/// the runtime's).
+pub fn prepare_rootfs(
+    sys: &dyn Syscall,
+    spec: &Spec,
+    rootfs: &Path,
+    plan: RootfsPlan,
+) -> Result<()> {
     let linux = spec.linux().as_ref();
     let prop = root_propagation(linux.and_then(|l| l.rootfs_propagation().as_deref()))?;
-    sys.mount(None, Path::new("/"), None, prop, None)
-        .ctx(|| "set propagation of / in the container mount namespace".into())?;
-    // pivot_root needs the new root to be a mount point whose parent is not shared.
+    if plan.private_mount_ns {
+        sys.mount(None, Path::new("/"), None, prop, None)
+            .ctx(|| "set propagation of / in the container mount namespace".into())?;
+        // pivot_root refuses a new root whose parent mount is shared (rootfsPropagation
+        // shared/rshared makes it so); the parent is private to this namespace anyway,
+        // and making it private also keeps the binds below from propagating.
+        let info = std::fs::read_to_string("/proc/self/mountinfo")
+            .ctx(|| "read /proc/self/mountinfo".into())?;
+        let mounts = parse_mountinfo(&info);
+        if let Some(parent) = mount_containing(&mounts, rootfs) {
+            if parent.is_shared() {
+                sys.mount(None, &parent.mount_point, None, MsFlags::MS_PRIVATE, None)
+                    .ctx(|| {
+                        format!(
+                            "make {} (parent mount of the rootfs) private",
+                            parent.mount_point.display()
+                        )
+                    })?;
+            }
+        }
+    }
+    // The root must be a mount point: for pivot_root, for the read-only remount, and so
+    // that without a private namespace one detach of it removes every container mount.
     sys.mount(
         Some(rootfs),
         rootfs,
@@ -202,7 +251,7 @@ pub fn prepare_rootfs(sys: &dyn Syscall, spec: &Spec, rootfs: &Path) -> Result<(
 
     let root = open_root(rootfs)?;
     for m in spec.mounts().iter().flatten() {
-        mount_one(sys, root.as_fd(), m)?;
+        mount_one(sys, root.as_fd(), m, plan)?;
     }
     if needs_dev_setup(spec) {
         let devices = linux.and_then(|l| l.devices().clone()).unwrap_or_default();
@@ -212,7 +261,190 @@ pub fn prepare_rootfs(sys: &dyn Syscall, spec: &Spec, rootfs: &Path) -> Result<(
     Ok(())
 }
 
-fn mount_one(sys: &dyn Syscall, root: BorrowedFd<'_>, m: &Mount) -> Result<()> {
+/// One line of /proc/self/mountinfo (the fields the runtime needs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    /// The path inside the filesystem that is mounted (a bind's or a cgroup's subtree).
+    pub root: PathBuf,
+    pub mount_point: PathBuf,
+    /// Optional fields: `shared:N`, `master:N`, `propagate_from:N`, `unbindable`.
+    pub optional: Vec<String>,
+    pub fstype: String,
+    pub super_options: Vec<String>,
+}
+
+impl MountInfo {
+    pub fn is_shared(&self) -> bool {
+        self.optional.iter().any(|o| o.starts_with("shared:"))
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .and_then(|o| std::str::from_utf8(o).ok());
+        match oct.and_then(|o| u8::from_str_radix(o, 8).ok()) {
+            Some(v) if b[i] == b'\\' => {
+                out.push(v);
+                i += 4;
+            }
+            _ => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parse /proc/<pid>/mountinfo; malformed lines are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+    text.lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let f: Vec<&str> = pre.split(' ').collect();
+            if f.len() < 6 {
+                return None;
+            }
+            let mut post = post.split(' ');
+            let fstype = post.next()?.to_string();
+            let _source = post.next()?;
+            let super_options = post
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .map(str::to_string)
+                .collect();
+            Some(MountInfo {
+                root: PathBuf::from(unescape_mountinfo(f[3])),
+                mount_point: PathBuf::from(unescape_mountinfo(f[4])),
+                optional: f[6..].iter().map(|s| s.to_string()).collect(),
+                fstype,
+                super_options,
+            })
+        })
+        .collect()
+}
+
+/// The mount that holds `path`: the last-mounted one with the longest matching mount point.
+pub fn mount_containing<'a>(mounts: &'a [MountInfo], path: &Path) -> Option<&'a MountInfo> {
+    let mut best: Option<&MountInfo> = None;
+    for m in mounts {
+        if path.starts_with(&m.mount_point)
+            && best.map_or(true, |b| {
+                m.mount_point.components().count() >= b.mount_point.components().count()
+            })
+        {
+            best = Some(m);
+        }
+    }
+    best
+}
+
+/// A cgroup directory to bind into the container at `/sys/fs/cgroup/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupBind {
+    /// Directory under the cgroup mount (`memory`, `cpu,cpuacct`, `systemd`; empty for
+    /// the v2 hierarchy, which is the mount itself).
+    pub name: String,
+    /// The container's cgroup directory on the host.
+    pub source: PathBuf,
+    /// Each controller of a co-mounted hierarchy gets a symlink to `name` (`cpu` ->
+    /// `cpu,cpuacct`), as on the host.
+    pub links: Vec<String>,
+}
+
+/// Where the cgroup of the calling process lives on the host, per hierarchy, from
+/// /proc/self/cgroup and /proc/self/mountinfo. `v2` picks the unified hierarchy alone;
+/// otherwise every v1 hierarchy that is mounted (the v2 line of a hybrid host is left
+/// out: its controllers, if any, stay on the host, as with runc). Mounts under `rootfs`
+/// are never the host's hierarchy (a container's own, or one left by another runtime).
+pub fn cgroup_binds(
+    proc_cgroup: &str,
+    mounts: &[MountInfo],
+    v2: bool,
+    rootfs: &Path,
+) -> Result<Vec<CgroupBind>> {
+    let mut out = Vec::new();
+    for line in proc_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next(), parts.next(), parts.next());
+        let (Some(ctrls), Some(path)) = (ctrls, path) else {
+            continue;
+        };
+        if v2 != ctrls.is_empty() {
+            continue;
+        }
+        let wanted: Vec<&str> = ctrls.split(',').filter(|c| !c.is_empty()).collect();
+        let mount = mounts.iter().rev().find(|m| {
+            if m.mount_point.starts_with(rootfs) {
+                false
+            } else if v2 {
+                m.fstype == "cgroup2"
+            } else {
+                m.fstype == "cgroup"
+                    && wanted
+                        .iter()
+                        .all(|w| m.super_options.iter().any(|o| o == w))
+            }
+        });
+        let Some(mount) = mount else {
+            if v2 {
+                return Err(Error::InvalidSpec(
+                    "the cgroup v2 hierarchy is not mounted in the runtime's mount namespace"
+                        .into(),
+                ));
+            }
+            continue; // a hierarchy nobody mounted (e.g. a named one): nothing to show
+        };
+        let rel = Path::new(path).strip_prefix(&mount.root).map_err(|_| {
+            Error::InvalidSpec(format!(
+                "cgroup {path} ({ctrls}) is outside the mount at {} (root {})",
+                mount.mount_point.display(),
+                mount.root.display()
+            ))
+        })?;
+        let name = if v2 {
+            String::new()
+        } else {
+            mount
+                .mount_point
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| ctrls.trim_start_matches("name=").to_string())
+        };
+        let links = if wanted.len() > 1 {
+            wanted
+                .iter()
+                .map(|w| w.trim_start_matches("name=").to_string())
+                .filter(|w| *w != name)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        out.push(CgroupBind {
+            name,
+            source: mount.mount_point.join(rel),
+            links,
+        });
+        if v2 {
+            break;
+        }
+    }
+    if v2 && out.is_empty() {
+        return Err(Error::InvalidSpec(
+            "no cgroup v2 entry in /proc/self/cgroup".into(),
+        ));
+    }
+    Ok(out)
+}
+
+fn mount_one(sys: &dyn Syscall, root: BorrowedFd<'_>, m: &Mount, plan: RootfsPlan) -> Result<()> {
     let dest = m.destination();
     let opts = parse_mount_options(m.options().as_deref().unwrap_or(&[]));
     let typ = m
@@ -229,7 +461,7 @@ fn mount_one(sys: &dyn Syscall, root: BorrowedFd<'_>, m: &Mount) -> Result<()> {
     };
 
     if typ == "cgroup" || typ == "cgroup2" {
-        return mount_cgroup(sys, root, dest, &opts, typ);
+        return mount_cgroup(sys, root, dest, &opts, typ, plan.cgroup_ns);
     }
     let create = if bind {
         let src = m.source().clone().unwrap_or_default();
@@ -334,31 +566,75 @@ fn locked_flags(path: &Path) -> MsFlags {
     out
 }
 
-/// Mount the container's view of the cgroup hierarchy. Inside a cgroup namespace the
-/// container sees its own cgroup as the root. On v1/hybrid hosts that is a tmpfs with one
-/// mount per v1 hierarchy (like runc); on v2 a single cgroup2 mount.
+/// Mount the container's view of the cgroup hierarchy: always its own cgroup as the root.
+/// Inside a cgroup namespace a cgroup mount shows exactly that; without one the
+/// container's cgroup directories are bound from the host (as runc does for v1; for v2
+/// runc would mount the whole host tree, which we never show). On v1/hybrid hosts that is
+/// a tmpfs with one mount per v1 hierarchy; on v2 a single mount.
 fn mount_cgroup(
     sys: &dyn Syscall,
     root: BorrowedFd<'_>,
     dest: &Path,
     opts: &MountOptions,
     typ: &str,
+    cgroup_ns: bool,
 ) -> Result<()> {
     let flags = opts.flags
         & (MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
     let target = resolve_in_root(root, dest, Create::Dir)?;
     let ctx = |what: String| format!("mount cgroup on {}: {what}", dest.display());
     let unified = crate::cgroups::is_unified();
+    // The rootfs as the mount table names it (`root` is an fd on it).
+    let rootfs_path =
+        std::fs::read_link(fd_path(&root)).ctx(|| "resolve the rootfs path".into())?;
+    let binds = if cgroup_ns {
+        None
+    } else {
+        let cg =
+            std::fs::read_to_string("/proc/self/cgroup").ctx(|| "read /proc/self/cgroup".into())?;
+        let info = std::fs::read_to_string("/proc/self/mountinfo")
+            .ctx(|| "read /proc/self/mountinfo".into())?;
+        Some(cgroup_binds(
+            &cg,
+            &parse_mountinfo(&info),
+            unified || typ == "cgroup2",
+            &rootfs_path,
+        )?)
+    };
+    // Bind a host cgroup directory, then give it the spec's flags (a bind ignores them).
+    let bind = |source: &Path, sub: &Path| -> Result<()> {
+        let t = resolve_in_root(root, sub, Create::Dir)?;
+        sys.mount(
+            Some(source),
+            &fd_path(&t),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )
+        .ctx(|| ctx(format!("bind {}", source.display())))?;
+        let t = resolve_in_root(root, sub, Create::Nothing)?;
+        sys.mount(
+            None,
+            &fd_path(&t),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags | locked_flags(&fd_path(&t)),
+            None,
+        )
+        .ctx(|| ctx(format!("remount {} with flags", source.display())))
+    };
     if unified || typ == "cgroup2" {
-        return sys
-            .mount(
-                Some(Path::new("cgroup2")),
-                &fd_path(&target),
-                Some("cgroup2"),
-                flags,
-                None,
-            )
-            .ctx(|| ctx("cgroup2".into()));
+        return match &binds {
+            Some(b) => bind(&b[0].source, dest),
+            None => sys
+                .mount(
+                    Some(Path::new("cgroup2")),
+                    &fd_path(&target),
+                    Some("cgroup2"),
+                    flags,
+                    None,
+                )
+                .ctx(|| ctx("cgroup2".into())),
+        };
     }
     sys.mount(
         Some(Path::new("tmpfs")),
@@ -368,28 +644,53 @@ fn mount_cgroup(
         Some("mode=755"),
     )
     .ctx(|| ctx("tmpfs".into()))?;
-    let cg =
-        std::fs::read_to_string("/proc/self/cgroup").ctx(|| "read /proc/self/cgroup".into())?;
-    for line in cg.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, ctrls) = (parts.next(), parts.next().unwrap_or(""));
-        if ctrls.is_empty() {
-            continue; // the v2 line of a hybrid host: its controllers (if any) stay on the host
+    let mut links = Vec::new();
+    if let Some(binds) = &binds {
+        for b in binds {
+            bind(&b.source, &dest.join(&b.name))?;
+            links.extend(b.links.iter().map(|l| (l.clone(), b.name.clone())));
         }
-        let name = ctrls.trim_start_matches("name=");
-        let sub = dest.join(name);
-        let t = resolve_in_root(root, &sub, Create::Dir)?;
-        match sys.mount(
-            Some(Path::new("cgroup")),
-            &fd_path(&t),
-            Some("cgroup"),
-            flags,
-            Some(ctrls),
-        ) {
-            Ok(()) => {}
-            // v1 hierarchies cannot be mounted from a user namespace; leave the dir empty.
-            Err(Errno::EPERM) => tracing::debug!(ctrls, "cgroup v1 mount not permitted, skipped"),
-            Err(e) => return Err(e).ctx(|| ctx(format!("v1 hierarchy {ctrls}"))),
+    } else {
+        let cg =
+            std::fs::read_to_string("/proc/self/cgroup").ctx(|| "read /proc/self/cgroup".into())?;
+        for line in cg.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (_, ctrls) = (parts.next(), parts.next().unwrap_or(""));
+            if ctrls.is_empty() {
+                continue; // the v2 line of a hybrid host: its controllers (if any) stay on the host
+            }
+            let name = ctrls.trim_start_matches("name=");
+            let sub = dest.join(name);
+            let t = resolve_in_root(root, &sub, Create::Dir)?;
+            match sys.mount(
+                Some(Path::new("cgroup")),
+                &fd_path(&t),
+                Some("cgroup"),
+                flags,
+                Some(ctrls),
+            ) {
+                Ok(()) => {}
+                // v1 hierarchies cannot be mounted from a user namespace; leave the dir empty.
+                Err(Errno::EPERM) => {
+                    tracing::debug!(ctrls, "cgroup v1 mount not permitted, skipped")
+                }
+                Err(e) => return Err(e).ctx(|| ctx(format!("v1 hierarchy {ctrls}"))),
+            }
+            let wanted: Vec<&str> = ctrls.split(',').collect();
+            if wanted.len() > 1 {
+                for w in wanted {
+                    links.push((w.trim_start_matches("name=").to_string(), name.to_string()));
+                }
+            }
+        }
+    }
+    if !links.is_empty() {
+        let dir = resolve_in_root(root, dest, Create::Nothing)?;
+        for (link, to) in links {
+            match nix::unistd::symlinkat(to.as_str(), dir.as_fd(), link.as_str()) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(e).ctx(|| ctx(format!("symlink {link} -> {to}"))),
+            }
         }
     }
     if flags.contains(MsFlags::MS_RDONLY) {
@@ -593,6 +894,17 @@ pub fn pivot_into(sys: &dyn Syscall, rootfs: &Path) -> Result<()> {
     sys.chdir(Path::new("/")).ctx(|| "chdir /".into())
 }
 
+/// Enter `rootfs` without a private mount namespace (pivot_root would move the root of
+/// every process in the runtime's namespace): chroot, as runc does.
+pub fn chroot_into(sys: &dyn Syscall, rootfs: &Path) -> Result<()> {
+    let new = open_root(rootfs)?;
+    sys.fchdir(new.as_fd())
+        .ctx(|| format!("fchdir {}", rootfs.display()))?;
+    sys.chroot(Path::new("."))
+        .ctx(|| format!("chroot into {}", rootfs.display()))?;
+    sys.chdir(Path::new("/")).ctx(|| "chdir /".into())
+}
+
 /// After pivot_root: read-only paths, masked paths, and the read-only root.
 pub fn finish_rootfs(sys: &dyn Syscall, spec: &Spec, root_path: &Path) -> Result<()> {
     let root = open_root(root_path)?;
@@ -729,7 +1041,7 @@ mod tests {
             crate::spec::default_spec(&crate::spec::DefaultSpecOptions::new(vec!["sh".into()]))
                 .expect("spec");
         let sys = RecordingSyscall::default();
-        prepare_rootfs(&sys, &spec, &rootfs).expect("prepare");
+        prepare_rootfs(&sys, &spec, &rootfs, RootfsPlan::PRIVATE).expect("prepare");
         let calls = sys.calls.borrow();
         let targets: Vec<PathBuf> = calls
             .iter()
@@ -822,7 +1134,7 @@ mod tests {
         }))
         .expect("spec");
         let sys = RecordingSyscall::default();
-        prepare_rootfs(&sys, &spec, &rootfs).expect("prepare");
+        prepare_rootfs(&sys, &spec, &rootfs, RootfsPlan::PRIVATE).expect("prepare");
         let m = mounts_of(&sys.calls.borrow());
         let data: Vec<_> = m.iter().filter(|x| x.0 == rootfs.join("data")).collect();
         assert_eq!(data.len(), 3, "bind, remount, propagation: {data:?}");
@@ -871,5 +1183,131 @@ mod tests {
             .2
             .contains(MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_BIND));
         assert_eq!(m.len(), 5);
+    }
+
+    const MOUNTINFO: &str = "\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 /sandbox /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+50 27 254:0 /b/rootfs /b/rootfs rw,relatime - ext4 /dev/vda rw
+51 50 0:32 /old /b/rootfs/sys/fs/cgroup/memory ro,relatime - cgroup cgroup rw,memory
+60 27 0:40 / /mnt/with\\040space rw master:3 - tmpfs tmpfs rw
+";
+
+    const PROC_CGROUP: &str = "\
+9:name=systemd:/berth/c1
+4:memory:/sandbox/berth/c1
+2:cpu,cpuacct:/berth/c1
+1:pids:/berth/c1
+0::/berth/c1
+";
+
+    #[test]
+    fn mountinfo_fields_and_escapes() {
+        let m = parse_mountinfo(MOUNTINFO);
+        assert_eq!(m.len(), 10);
+        assert_eq!(m[1].mount_point, Path::new("/"));
+        assert!(m[1].is_shared());
+        assert!(!m[0].is_shared());
+        assert_eq!(m[4].root, Path::new("/sandbox"));
+        assert_eq!(m[5].super_options, ["rw", "xattr", "name=systemd"]);
+        assert_eq!(m[9].mount_point, Path::new("/mnt/with space"));
+        assert_eq!(m[9].optional, ["master:3"]);
+        assert_eq!(
+            mount_containing(&m, Path::new("/b/rootfs/x")).map(|x| x.mount_point.clone()),
+            Some(PathBuf::from("/b/rootfs"))
+        );
+        assert_eq!(
+            mount_containing(&m, Path::new("/srv")).map(|x| x.mount_point.clone()),
+            Some(PathBuf::from("/"))
+        );
+        assert!(parse_mountinfo("garbage\n1 2 3\n").is_empty());
+    }
+
+    #[test]
+    fn cgroup_binds_name_the_containers_own_cgroup_per_hierarchy() {
+        let m = parse_mountinfo(MOUNTINFO);
+        let b = cgroup_binds(PROC_CGROUP, &m, false, Path::new("/b/rootfs")).expect("binds");
+        let got: Vec<(&str, &Path)> = b
+            .iter()
+            .map(|b| (b.name.as_str(), b.source.as_path()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("systemd", Path::new("/sys/fs/cgroup/systemd/berth/c1")),
+                // The memory mount starts at /sandbox: the rest is relative to it, and the
+                // container's own mount of the same hierarchy under the rootfs is ignored.
+                ("memory", Path::new("/sys/fs/cgroup/memory/berth/c1")),
+                (
+                    "cpu,cpuacct",
+                    Path::new("/sys/fs/cgroup/cpu,cpuacct/berth/c1")
+                ),
+            ]
+        );
+        // pids has no mount here: nothing to show rather than the wrong hierarchy.
+        assert_eq!(b[2].links, ["cpu", "cpuacct"]);
+        assert!(b[0].links.is_empty());
+        let v2 = cgroup_binds(PROC_CGROUP, &m, true, Path::new("/b/rootfs")).expect("v2");
+        assert_eq!(v2.len(), 1);
+        assert_eq!(v2[0].source, Path::new("/sys/fs/cgroup/unified/berth/c1"));
+        // A cgroup outside the mounted subtree is an error, not a bind of something else.
+        let err = cgroup_binds(
+            "4:memory:/elsewhere/c1\n",
+            &m,
+            false,
+            Path::new("/b/rootfs"),
+        )
+        .expect_err("outside");
+        assert!(err.to_string().contains("/elsewhere/c1"), "{err}");
+        assert!(cgroup_binds("4:memory:/x\n", &m, true, Path::new("/b")).is_err());
+    }
+
+    #[test]
+    fn without_a_private_mount_namespace_host_propagation_is_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir_all(&rootfs).expect("mkdir");
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"rootfsPropagation": "shared"}
+        }))
+        .expect("spec");
+        let host = RecordingSyscall::default();
+        let plan = RootfsPlan {
+            private_mount_ns: false,
+            cgroup_ns: false,
+        };
+        prepare_rootfs(&host, &spec, &rootfs, plan).expect("prepare");
+        let m = mounts_of(&host.calls.borrow());
+        assert_eq!(m.len(), 1, "only the rootfs bind: {m:?}");
+        assert_eq!(m[0].0, rootfs);
+        assert_eq!(m[0].2, MsFlags::MS_BIND | MsFlags::MS_REC);
+        chroot_into(&host, &rootfs).expect("chroot");
+        let calls = host.calls.borrow();
+        assert!(calls.iter().any(|c| matches!(c, Call::Chroot(_))));
+        assert!(!calls.iter().any(|c| matches!(c, Call::PivotRoot)));
+
+        // With one: the spec's propagation on / first, then the rootfs bind.
+        let own = RecordingSyscall::default();
+        prepare_rootfs(&own, &spec, &rootfs, RootfsPlan::PRIVATE).expect("prepare");
+        let m = mounts_of(&own.calls.borrow());
+        assert_eq!(
+            (m[0].0.as_path(), m[0].2),
+            (Path::new("/"), MsFlags::MS_SHARED)
+        );
+        let last = m.last().expect("bind");
+        assert_eq!(
+            (last.0.as_path(), last.2),
+            (rootfs.as_path(), MsFlags::MS_BIND | MsFlags::MS_REC)
+        );
+        // Anything between is the rootfs' parent made private (only when it is shared).
+        for x in &m[1..m.len() - 1] {
+            assert_eq!(x.2, MsFlags::MS_PRIVATE, "{x:?}");
+        }
     }
 }

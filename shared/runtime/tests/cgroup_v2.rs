@@ -26,9 +26,7 @@ fn in_v2_namespace(b: &Bundle, script: &str) -> std::process::Output {
 
 #[test]
 fn v2_hierarchy_places_cleans_up_and_refuses_missing_controllers() {
-    if !require_root("v2_hierarchy_places_cleans_up_and_refuses_missing_controllers") {
-        return;
-    }
+    require_root("v2_hierarchy_places_cleans_up_and_refuses_missing_controllers");
     let id = cid("v2");
     // mknod of a char device passes the device rules (`c *:* m`); seccomp refuses it.
     let script = "mknod /dev/t1 c 4 1 2>/dev/null && echo MKNOD-ALLOWED || echo mknod-blocked; grep -c cgroup2 /proc/self/mounts";
@@ -87,9 +85,7 @@ const FORBIDDEN: [(&str, bool, u64, u64); 4] = [
 
 #[test]
 fn v2_device_rules_are_enforced_by_a_bpf_program() {
-    if !require_root("v2_device_rules_are_enforced_by_a_bpf_program") {
-        return;
-    }
+    require_root("v2_device_rules_are_enforced_by_a_bpf_program");
     use nix::sys::stat::{makedev, mknod, Mode, SFlag};
     let nodes = "/nodes";
     let b = Bundle::new(&["true"], |_| {});
@@ -172,9 +168,7 @@ fn opens_dev_null_in(cg: &std::path::Path) -> bool {
 
 #[test]
 fn a_second_device_policy_replaces_berths_first() {
-    if !require_root("a_second_device_policy_replaces_berths_first") {
-        return;
-    }
+    require_root("a_second_device_policy_replaces_berths_first");
     use berth_runtime::bpf::{device_programs, install_device_policy};
     use berth_runtime::devfilter::{Policy, PROG_NAME};
     let cg = cgroup2_mount().join(cid("berth-bpf-test"));

@@ -34,9 +34,7 @@ fn pipe_stdout(o: &mut CreateOptions) -> std::fs::File {
 
 #[test]
 fn run_prints_output_and_returns_exit_code() {
-    if !require_root("run_prints_output_and_returns_exit_code") {
-        return;
-    }
+    require_root("run_prints_output_and_returns_exit_code");
     let b = Bundle::new(&["sh", "-c", "echo hello from $(hostname); exit 7"], |_| {});
     let out = b.cli(&["run", &cid("out")]);
     assert_eq!(
@@ -53,9 +51,7 @@ fn run_prints_output_and_returns_exit_code() {
 
 #[test]
 fn lifecycle_create_start_state_kill_delete_via_cli() {
-    if !require_root("lifecycle_create_start_state_kill_delete_via_cli") {
-        return;
-    }
+    require_root("lifecycle_create_start_state_kill_delete_via_cli");
     let id = cid("life");
     let b = Bundle::new(
         &[
@@ -175,9 +171,7 @@ fn lifecycle_create_start_state_kill_delete_via_cli() {
 
 #[test]
 fn library_api_signals_exit_status_and_exec() {
-    if !require_root("library_api_signals_exit_status_and_exec") {
-        return;
-    }
+    require_root("library_api_signals_exit_status_and_exec");
     let id = cid("lib");
     let b = Bundle::new(
         &[
@@ -227,9 +221,7 @@ fn library_api_signals_exit_status_and_exec() {
 
 #[test]
 fn killed_by_signal_reports_128_plus_signal() {
-    if !require_root("killed_by_signal_reports_128_plus_signal") {
-        return;
-    }
+    require_root("killed_by_signal_reports_128_plus_signal");
     let id = cid("sig");
     let b = Bundle::new(&["sleep", "100"], |_| {});
     let mut c = Container::create(lib_opts(&b, &id)).expect("create");
@@ -246,9 +238,7 @@ fn killed_by_signal_reports_128_plus_signal() {
 
 #[test]
 fn escape_probes_all_fail_in_a_default_container() {
-    if !require_root("escape_probes_all_fail_in_a_default_container") {
-        return;
-    }
+    require_root("escape_probes_all_fail_in_a_default_container");
     let b = Bundle::new(&["/bin/probe"], |_| {});
     // A file next to the rootfs that no path inside the container may reach.
     let marker = b.path().join("host-marker");
@@ -306,9 +296,7 @@ fn escape_probes_all_fail_in_a_default_container() {
 
 #[test]
 fn memory_hog_is_oom_killed_and_reported() {
-    if !require_root("memory_hog_is_oom_killed_and_reported") {
-        return;
-    }
+    require_root("memory_hog_is_oom_killed_and_reported");
     let id = cid("oom");
     let b = Bundle::new(&["/bin/probe", "hog"], |o| {
         o.memory = Some(32 << 20);
@@ -329,9 +317,7 @@ fn memory_hog_is_oom_killed_and_reported() {
 
 #[test]
 fn fork_bomb_stops_at_pids_limit() {
-    if !require_root("fork_bomb_stops_at_pids_limit") {
-        return;
-    }
+    require_root("fork_bomb_stops_at_pids_limit");
     let id = cid("pids");
     let b = Bundle::new(&["/bin/probe", "forkbomb", "500"], |o| {
         o.pids_limit = Some(20)
@@ -350,9 +336,7 @@ fn fork_bomb_stops_at_pids_limit() {
 
 #[test]
 fn cpu_spinner_is_held_to_half_a_cpu() {
-    if !require_root("cpu_spinner_is_held_to_half_a_cpu") {
-        return;
-    }
+    require_root("cpu_spinner_is_held_to_half_a_cpu");
     let id = cid("cpu");
     let b = Bundle::new(&["sh", "-c", "while :; do :; done"], |o| o.cpus = Some(0.5));
     let mut c = Container::create(lib_opts(&b, &id)).expect("create");
@@ -375,9 +359,7 @@ fn cpu_spinner_is_held_to_half_a_cpu() {
 
 #[test]
 fn rlimit_above_host_hard_limit_is_a_clear_error() {
-    if !require_root("rlimit_above_host_hard_limit_is_a_clear_error") {
-        return;
-    }
+    require_root("rlimit_above_host_hard_limit_is_a_clear_error");
     let (_, hard) = berth_runtime::rlimits::current(libc::RLIMIT_NOFILE as _);
     if berth_runtime::rlimits::has_sys_resource() || hard >= 1 << 30 {
         eprintln!("SKIP rlimit_above_host_hard_limit_is_a_clear_error: this runtime may raise RLIMIT_NOFILE");
@@ -407,9 +389,7 @@ fn rlimit_above_host_hard_limit_is_a_clear_error() {
 
 #[test]
 fn missing_executable_fails_at_create_like_runc() {
-    if !require_root("missing_executable_fails_at_create_like_runc") {
-        return;
-    }
+    require_root("missing_executable_fails_at_create_like_runc");
     let b = Bundle::new(&["no-such-binary"], |_| {});
     let out = b.cli(&["create", &cid("noexe")]);
     assert_eq!(out.status.code(), Some(1));
@@ -422,9 +402,7 @@ fn missing_executable_fails_at_create_like_runc() {
 
 #[test]
 fn hooks_readonly_root_and_bind_mounts() {
-    if !require_root("hooks_readonly_root_and_bind_mounts") {
-        return;
-    }
+    require_root("hooks_readonly_root_and_bind_mounts");
     let b = Bundle::new(&["sh", "-c", "cat /data/in; touch /x 2>/dev/null && echo root-writable; touch /data/y 2>/dev/null && echo bind-writable; cat /proc/self/status | grep NoNewPrivs"], |o| o.readonly_rootfs = true);
     let data = b.path().join("data");
     std::fs::create_dir(&data).expect("mkdir");
@@ -448,9 +426,7 @@ fn hooks_readonly_root_and_bind_mounts() {
 
 #[test]
 fn user_namespace_maps_root_to_an_unprivileged_host_uid() {
-    if !require_root("user_namespace_maps_root_to_an_unprivileged_host_uid") {
-        return;
-    }
+    require_root("user_namespace_maps_root_to_an_unprivileged_host_uid");
     let b = Bundle::new(
         &[
             "sh",
@@ -480,9 +456,7 @@ fn user_namespace_maps_root_to_an_unprivileged_host_uid() {
 
 #[test]
 fn joins_namespaces_by_path() {
-    if !require_root("joins_namespaces_by_path") {
-        return;
-    }
+    require_root("joins_namespaces_by_path");
     let a = Bundle::new(&["sleep", "100"], |o| o.hostname = Some("ns-owner".into()));
     let mut ca = Container::create(lib_opts(&a, &cid("nsa"))).expect("create a");
     ca.start().expect("start a");
@@ -511,9 +485,7 @@ fn joins_namespaces_by_path() {
 
 #[test]
 fn terminal_gives_the_process_a_pty_and_the_caller_its_master() {
-    if !require_root("terminal_gives_the_process_a_pty_and_the_caller_its_master") {
-        return;
-    }
+    require_root("terminal_gives_the_process_a_pty_and_the_caller_its_master");
     let id = cid("tty");
     let b = Bundle::new(&["sh", "-c", "tty; test -t 0 && echo stdin-is-tty"], |o| {
         o.terminal = true
@@ -543,9 +515,7 @@ fn terminal_gives_the_process_a_pty_and_the_caller_its_master() {
 
 #[test]
 fn namespaced_sysctls_apply_inside_only_and_others_are_refused() {
-    if !require_root("namespaced_sysctls_apply_inside_only_and_others_are_refused") {
-        return;
-    }
+    require_root("namespaced_sysctls_apply_inside_only_and_others_are_refused");
     let host_fwd = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("host sysctl");
     let want = if host_fwd.trim() == "1" { "0" } else { "1" };
     let b = Bundle::new(
@@ -581,9 +551,7 @@ fn namespaced_sysctls_apply_inside_only_and_others_are_refused() {
 
 #[test]
 fn features_and_spec_commands() {
-    if !require_root("features_and_spec_commands") {
-        return;
-    }
+    require_root("features_and_spec_commands");
     let b = Bundle::new(&["true"], |_| {});
     let f: serde_json::Value =
         serde_json::from_slice(&b.cli(&["features"]).stdout).expect("features json");
@@ -598,9 +566,7 @@ fn features_and_spec_commands() {
 
 #[test]
 fn user_groups_umask_and_capabilities_are_applied() {
-    if !require_root("user_groups_umask_and_capabilities_are_applied") {
-        return;
-    }
+    require_root("user_groups_umask_and_capabilities_are_applied");
     let script = "id; umask; grep -E '^Cap(Bnd|Eff)' /proc/self/status";
     let b = Bundle::new(&["sh", "-c", script], |o| {
         o.uid = 1000;
@@ -627,9 +593,7 @@ fn user_groups_umask_and_capabilities_are_applied() {
 
 #[test]
 fn cgroup_v1_limits_and_spec_cgroups_path() {
-    if !require_root("cgroup_v1_limits_and_spec_cgroups_path") {
-        return;
-    }
+    require_root("cgroup_v1_limits_and_spec_cgroups_path");
     if berth_runtime::cgroups::is_unified() {
         eprintln!("SKIP cgroup_v1_limits_and_spec_cgroups_path: this host is cgroup v2 only");
         return;
@@ -686,9 +650,7 @@ fn cgroup_v1_limits_and_spec_cgroups_path() {
 
 #[test]
 fn default_mounts_devices_and_links_are_in_place() {
-    if !require_root("default_mounts_devices_and_links_are_in_place") {
-        return;
-    }
+    require_root("default_mounts_devices_and_links_are_in_place");
     let script = "awk '{print $2, $3, substr($4, 1, 2)}' /proc/mounts; for l in /dev/ptmx /dev/fd /dev/stdin; do readlink $l; done; stat -c '%n %t:%T %a' /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty; echo x > /dev/shm/ok && cat /dev/shm/ok; ip link show lo | grep -q ',UP' && echo lo-up; ip -o link | wc -l";
     let b = Bundle::new(&["sh", "-c", script], |_| {});
     let out = b.cli(&["run", &cid("mounts")]);
@@ -729,9 +691,7 @@ fn default_mounts_devices_and_links_are_in_place() {
 
 #[test]
 fn kill_all_signals_every_process_in_the_container() {
-    if !require_root("kill_all_signals_every_process_in_the_container") {
-        return;
-    }
+    require_root("kill_all_signals_every_process_in_the_container");
     let id = cid("killall");
     let b = Bundle::new(
         &["sh", "-c", "sleep 100 & sleep 100 & touch /tmp/ready; wait"],
@@ -762,9 +722,7 @@ fn kill_all_signals_every_process_in_the_container() {
 
 #[test]
 fn failing_hook_fails_create_and_leaves_nothing_behind() {
-    if !require_root("failing_hook_fails_create_and_leaves_nothing_behind") {
-        return;
-    }
+    require_root("failing_hook_fails_create_and_leaves_nothing_behind");
     let id = cid("badhook");
     let b = Bundle::new(&["true"], |_| {});
     b.edit(|v| v["hooks"] = serde_json::json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]}]}));
@@ -784,9 +742,7 @@ fn failing_hook_fails_create_and_leaves_nothing_behind() {
 
 #[test]
 fn console_socket_receives_the_pty_master_like_runc() {
-    if !require_root("console_socket_receives_the_pty_master_like_runc") {
-        return;
-    }
+    require_root("console_socket_receives_the_pty_master_like_runc");
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let id = cid("csock");
     let b = Bundle::new(&["sh", "-c", "echo on-$(tty)"], |o| o.terminal = true);

@@ -6,17 +6,15 @@ use std::process::{Command, Output};
 
 use berth_runtime::{default_spec, DefaultSpecOptions};
 
-/// True when the test may run. Without root: fail loudly, unless
-/// BERTH_RUNTIME_SKIP_ROOT=1 asks to skip, which is printed.
-pub fn require_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var_os("BERTH_RUNTIME_SKIP_ROOT").is_some() {
-        eprintln!("SKIP {test}: needs root (BERTH_RUNTIME_SKIP_ROOT is set)");
-        return false;
-    }
-    panic!("{test} needs root; run as root or set BERTH_RUNTIME_SKIP_ROOT=1 to skip it visibly");
+pub mod parity;
+
+/// Fail the test, naming what is missing, unless it runs as root: a test that cannot run
+/// must not pass.
+pub fn require_root(test: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "{test} needs root: run the runtime's tests as root"
+    );
 }
 
 /// The berth-runtime binary under test.
