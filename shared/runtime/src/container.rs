@@ -242,10 +242,8 @@ impl Container {
                     .and_then(|l| l.cgroups_path().as_deref()),
                 &opts.id,
             );
-            let cg = CgroupManager::create(
-                &cg_path,
-                spec.linux().as_ref().and_then(|l| l.resources().as_ref()),
-            )?;
+            let resources = crate::cgroups::resources_for(&spec);
+            let cg = CgroupManager::create(&cg_path, resources.as_ref())?;
             tracing::debug!(id = %opts.id, cgroup = %cg_path, "cgroup created");
             let mut c = Container {
                 state: Persisted {

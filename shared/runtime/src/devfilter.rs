@@ -152,6 +152,35 @@ impl Policy {
         self.exceptions.retain(|e| e.access != 0);
     }
 
+    /// The same policy as writes to a v1 devices cgroup, in order: `a` to reset to the
+    /// default, then the exceptions to the other file. Exceptions are sorted (block before
+    /// char, wildcards first, then by number), so `devices.list` reads as runc's does.
+    pub fn v1_writes(&self) -> Vec<(&'static str, String)> {
+        let (reset, other) = if self.default_allow {
+            ("devices.allow", "devices.deny")
+        } else {
+            ("devices.deny", "devices.allow")
+        };
+        let mut ex = self.exceptions.clone();
+        let key = |n: Option<u32>| n.map_or(-1, i64::from);
+        ex.sort_by_key(|e| (e.typ, key(e.major), key(e.minor)));
+        let num = |n: Option<u32>| n.map_or("*".to_string(), |n| n.to_string());
+        let mut out = vec![(reset, "a".to_string())];
+        for e in ex {
+            let typ = if e.typ == DEV_BLOCK { 'b' } else { 'c' };
+            let access: String = [(ACC_READ, 'r'), (ACC_WRITE, 'w'), (ACC_MKNOD, 'm')]
+                .iter()
+                .filter(|(b, _)| e.access & b != 0)
+                .map(|(_, c)| *c)
+                .collect();
+            out.push((
+                other,
+                format!("{typ} {}:{} {access}", num(e.major), num(e.minor)),
+            ));
+        }
+        out
+    }
+
     /// What the program decides for one request (the reference the program is tested
     /// against).
     pub fn allows(&self, typ: u32, major: u32, minor: u32, access: u32) -> bool {
@@ -356,6 +385,52 @@ mod tests {
             c(1, Some(3)), c(1, Some(5)), c(1, Some(7)), c(1, Some(8)), c(1, Some(9)),
             c(5, Some(0)), c(5, Some(1)), c(5, Some(2)), c(136, None), c(10, Some(200))
         ]))
+    }
+
+    #[test]
+    fn v1_writes_reset_then_list_exceptions_in_runcs_order() {
+        let mut r = docker_default();
+        r.extend(rules(serde_json::json!([
+            {"allow": true, "type": "b", "access": "m"},
+            {"allow": false, "type": "c", "major": 1, "minor": 3, "access": "w"}
+        ])));
+        let w = Policy::from_rules(&r).expect("policy").v1_writes();
+        assert_eq!(w[0], ("devices.deny", "a".to_string()));
+        let allowed: Vec<&str> = w[1..]
+            .iter()
+            .map(|(f, v)| {
+                assert_eq!(*f, "devices.allow");
+                v.as_str()
+            })
+            .collect();
+        assert_eq!(
+            allowed,
+            [
+                "b *:* m",
+                "c *:* m",
+                "c 1:3 rm",
+                "c 1:5 rwm",
+                "c 1:7 rwm",
+                "c 1:8 rwm",
+                "c 1:9 rwm",
+                "c 5:0 rwm",
+                "c 5:1 rwm",
+                "c 5:2 rwm",
+                "c 10:200 rwm",
+                "c 136:* rwm"
+            ]
+        );
+        let allow_all = Policy::from_rules(&rules(serde_json::json!([
+            {"allow": false, "type": "b", "major": 8, "minor": 0, "access": "rw"}
+        ])))
+        .expect("policy");
+        assert_eq!(
+            allow_all.v1_writes(),
+            [
+                ("devices.allow", "a".to_string()),
+                ("devices.deny", "b 8:0 rw".to_string())
+            ]
+        );
     }
 
     #[test]

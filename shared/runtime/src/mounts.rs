@@ -778,7 +778,8 @@ fn create_devices(sys: &dyn Syscall, root: BorrowedFd<'_>, extra: &[LinuxDevice]
             Ok(()) => {}
             // In a user namespace mknod is not allowed: bind the host's node instead (as
             // runc does); we have not pivoted yet, so `path` still names the host device.
-            Err(Errno::EPERM) => {
+            // With no host node to bind, the mknod error is the one that explains it.
+            Err(Errno::EPERM) if path.exists() => {
                 let t = resolve_in_root(root, &path, Create::File)?;
                 sys.mount(Some(&path), &fd_path(&t), None, MsFlags::MS_BIND, None)
                     .ctx(|| format!("bind host device {} (mknod not permitted)", path.display()))?;

@@ -190,6 +190,8 @@ pub fn default_spec(o: &DefaultSpecOptions) -> Result<Spec> {
             "oomScoreAdj": 0
         },
         "root": {"path": o.rootfs, "readonly": o.readonly_rootfs},
+        // The device rules below are the whole list: no runc defaults (`b *:* m`) appended.
+        "annotations": {(crate::cgroups::NO_DEFAULT_DEVICES_ANNOTATION): "none"},
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
