@@ -534,3 +534,40 @@ fn preserve_fds_and_listen_fds_reach_the_process_as_with_runc() {
         text(&o.stderr)
     );
 }
+
+#[test]
+fn warnings_reach_the_log_as_runc_records() {
+    need_root("warnings_reach_the_log_as_runc_records");
+    let b = Bundle::new(&["true"], |_| {});
+    // A failing poststop hook is a warning (the spec says so), not an error.
+    b.edit(|v| {
+        v["hooks"] = serde_json::json!({"poststop": [{"path": "/bin/false", "args": ["false"]}]})
+    });
+    let log = b.path().join("log.json");
+    let o = b.cli(&[
+        "--log",
+        log.to_str().expect("utf8"),
+        "--log-format",
+        "json",
+        "run",
+        &cid("warn"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let recs = json_log(&log);
+    assert!(
+        recs.iter().any(|r| r["level"] == "warning"
+            && r["msg"].as_str().is_some_and(|m| m.contains("poststop"))),
+        "{recs:?}"
+    );
+    // exec with a terminal, detached, needs somewhere to send the pty (as runc).
+    let id = cid("tty-detach");
+    let b2 = Bundle::new(&["sleep", "30"], |_| {});
+    assert!(b2.cli(&["run", "-d", &id]).status.success());
+    let o = b2.cli(&["exec", "--tty", "--detach", &id, "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("console socket"),
+        "{}",
+        text(&o.stderr)
+    );
+}

@@ -233,7 +233,8 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Library warnings (e.g. a failed poststop hook) go to --log (or stderr) in --log-format.
+/// Library warnings (e.g. a failed poststop hook) go to --log (or stderr) as runc's
+/// records in --log-format, so that an engine parsing the log reads them too.
 fn init_tracing(cli: &Cli) {
     let level = if cli.debug {
         tracing::Level::DEBUG
@@ -249,16 +250,76 @@ fn init_tracing(cli: &Cli) {
     });
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_ansi(false);
-    let _ = match (file, cli.log_format == "json") {
-        (Some(f), true) => builder
-            .json()
-            .with_writer(std::sync::Mutex::new(f))
-            .try_init(),
-        (Some(f), false) => builder.with_writer(std::sync::Mutex::new(f)).try_init(),
-        (None, true) => builder.json().with_writer(std::io::stderr).try_init(),
-        (None, false) => builder.with_writer(std::io::stderr).try_init(),
+        .with_ansi(false)
+        .event_format(RuncFormat {
+            json: cli.log_format == "json",
+        });
+    let _ = match file {
+        Some(f) => builder.with_writer(std::sync::Mutex::new(f)).try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
     };
+}
+
+/// Formats tracing events as runc (logrus) log records.
+struct RuncFormat {
+    json: bool,
+}
+
+/// The event's message, then its other fields as ` key=value`.
+#[derive(Default)]
+struct MsgVisitor {
+    msg: String,
+    fields: String,
+}
+
+impl tracing::field::Visit for MsgVisitor {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.msg = format!("{value:?}");
+        } else {
+            self.fields
+                .push_str(&format!(" {}={value:?}", field.name()));
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.msg = value.to_string();
+        } else {
+            self.fields.push_str(&format!(" {}={value}", field.name()));
+        }
+    }
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for RuncFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut v = MsgVisitor::default();
+        event.record(&mut v);
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => "error",
+            tracing::Level::WARN => "warning",
+            tracing::Level::INFO => "info",
+            tracing::Level::DEBUG => "debug",
+            tracing::Level::TRACE => "trace",
+        };
+        let format = if self.json { "json" } else { "text" };
+        let msg = format!("{}{}", v.msg, v.fields);
+        writer.write_str(&log_line(
+            format,
+            level,
+            &msg,
+            &berth_runtime::container::now_rfc3339(),
+        ))
+    }
 }
 
 /// One line of runc's log format: logrus JSON (`{"level","msg","time"}`, which conmon and
@@ -793,6 +854,9 @@ fn run(cli: &Cli) -> Result<i32> {
             }
             if !cap.is_empty() {
                 add_caps(&mut p, cap)?;
+            }
+            if *detach && console_socket.is_none() && p.terminal().unwrap_or(false) {
+                bail!("cannot allocate tty if berth-runtime will detach without setting console socket");
             }
             if console_socket.is_some() && !p.terminal().unwrap_or(false) {
                 bail!("--console-socket given but the process has no terminal (use --tty)");
