@@ -634,7 +634,8 @@ impl Container {
         let cg = self.cgroup();
         // `kill --all` after the init exited still reaches what is left in the cgroup (a
         // stop sequence's final SIGKILL), as runc does.
-        if st == ContainerStatus::Stopped && !(all && !cg.pids().is_empty()) {
+        let leftovers = all && !cg.pids().is_empty();
+        if st == ContainerStatus::Stopped && !leftovers {
             return Err(Error::InvalidState {
                 id: self.state.id.clone(),
                 status: st.to_string(),

@@ -461,7 +461,7 @@ fn update_resources(a: &UpdateArgs) -> Result<oci_spec::runtime::LinuxResources>
         }
         None => LinuxResources::default(),
     };
-    let mut mem = r.memory().clone().unwrap_or_else(LinuxMemory::default);
+    let mut mem = r.memory().unwrap_or_default();
     if let Some(m) = &a.memory {
         mem.set_limit(Some(parse_size(m)?));
     }
@@ -474,7 +474,7 @@ fn update_resources(a: &UpdateArgs) -> Result<oci_spec::runtime::LinuxResources>
     if mem != LinuxMemory::default() {
         r.set_memory(Some(mem));
     }
-    let mut cpu = r.cpu().clone().unwrap_or_else(LinuxCpu::default);
+    let mut cpu = r.cpu().clone().unwrap_or_default();
     if let Some(v) = a.cpu_shares {
         cpu.set_shares(Some(v));
     }
@@ -985,11 +985,8 @@ fn run(cli: &Cli) -> Result<i32> {
 
 /// runc exec's --cap: added to the bounding, effective, permitted (and inheritable) sets.
 fn add_caps(p: &mut Process, caps: &[String]) -> Result<()> {
-    use oci_spec::runtime::{Capability, LinuxCapabilities};
-    let mut set = p
-        .capabilities()
-        .clone()
-        .unwrap_or_else(LinuxCapabilities::default);
+    use oci_spec::runtime::Capability;
+    let mut set = p.capabilities().clone().unwrap_or_default();
     for name in caps {
         let up = name.to_uppercase();
         let full = if up.starts_with("CAP_") {
