@@ -410,13 +410,12 @@ pub fn setting_writes(r: &LinuxResources, v2: bool) -> Result<Vec<SettingWrite>>
         ));
     }
     if let Some(n) = r.network() {
-        if n.class_id().is_some() || n.priorities().as_ref().is_some_and(|p| !p.is_empty()) {
-            if v2 {
-                return Err(unsupported(
-                    "network",
-                    "cgroup v2 has no net_cls/net_prio controllers",
-                ));
-            }
+        if (n.class_id().is_some() || n.priorities().as_ref().is_some_and(|p| !p.is_empty())) && v2
+        {
+            return Err(unsupported(
+                "network",
+                "cgroup v2 has no net_cls/net_prio controllers",
+            ));
         }
         if let Some(id) = n.class_id() {
             out.push(write(

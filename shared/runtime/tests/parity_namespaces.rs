@@ -249,7 +249,7 @@ fn every_namespace_type_can_be_absent() {
             let b = ParityBundle::new(
                 &format!("{case}-{}", rt.name()),
                 &["sh", "-c", &script],
-                &edit,
+                edit,
             );
             let o = b.run(rt);
             if typ == "mount" {
