@@ -13,6 +13,7 @@ PACKAGES=(
   busybox-static            # test and quickstart images are built from it
   docker-registry skopeo umoci   # a real registry and peer image tools for tests
   runc crun podman          # peer runtimes and engines for interop tests and benchmarks
+  containerd                # containerd + ctr + the runc v2 shim: engine interop tests, bench
   libseccomp-dev            # seccomp filters of the isolation runtime
   hyperfine iperf3          # benchmarks
   openssl                   # TLS test registry in the registry client tests

@@ -71,6 +71,8 @@ pub enum ContainerStatus {
     Creating,
     Created,
     Running,
+    /// Running, but frozen by `pause` (cgroup freezer).
+    Paused,
     Stopped,
 }
 
@@ -80,6 +82,7 @@ impl std::fmt::Display for ContainerStatus {
             ContainerStatus::Creating => "creating",
             ContainerStatus::Created => "created",
             ContainerStatus::Running => "running",
+            ContainerStatus::Paused => "paused",
             ContainerStatus::Stopped => "stopped",
         })
     }
@@ -181,6 +184,12 @@ pub fn now_rfc3339() -> String {
 impl Container {
     /// Create the container: namespaces, cgroup, rootfs; the process waits for [`start`](Self::start).
     pub fn create(opts: CreateOptions) -> Result<Container> {
+        Self::create_preserving_fds(opts, 0)
+    }
+
+    /// [`create`](Self::create) where the container process also inherits this process'
+    /// fds 3..3+`preserve_fds` (runc's `--preserve-fds`; socket activation's LISTEN_FDS).
+    pub fn create_preserving_fds(opts: CreateOptions, preserve_fds: u32) -> Result<Container> {
         validate_id(&opts.id)?;
         let bundle = std::fs::canonicalize(&opts.bundle)
             .ctx(|| format!("bundle {}", opts.bundle.display()))?;
@@ -218,6 +227,10 @@ impl Container {
             let fifo = dir.join("exec.fifo");
             nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
                 .ctx(|| format!("mkfifo {}", fifo.display()))?;
+            // The init opens it for writing after switching to process.user (so that a
+            // failing setuid/capset fails `create`): like runc, let any user write it.
+            std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
+                .ctx(|| format!("chmod {}", fifo.display()))?;
             // With a user namespace the init is "root" only for mapped ids: hand it the fifo.
             if let Some((uid, gid)) = host_root_ids(&spec) {
                 nix::unistd::chown(&fifo, Some(uid.into()), Some(gid.into()))
@@ -255,7 +268,12 @@ impl Container {
                 console: None,
             };
             let setup = (|| {
-                let mut sp = spawn_init(opts.init_binary.as_deref(), &bundle, opts.stdio)?;
+                let mut sp = spawn_init(
+                    opts.init_binary.as_deref(),
+                    &bundle,
+                    opts.stdio,
+                    preserve_fds,
+                )?;
                 tracing::debug!(id = %opts.id, "init spawned");
                 if let Err(e) = cg.add_pid(sp.stage1.id() as i32) {
                     let _ = sp.stage1.kill();
@@ -429,9 +447,97 @@ impl Container {
             ContainerStatus::Stopped
         } else if self.dir.join("exec.fifo").exists() {
             ContainerStatus::Created
+        } else if self.frozen() {
+            ContainerStatus::Paused
         } else {
             ContainerStatus::Running
         }
+    }
+
+    /// The freezer file of the container's cgroup and the values that freeze/thaw it
+    /// (v1 `freezer.state`, v2 `cgroup.freeze`).
+    fn freezer(&self) -> Option<(PathBuf, &'static str, &'static str)> {
+        let cg = self.cgroup();
+        if cg.v2() {
+            let d = cg.dir(cgroups_rs::fs::Controllers::Freezer)?;
+            Some((d.join("cgroup.freeze"), "1", "0"))
+        } else {
+            let d = cg.dir(cgroups_rs::fs::Controllers::Freezer)?;
+            Some((d.join("freezer.state"), "FROZEN", "THAWED"))
+        }
+    }
+
+    fn frozen(&self) -> bool {
+        let Some((file, frozen, _)) = self.freezer() else {
+            return false;
+        };
+        // v1 reads FREEZING while in progress: not yet paused, as runc reports it.
+        std::fs::read_to_string(file).is_ok_and(|s| s.trim() == frozen)
+    }
+
+    fn set_frozen(&self, freeze: bool) -> Result<()> {
+        let (file, frozen, thawed) = self.freezer().ok_or_else(|| Error::Cgroup {
+            path: self.state.cgroup_path.clone(),
+            message: "no freezer controller for this cgroup".into(),
+        })?;
+        let want = if freeze { frozen } else { thawed };
+        // v1 freezing can stall on a task in an uninterruptible sleep: retry the write as
+        // runc does, and give up (thawing again) rather than leave it half frozen.
+        for _ in 0..1000 {
+            std::fs::write(&file, want).ctx(|| format!("write {want} to {}", file.display()))?;
+            let now = std::fs::read_to_string(&file).ctx(|| format!("read {}", file.display()))?;
+            if now.trim() == want {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if freeze {
+            let _ = std::fs::write(&file, thawed);
+        }
+        Err(Error::Cgroup {
+            path: self.state.cgroup_path.clone(),
+            message: format!("{} did not become {want}", file.display()),
+        })
+    }
+
+    /// Freeze every process of the container (runc `pause`).
+    pub fn pause(&self) -> Result<()> {
+        match self.status() {
+            ContainerStatus::Running => self.set_frozen(true),
+            st => Err(Error::InvalidState {
+                id: self.state.id.clone(),
+                status: st.to_string(),
+                message: "container not running".into(),
+            }),
+        }
+    }
+
+    /// Thaw a paused container (runc `resume`).
+    pub fn resume(&self) -> Result<()> {
+        match self.status() {
+            ContainerStatus::Paused => self.set_frozen(false),
+            st => Err(Error::InvalidState {
+                id: self.state.id.clone(),
+                status: st.to_string(),
+                message: "container not paused".into(),
+            }),
+        }
+    }
+
+    /// Change the cgroup limits of a live container (runc `update`): only the fields set in
+    /// `resources` change. Device rules are not updated (as with runc).
+    pub fn update(&self, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        let st = self.status();
+        if st == ContainerStatus::Stopped {
+            return Err(Error::InvalidState {
+                id: self.state.id.clone(),
+                status: st.to_string(),
+                message: "container not running".into(),
+            });
+        }
+        let mut r = resources.clone();
+        r.set_devices(None);
+        CgroupManager::create(&self.state.cgroup_path, Some(&r)).map(drop)
     }
 
     fn state_json_with(&self, status: ContainerStatus, pid: i32) -> String {
@@ -518,8 +624,18 @@ impl Container {
 
     /// Send a signal to the container process (or, with `all`, every process in its cgroup).
     pub fn kill(&self, sig: Signal, all: bool) -> Result<()> {
+        self.signal(sig as i32, all)
+    }
+
+    /// [`kill`](Self::kill) with a raw signal number: real-time signals have no [`Signal`]
+    /// variant, and engines pass numbers (`kill ID 34`).
+    pub fn signal(&self, sig: i32, all: bool) -> Result<()> {
         let st = self.status();
-        if st == ContainerStatus::Stopped {
+        let cg = self.cgroup();
+        // `kill --all` after the init exited still reaches what is left in the cgroup (a
+        // stop sequence's final SIGKILL), as runc does.
+        let leftovers = all && !cg.pids().is_empty();
+        if st == ContainerStatus::Stopped && !leftovers {
             return Err(Error::InvalidState {
                 id: self.state.id.clone(),
                 status: st.to_string(),
@@ -527,13 +643,19 @@ impl Container {
             });
         }
         if all {
-            for p in self.cgroup().pids() {
-                let _ = nix::sys::signal::kill(Pid::from_raw(p), sig);
+            for p in cg.pids() {
+                unsafe { libc::kill(p, sig) };
             }
-            return Ok(());
+        } else {
+            let r = unsafe { libc::kill(self.state.pid, sig) };
+            nix::errno::Errno::result(r)
+                .ctx(|| format!("kill {} with signal {sig}", self.state.id))?;
         }
-        nix::sys::signal::kill(Pid::from_raw(self.state.pid), sig)
-            .ctx(|| format!("kill {} with {sig}", self.state.id))
+        // A frozen process acts on SIGKILL only once thawed.
+        if sig == libc::SIGKILL && st == ContainerStatus::Paused {
+            self.set_frozen(false)?;
+        }
+        Ok(())
     }
 
     /// Wait for the container process to exit. Exact codes need this process to be its
@@ -645,7 +767,7 @@ impl Container {
                 message: format!("cannot exec in a {st} container"),
             });
         }
-        let mut sp = spawn_init(init_binary, Path::new("/"), stdio)?;
+        let mut sp = spawn_init(init_binary, Path::new("/"), stdio, 0)?;
         if let Err(e) = self.cgroup().add_pid(sp.stage1.id() as i32) {
             let _ = sp.stage1.kill();
             let _ = sp.stage1.wait();
@@ -697,7 +819,7 @@ impl Container {
     /// remove the cgroup and state, run poststop hooks.
     pub fn delete(mut self, force: bool) -> Result<()> {
         let st = self.status();
-        if st == ContainerStatus::Running && !force {
+        if matches!(st, ContainerStatus::Running | ContainerStatus::Paused) && !force {
             return Err(Error::InvalidState {
                 id: self.state.id.clone(),
                 status: st.to_string(),
@@ -706,6 +828,12 @@ impl Container {
                     self.state.id
                 ),
             });
+        }
+        if st == ContainerStatus::Paused {
+            // Thawed below, after the kill: a frozen process dies only once thawed, and
+            // thawing first would let it run again for a moment.
+            let _ = nix::sys::signal::kill(Pid::from_raw(self.state.pid), Signal::SIGKILL);
+            let _ = self.set_frozen(false);
         }
         if st != ContainerStatus::Stopped {
             let _ = nix::sys::signal::kill(Pid::from_raw(self.state.pid), Signal::SIGKILL);

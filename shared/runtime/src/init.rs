@@ -168,6 +168,16 @@ fn setup_console(sock: &OwnedFd, p: &Process) -> Result<()> {
     Ok(())
 }
 
+/// The init socket's fd: [`INIT_FD`], or above the fds the container process inherits
+/// (`--preserve-fds`, LISTEN_FDS), which sit at 3.. right below it.
+fn init_sock_fd() -> RawFd {
+    std::env::var(INIT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<RawFd>().ok())
+        .filter(|fd| *fd >= INIT_FD)
+        .unwrap_or(INIT_FD)
+}
+
 /// Call first thing in `main` of every binary that creates containers: in init mode it
 /// sets up the container and never returns; otherwise it returns immediately.
 pub fn init_if_requested() {
@@ -177,7 +187,7 @@ pub fn init_if_requested() {
     // Not dumpable until the final exec: a process already in the container (same uid) must
     // not ptrace us or open our /proc/<pid>/fd while we hold namespace and socket fds.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-    let sock = unsafe { OwnedFd::from_raw_fd(INIT_FD) };
+    let sock = unsafe { OwnedFd::from_raw_fd(init_sock_fd()) };
     let _ = nix::fcntl::fcntl(
         &sock,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
@@ -567,6 +577,10 @@ fn stage2(sock: &OwnedFd, cfg: &InitConfig, private: CloneFlags) -> Result<Never
     if cfg.process.terminal().unwrap_or(false) {
         setup_console(sock, &cfg.process)?;
     }
+    // Everything that can fail (rlimits, capabilities, user, seccomp) happens before
+    // "created", as in runc: after it the creating process may have exited (`runc create`)
+    // and a failure would only show as a dead container at `start`.
+    let ready = finalize(cfg, &cfg.process)?;
     send_msg(sock, &Msg::Created)?;
     if let Some(fifo) = fifo {
         // Blocks until `start` opens the fifo for reading.
@@ -579,7 +593,7 @@ fn stage2(sock: &OwnedFd, cfg: &InitConfig, private: CloneFlags) -> Result<Never
     if let Some(h) = hooks.and_then(|h| h.start_container().clone()) {
         crate::hooks::run(&h, &cfg.state_json, "startContainer")?;
     }
-    finalize_and_exec(cfg, &cfg.process)
+    exec_ready(ready)
 }
 
 /// Create a missing working directory as Docker does (an image's WORKDIR need not exist
@@ -680,6 +694,24 @@ pub fn lookup_path(cmd: &str, env: &[String]) -> Result<PathBuf> {
 }
 
 fn finalize_and_exec(cfg: &InitConfig, p: &Process) -> Result<Never> {
+    exec_ready(finalize(cfg, p)?)
+}
+
+/// The process, set up up to the exec: what is left to do once `start` arrives.
+struct Ready {
+    exe: CString,
+    args: Vec<CString>,
+    env: Vec<CString>,
+    exe_path: PathBuf,
+    /// no_new_privs is set last, with its seccomp filter, just before the exec.
+    nnp: bool,
+    seccomp: Vec<seccompiler::BpfProgram>,
+}
+
+/// Everything before the exec that can fail: cwd, rlimits, seccomp (without
+/// no_new_privs it needs CAP_SYS_ADMIN, so before the capabilities drop), capabilities,
+/// user and groups.
+fn finalize(cfg: &InitConfig, p: &Process) -> Result<Ready> {
     let args = p.args().clone().unwrap_or_default();
     let Some(cmd) = args.first() else {
         return Err(Error::InvalidSpec("process.args is empty".into()));
@@ -736,11 +768,6 @@ fn finalize_and_exec(cfg: &InitConfig, p: &Process) -> Result<Never> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
         user.umask().unwrap_or(0o022),
     ));
-    if nnp {
-        let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-        nix::errno::Errno::result(r).ctx(|| "set no_new_privs".into())?;
-        crate::seccomp::install(&seccomp)?;
-    }
     let c_exe = CString::new(exe.as_os_str().as_encoded_bytes())
         .map_err(|_| Error::InvalidSpec("NUL in path".into()))?;
     let c_args: Vec<CString> = args
@@ -753,24 +780,42 @@ fn finalize_and_exec(cfg: &InitConfig, p: &Process) -> Result<Never> {
         .map(|a| CString::new(a.as_bytes()))
         .collect::<Result<_, _>>()
         .map_err(|_| Error::InvalidSpec("NUL in env".into()))?;
-    // Nothing but stdio crosses into the container: mark every other fd close-on-exec.
-    let r = unsafe {
+    Ok(Ready {
+        exe: c_exe,
+        args: c_args,
+        env: c_env,
+        exe_path: exe,
+        nnp,
+        seccomp: if nnp { seccomp } else { Vec::new() },
+    })
+}
+
+fn exec_ready(r: Ready) -> Result<Never> {
+    if r.nnp {
+        let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+        nix::errno::Errno::result(rc).ctx(|| "set no_new_privs".into())?;
+        crate::seccomp::install(&r.seccomp)?;
+    }
+    // Nothing but stdio and the preserved fds (3 up to the init socket) crosses into the
+    // container: mark every other fd close-on-exec.
+    let first = init_sock_fd();
+    let rc = unsafe {
         libc::syscall(
             libc::SYS_close_range,
-            3u32,
+            first as u32,
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         )
     };
-    if r != 0 {
+    if rc != 0 {
         // Old kernel: walk /proc/self/fd instead.
-        for fd in 3..1024 {
+        for fd in first..1024 {
             unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         }
     }
-    let e = nix::unistd::execve(&c_exe, &c_args, &c_env).unwrap_err();
+    let e = nix::unistd::execve(&r.exe, &r.args, &r.env).unwrap_err();
     Err(Error::Sys {
-        context: format!("exec {}", exe.display()),
+        context: format!("exec {}", r.exe_path.display()),
         cause: e,
     })
 }

@@ -102,12 +102,51 @@ pub(crate) struct Spawned {
     pub(crate) sock: OwnedFd,
 }
 
-pub(crate) fn spawn_init(init_binary: Option<&Path>, cwd: &Path, stdio: Stdio) -> Result<Spawned> {
+/// Move `fd` to a number above `floor` (close-on-exec), so that it cannot sit among the
+/// preserved fds the child keeps.
+fn above(fd: OwnedFd, floor: i32) -> Result<OwnedFd> {
+    if fd.as_raw_fd() > floor {
+        return Ok(fd);
+    }
+    let n = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(floor + 1))
+        .ctx(|| "move fd above the preserved fds".into())?;
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) })
+}
+
+/// Spawn the init. `preserve_fds`: this process' fds 3..3+N stay open for the container
+/// process (runc's --preserve-fds, LISTEN_FDS); the init socket then goes right above them.
+pub(crate) fn spawn_init(
+    init_binary: Option<&Path>,
+    cwd: &Path,
+    stdio: Stdio,
+    preserve_fds: u32,
+) -> Result<Spawned> {
     let binary = match init_binary {
         Some(b) => b.to_path_buf(),
         None => std::env::current_exe().ctx(|| "find current executable".into())?,
     };
+    let target = INIT_FD
+        .checked_add_unsigned(preserve_fds)
+        .filter(|t| *t < 4096)
+        .ok_or_else(|| Error::InvalidSpec(format!("too many fds to preserve: {preserve_fds}")))?;
+    for fd in INIT_FD..target {
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(Error::InvalidSpec(format!(
+                "preserving {preserve_fds} fds: fd {fd} is not open"
+            )));
+        }
+    }
     let memfd = sealed_init(&binary)?;
+    // The memfd must survive until the exec: keep it clear of the fds the child rewires.
+    let memfd_copy = if memfd.as_raw_fd() <= target {
+        Some(above(
+            memfd.try_clone().ctx(|| "dup init memfd".into())?,
+            target,
+        )?)
+    } else {
+        None
+    };
+    let exe_fd = memfd_copy.as_ref().unwrap_or(memfd).as_raw_fd();
     let (parent, child) = nix::sys::socket::socketpair(
         nix::sys::socket::AddressFamily::Unix,
         nix::sys::socket::SockType::SeqPacket,
@@ -115,10 +154,11 @@ pub(crate) fn spawn_init(init_binary: Option<&Path>, cwd: &Path, stdio: Stdio) -
         nix::sys::socket::SockFlag::SOCK_CLOEXEC,
     )
     .ctx(|| "socketpair for init".into())?;
-    let mut cmd = Command::new(format!("/proc/self/fd/{}", memfd.as_raw_fd()));
+    let (parent, child) = (above(parent, target)?, above(child, target)?);
+    let mut cmd = Command::new(format!("/proc/self/fd/{exe_fd}"));
     cmd.arg0("berth-runtime:init")
         .env_clear()
-        .env(INIT_ENV, INIT_FD.to_string())
+        .env(INIT_ENV, target.to_string())
         .current_dir(cwd);
     if let Some(f) = stdio.stdin {
         cmd.stdin(f);
@@ -133,11 +173,12 @@ pub(crate) fn spawn_init(init_binary: Option<&Path>, cwd: &Path, stdio: Stdio) -
     unsafe {
         // Only dup2/fcntl here: async-signal-safe, fine after fork in a threaded process.
         cmd.pre_exec(move || {
-            if child_raw == INIT_FD {
-                if libc::fcntl(INIT_FD, libc::F_SETFD, 0) != 0 {
+            for fd in INIT_FD..target {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-            } else if libc::dup2(child_raw, INIT_FD) < 0 {
+            }
+            if libc::dup2(child_raw, target) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -147,6 +188,7 @@ pub(crate) fn spawn_init(init_binary: Option<&Path>, cwd: &Path, stdio: Stdio) -
         .spawn()
         .ctx(|| format!("spawn init from {}", binary.display()))?;
     drop(child);
+    drop(memfd_copy);
     Ok(Spawned {
         stage1,
         sock: parent,
