@@ -450,6 +450,17 @@ async fn a_sigkilled_executor_readopts_its_containers() -> anyhow::Result<()> {
         env.stdout(&["run", "-d", "--name", &name, IMAGE, "sh", "-c", &script])?;
     }
 
+    // A `logs -f` already following when the executor dies must ride out the outage:
+    // every tick once, in order, and exit 0 when the ticker ends.
+    let follower_started = env
+        .stack
+        .berth()?
+        .args(["logs", "-f", "ticker"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
     let executor = env
         .stack
         .services
@@ -497,10 +508,20 @@ async fn a_sigkilled_executor_readopts_its_containers() -> anyhow::Result<()> {
         15,
         "14 sleepers and the ticker: {running}"
     );
-    // logs -f picks up the ticker across the outage and ends with it.
+    // logs -f picks up the ticker across the outage and ends with it, whether it was
+    // started after the restart or was following through it.
     let follow = env.berth(&["logs", "-f", "ticker"])?;
     let expected: String = (0..100).map(|i| format!("tick {i}\n")).collect();
     assert_eq!(String::from_utf8_lossy(&follow.stdout), expected);
+    let through =
+        tokio::task::spawn_blocking(move || follower_started.wait_with_output()).await??;
+    assert!(
+        through.status.success(),
+        "logs -f through the executor's restart: {} {}",
+        through.status,
+        String::from_utf8_lossy(&through.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&through.stdout), expected);
 
     // Exits of re-adopted containers are still seen and recorded.
     env.stdout(&["kill", "-s", "KILL", "long-0"])?;

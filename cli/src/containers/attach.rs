@@ -4,13 +4,10 @@
 
 use super::interactive;
 use super::interactive::{Session, SessionOptions, SignalProxy};
-use super::logs::Follower;
+use super::logs::{follow_live, transient, Follower, OUTAGE_PATIENCE};
 use super::*;
 use berth_proto::messages::exec::ContainerEvent;
 use std::time::Instant;
-
-/// How long attach rides out an executor that does not answer.
-const OUTAGE_PATIENCE: Duration = Duration::from_secs(120);
 
 #[derive(clap::Args, Debug)]
 pub struct AttachArgs {
@@ -22,14 +19,6 @@ pub struct AttachArgs {
     #[command(flatten)]
     pub(super) attached: super::create::AttachedArgs,
     pub(super) container: String,
-}
-
-/// Tells an executor outage (worth waiting out) from a real error.
-fn transient(err: &BusError) -> bool {
-    matches!(
-        err,
-        BusError::NoResponders { .. } | BusError::TimedOut { .. }
-    ) || err.kind() == Some(ErrorKind::Unavailable)
 }
 
 pub(super) async fn attach(
@@ -115,41 +104,13 @@ pub(super) async fn follow_to_exit(
     mut follower: Follower<'_>,
     live: &mut async_nats::Subscriber,
     mut die: Option<&mut async_nats::Subscriber>,
-    mut running: bool,
+    running: bool,
     mut session: Session,
 ) -> Result<Option<ContainerExit>, Failure> {
     let target = follower.target;
     let id = follower.id.clone();
-    let mut outage: Option<Instant> = None;
-    while running {
-        let step = tokio::select! {
-            () = session.detached() => return Ok(None),
-            next = tokio::time::timeout(Duration::from_secs(2), live.next()) => match next {
-                Ok(Some(message)) => match Encoding::Bincode.decode::<LogChunk>(&message.payload) {
-                    Ok(chunk) => follower.chunk(chunk).await.map(|eof| !eof),
-                    Err(_) => Ok(true),
-                },
-                Ok(None) => Ok(false),
-                // Quiet: an exit while the executor was away sends no end chunk.
-                Err(_) => follower.catch_up(None).await,
-            },
-        };
-        match step {
-            Ok(still) => {
-                running = still;
-                outage = None;
-            }
-            // Failures here are requests for history: the executor is away. Its monitor
-            // keeps the log, so what is missed now is read when it is back.
-            // Removed (auto-remove after its exit): nothing more to print.
-            Err(_) if follower.gone => running = false,
-            Err(err) => {
-                if outage.get_or_insert_with(Instant::now).elapsed() > OUTAGE_PATIENCE {
-                    return Err(err);
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
+    if !follow_live(&mut follower, live, running, Some(&mut session)).await? {
+        return Ok(None);
     }
     drop(session);
     let started = Instant::now();

@@ -10,8 +10,7 @@ use std::io::{IsTerminal, Read};
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// How long input waits for an executor that is away (restarting) before giving up.
-const OUTAGE_PATIENCE: Duration = Duration::from_secs(120);
+use super::logs::{transient, OUTAGE_PATIENCE};
 /// How long an exec session may take to appear after the exec request went out.
 const SESSION_PATIENCE: Duration = Duration::from_secs(20);
 
@@ -139,12 +138,7 @@ impl Sender {
             .await;
             let retry = match &sent {
                 Ok(_) => return Ok(()),
-                Err(BusError::NoResponders { .. } | BusError::TimedOut { .. }) => {
-                    started.elapsed() < OUTAGE_PATIENCE
-                }
-                Err(err) if err.kind() == Some(ErrorKind::Unavailable) => {
-                    started.elapsed() < OUTAGE_PATIENCE
-                }
+                Err(err) if transient(err) => started.elapsed() < OUTAGE_PATIENCE,
                 // The exec request may not have reached the node yet.
                 Err(err) if err.kind() == Some(ErrorKind::NotFound) && self.exec_id.is_some() => {
                     started.elapsed() < SESSION_PATIENCE

@@ -154,6 +154,67 @@ pub fn parse_record(line: &[u8]) -> Option<(bool, bool, &[u8])> {
     Some((stream == b"stderr", tag == b"P", text))
 }
 
+/// How long a follower (`logs -f`, `attach`, `run`) rides out an executor that does not
+/// answer, e.g. while it restarts.
+pub(super) const OUTAGE_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Tells an executor outage (worth waiting out) from a real error.
+pub(super) fn transient(err: &BusError) -> bool {
+    matches!(
+        err,
+        BusError::NoResponders { .. } | BusError::TimedOut { .. }
+    ) || err.kind() == Some(ErrorKind::Unavailable)
+}
+
+/// Prints live output until the container's output ends, riding out an executor that is
+/// away: its monitor keeps writing the log, and the follower reads by offset, so what was
+/// missed is read from history once it is back, with no line lost or repeated. `false`
+/// when the user detached first.
+pub(super) async fn follow_live(
+    follower: &mut Follower<'_>,
+    live: &mut async_nats::Subscriber,
+    mut running: bool,
+    mut session: Option<&mut super::interactive::Session>,
+) -> Result<bool, Failure> {
+    let mut outage: Option<std::time::Instant> = None;
+    while running {
+        let detached = async {
+            match session.as_deref_mut() {
+                Some(session) => session.detached().await,
+                None => std::future::pending().await,
+            }
+        };
+        let step = tokio::select! {
+            () = detached => return Ok(false),
+            next = tokio::time::timeout(Duration::from_secs(2), live.next()) => match next {
+                Ok(Some(message)) => match Encoding::Bincode.decode::<LogChunk>(&message.payload) {
+                    Ok(chunk) => follower.chunk(chunk).await.map(|eof| !eof),
+                    Err(_) => Ok(true),
+                },
+                Ok(None) => Ok(false),
+                // Quiet: an exit while the executor was away sends no end chunk.
+                Err(_) => follower.catch_up(None).await,
+            },
+        };
+        match step {
+            Ok(still) => {
+                running = still;
+                outage = None;
+            }
+            // Failures here are requests for history: the executor is away.
+            // Removed (auto-remove after its exit): nothing more to print.
+            Err(_) if follower.gone => running = false,
+            Err(err) => {
+                if outage.get_or_insert_with(std::time::Instant::now).elapsed() > OUTAGE_PATIENCE {
+                    return Err(err);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    Ok(true)
+}
+
 /// Follows a container's log from `next`: prints live chunks, fills gaps from history.
 pub(super) struct Follower<'a> {
     pub(super) target: &'a Target,
@@ -294,30 +355,10 @@ pub(super) async fn logs(
     } else {
         first.running
     };
-    let Some(live) = live.as_mut() else {
-        return Ok(ExitCode::SUCCESS);
-    };
-    if !running {
-        return Ok(ExitCode::SUCCESS);
+    if let Some(live) = live.as_mut() {
+        follow_live(&mut follower, live, running, None).await?;
     }
-    loop {
-        match tokio::time::timeout(Duration::from_secs(2), live.next()).await {
-            Ok(Some(message)) => {
-                if let Ok(chunk) = Encoding::Bincode.decode::<LogChunk>(&message.payload) {
-                    if follower.chunk(chunk).await? {
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                }
-            }
-            Ok(None) => return Ok(ExitCode::SUCCESS),
-            // Quiet: an exit while the executor was restarting sends no end chunk.
-            Err(_) => {
-                if !follower.catch_up(None).await? {
-                    return Ok(ExitCode::SUCCESS);
-                }
-            }
-        }
-    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
