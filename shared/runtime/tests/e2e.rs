@@ -360,13 +360,15 @@ fn cpu_spinner_is_held_to_half_a_cpu() {
 #[test]
 fn rlimit_above_host_hard_limit_is_a_clear_error() {
     require_root("rlimit_above_host_hard_limit_is_a_clear_error");
-    let (_, hard) = berth_runtime::rlimits::current(libc::RLIMIT_NOFILE as _);
-    if berth_runtime::rlimits::has_sys_resource() || hard >= 1 << 30 {
-        eprintln!("SKIP rlimit_above_host_hard_limit_is_a_clear_error: this runtime may raise RLIMIT_NOFILE");
-        return;
-    }
+    // Above fs.nr_open no process may set it, CAP_SYS_RESOURCE or not, so the failure
+    // is the same on every host and for every caller (runc: "error setting rlimit").
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .expect("read /proc/sys/fs/nr_open")
+        .trim()
+        .parse()
+        .expect("nr_open is a number");
     let b = Bundle::new(&["true"], |_| {});
-    let want = hard + 1;
+    let want = nr_open + 1;
     b.edit(|v| {
         v["process"]["rlimits"] =
             serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": want, "hard": want}])
@@ -375,10 +377,8 @@ fn rlimit_above_host_hard_limit_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
-        err.contains("RLIMIT_NOFILE")
-            && err.contains(&hard.to_string())
-            && err.contains("CAP_SYS_RESOURCE"),
-        "{err}"
+        err.contains("RLIMIT_NOFILE") && err.lines().count() == 1,
+        "one line naming the limit: {err}"
     );
     assert_eq!(
         text(&b.cli(&["list", "-q"]).stdout),
