@@ -703,7 +703,7 @@ impl Stack {
         for name in services {
             let deadline = tokio::time::Instant::now() + within;
             loop {
-                if ping_count(&client, name, Duration::from_millis(250)).await? > 0 {
+                if serves_its_endpoints(&client, name, Duration::from_millis(250)).await? {
                     break;
                 }
                 if tokio::time::Instant::now() >= deadline {
@@ -737,6 +737,34 @@ impl Stack {
 }
 
 /// How many instances of `service` answer `$SRV.PING.<service>` within `wait`.
+/// Whether an instance of `service` serves all its endpoints: it answers
+/// `berth.v1.schema`, which each instance subscribes after its endpoints (`$SRV.PING`
+/// answers as soon as the service exists, while its endpoints are still being added).
+pub async fn serves_its_endpoints(
+    client: &Client,
+    service: &str,
+    wait: Duration,
+) -> Result<bool, HarnessError> {
+    let inbox = client.new_inbox();
+    let mut replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|err| HarnessError::Nats(format!("subscribe: {err}")))?;
+    client
+        .publish_with_reply(berth_proto::subjects::schema(), inbox, bytes::Bytes::new())
+        .await
+        .map_err(|err| HarnessError::Nats(format!("publish schema request: {err}")))?;
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, replies.next()).await {
+        let answered = serde_json::from_slice::<serde_json::Value>(&reply.payload)
+            .is_ok_and(|body| body["service"] == service);
+        if answered {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 pub async fn ping_count(
     client: &Client,
     service: &str,

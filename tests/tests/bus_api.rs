@@ -239,7 +239,8 @@ async fn a_nested_array_in_place_of_an_object_is_refused_naming_its_path() -> an
         let envelope = json_error(&client, &run, body).await?;
         ensure!(envelope.code == ErrorKind::Invalid, "{envelope:?}");
         ensure!(
-            envelope.message.starts_with(path) && envelope.message.contains("not an array"),
+            envelope.message.contains(&format!("{path}: "))
+                && envelope.message.contains("not an array"),
             "{}: {envelope:?}",
             String::from_utf8_lossy(body)
         );

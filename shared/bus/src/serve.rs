@@ -60,7 +60,6 @@ pub struct ServiceHandle {
     endpoint_loops: JoinSet<()>,
     /// Request and reply schema of every endpoint served so far, for `berth.v1.schema`.
     schemas: Arc<Mutex<Vec<serde_json::Value>>>,
-    schema_loop: tokio::task::JoinHandle<()>,
 }
 
 /// The JSON Schema of a wire type, as a JSON value.
@@ -71,18 +70,16 @@ fn schema_of<T: JsonSchema>() -> serde_json::Value {
 /// Answers `berth.v1.schema` with this instance's endpoints. Every instance answers (no
 /// queue group), like `$SRV.INFO`: each service knows only its own endpoints, and the
 /// schemas come from the very types its handlers decode and encode, so they cannot drift.
+///
+/// It is subscribed after every endpoint, on the same connection, and the server takes a
+/// connection's subscriptions in order: an instance that answers here serves all its
+/// endpoints (`$SRV.PING` answers from the moment the service exists, before them).
 async fn serve_schemas(
     client: Client,
     identity: ServiceIdentity,
     schemas: Arc<Mutex<Vec<serde_json::Value>>>,
+    mut requests: async_nats::Subscriber,
 ) {
-    let mut requests = match client.subscribe(subjects::schema()).await {
-        Ok(requests) => requests,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot serve berth.v1.schema");
-            return;
-        }
-    };
     while let Some(request) = requests.next().await {
         let Some(reply) = request.reply else { continue };
         let endpoints = schemas
@@ -129,19 +126,12 @@ impl ServiceHandle {
             .map_err(|err| {
                 anyhow::anyhow!("cannot register micro service {}: {err}", identity.name)
             })?;
-        let schemas = Arc::new(Mutex::new(Vec::new()));
-        let schema_loop = tokio::spawn(serve_schemas(
-            client.clone(),
-            identity.clone(),
-            Arc::clone(&schemas),
-        ));
         Ok(ServiceHandle {
             client: client.clone(),
             identity,
             service,
             endpoint_loops: JoinSet::new(),
-            schemas,
-            schema_loop,
+            schemas: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
@@ -220,6 +210,17 @@ impl ServiceHandle {
     /// Serves until `shutdown` resolves, then stops taking requests, lets the ones in
     /// flight answer, and drains the connection so nothing queued is lost.
     pub async fn serve_until(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let requests = self
+            .client
+            .subscribe(subjects::schema())
+            .await
+            .map_err(|err| anyhow::anyhow!("cannot serve {}: {err}", subjects::schema()))?;
+        let schema_loop = tokio::spawn(serve_schemas(
+            self.client.clone(),
+            self.identity.clone(),
+            Arc::clone(&self.schemas),
+            requests,
+        ));
         tokio::select! {
             () = shutdown => {
                 tracing::info!(service = %self.identity.name, "shutting down");
@@ -231,7 +232,7 @@ impl ServiceHandle {
                 }
             }
         }
-        self.schema_loop.abort();
+        schema_loop.abort();
         // Stopping the micro service unsubscribes through the connection, which waits for
         // a server that may be gone for good: bound it like the drain below, then drop the
         // endpoint loops (their replies could not be sent anyway).
@@ -274,7 +275,8 @@ fn decode_request<Req: DeserializeOwned>(
     if encoding == Encoding::Json && !payload.iter().all(u8::is_ascii_whitespace) {
         let value: serde_json::Value = serde_json::from_slice(payload)
             .map_err(|err| CodecError::JsonDecode(err.to_string()).to_string())?;
-        json_shape::refuse_positional_objects(request_schema, &value)?;
+        json_shape::refuse_positional_objects(request_schema, &value)
+            .map_err(|err| CodecError::JsonDecode(err).to_string())?;
     }
     encoding
         .decode_request::<Req>(payload)
