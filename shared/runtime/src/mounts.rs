@@ -381,18 +381,31 @@ pub fn cgroup_binds(
             continue;
         }
         let wanted: Vec<&str> = ctrls.split(',').filter(|c| !c.is_empty()).collect();
-        let mount = mounts.iter().rev().find(|m| {
-            if m.mount_point.starts_with(rootfs) {
-                false
-            } else if v2 {
-                m.fstype == "cgroup2"
-            } else {
-                m.fstype == "cgroup"
-                    && wanted
-                        .iter()
-                        .all(|w| m.super_options.iter().any(|o| o == w))
-            }
-        });
+        let of_this_hierarchy: Vec<&MountInfo> = mounts
+            .iter()
+            .rev()
+            .filter(|m| {
+                if m.mount_point.starts_with(rootfs) {
+                    false
+                } else if v2 {
+                    m.fstype == "cgroup2"
+                } else {
+                    m.fstype == "cgroup"
+                        && wanted
+                            .iter()
+                            .all(|w| m.super_options.iter().any(|o| o == w))
+                }
+            })
+            .collect();
+        // The same hierarchy can be mounted more than once: binds of one group, such as
+        // another container's left in this namespace (one run without a mount namespace).
+        // The widest mount holding the cgroup is the host's own.
+        let mount = of_this_hierarchy
+            .iter()
+            .filter(|m| Path::new(path).starts_with(&m.root))
+            .min_by_key(|m| m.root.components().count())
+            .or(of_this_hierarchy.first())
+            .copied();
         let Some(mount) = mount else {
             if v2 {
                 return Err(Error::InvalidSpec(
@@ -1197,6 +1210,8 @@ mod tests {
 50 27 254:0 /b/rootfs /b/rootfs rw,relatime - ext4 /dev/vda rw
 51 50 0:32 /old /b/rootfs/sys/fs/cgroup/memory ro,relatime - cgroup cgroup rw,memory
 60 27 0:40 / /mnt/with\\040space rw master:3 - tmpfs tmpfs rw
+70 27 0:29 /berth/other /other/rootfs/sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+71 27 0:37 /berth/other /other/rootfs/sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd
 ";
 
     const PROC_CGROUP: &str = "\
@@ -1240,6 +1255,8 @@ mod tests {
         assert_eq!(
             got,
             [
+                // Another container's binds of its own group (mounted later, in this
+                // namespace) are not taken for the hierarchy.
                 ("systemd", Path::new("/sys/fs/cgroup/systemd/berth/c1")),
                 // The memory mount starts at /sandbox: the rest is relative to it, and the
                 // container's own mount of the same hierarchy under the rootfs is ignored.
