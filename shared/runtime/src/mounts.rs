@@ -1225,7 +1225,7 @@ mod tests {
     #[test]
     fn mountinfo_fields_and_escapes() {
         let m = parse_mountinfo(MOUNTINFO);
-        assert_eq!(m.len(), 10);
+        assert_eq!(m.len(), 12);
         assert_eq!(m[1].mount_point, Path::new("/"));
         assert!(m[1].is_shared());
         assert!(!m[0].is_shared());
