@@ -736,7 +736,34 @@ impl Stack {
     }
 }
 
-/// How many instances of `service` answer `$SRV.PING.<service>` within `wait`.
+/// Sends one request to `subject` and counts the replies that arrive within `wait`,
+/// stopping early at the first one `enough` accepts (NATS gives every instance's reply).
+async fn gather_replies(
+    client: &Client,
+    subject: String,
+    wait: Duration,
+    mut enough: impl FnMut(&async_nats::Message) -> bool,
+) -> Result<(usize, bool), HarnessError> {
+    let inbox = client.new_inbox();
+    let mut replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|err| HarnessError::Nats(format!("subscribe: {err}")))?;
+    client
+        .publish_with_reply(subject.clone(), inbox, bytes::Bytes::new())
+        .await
+        .map_err(|err| HarnessError::Nats(format!("publish {subject}: {err}")))?;
+    let mut count = 0;
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, replies.next()).await {
+        count += 1;
+        if enough(&reply) {
+            return Ok((count, true));
+        }
+    }
+    Ok((count, false))
+}
+
 /// Whether an instance of `service` serves all its endpoints: it answers
 /// `berth.v1.schema`, which each instance subscribes after its endpoints (`$SRV.PING`
 /// answers as soon as the service exists, while its endpoints are still being added).
@@ -745,45 +772,21 @@ pub async fn serves_its_endpoints(
     service: &str,
     wait: Duration,
 ) -> Result<bool, HarnessError> {
-    let inbox = client.new_inbox();
-    let mut replies = client
-        .subscribe(inbox.clone())
-        .await
-        .map_err(|err| HarnessError::Nats(format!("subscribe: {err}")))?;
-    client
-        .publish_with_reply(berth_proto::subjects::schema(), inbox, bytes::Bytes::new())
-        .await
-        .map_err(|err| HarnessError::Nats(format!("publish schema request: {err}")))?;
-    let deadline = tokio::time::Instant::now() + wait;
-    while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, replies.next()).await {
-        let answered = serde_json::from_slice::<serde_json::Value>(&reply.payload)
-            .is_ok_and(|body| body["service"] == service);
-        if answered {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    let (_, answered) = gather_replies(client, berth_proto::subjects::schema(), wait, |reply| {
+        serde_json::from_slice::<serde_json::Value>(&reply.payload)
+            .is_ok_and(|body| body["service"] == service)
+    })
+    .await?;
+    Ok(answered)
 }
 
+/// How many instances of `service` answer `$SRV.PING.<service>` within `wait`.
 pub async fn ping_count(
     client: &Client,
     service: &str,
     wait: Duration,
 ) -> Result<usize, HarnessError> {
-    let inbox = client.new_inbox();
-    let mut replies = client
-        .subscribe(inbox.clone())
-        .await
-        .map_err(|err| HarnessError::Nats(format!("subscribe: {err}")))?;
-    client
-        .publish_with_reply(micro::ping(service), inbox, bytes::Bytes::new())
-        .await
-        .map_err(|err| HarnessError::Nats(format!("publish ping: {err}")))?;
-    let mut count = 0;
-    let deadline = tokio::time::Instant::now() + wait;
-    while let Ok(Some(_)) = tokio::time::timeout_at(deadline, replies.next()).await {
-        count += 1;
-    }
+    let (count, _) = gather_replies(client, micro::ping(service), wait, |_| false).await?;
     Ok(count)
 }
 
